@@ -1,0 +1,227 @@
+//! One multiplexed byte stream: `AsyncRead + AsyncWrite`. A reset or a lost session reads as an
+//! error, never as EOF; dropping the handle releases its memory and tells the peer.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::error::StreamError;
+use super::state::{ReadEnd, Shared, WriteEnd};
+use crate::protocol::{Frame, ResetReason, StreamId, Version};
+
+/// A stream of a tunnel session. See the [module docs](super) for the v1/v2 rules.
+pub struct MuxStream {
+    shared: Arc<Shared>,
+    id: StreamId,
+}
+
+impl std::fmt::Debug for MuxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxStream").field("id", &self.id).finish()
+    }
+}
+
+impl MuxStream {
+    pub(crate) fn new(shared: Arc<Shared>, id: StreamId) -> Self {
+        Self { shared, id }
+    }
+
+    /// The stream's id on the wire.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Aborts the stream: the peer gets a Reset (v2) or Close (v1) and both local sides fail.
+    pub fn reset(&self, reason: ResetReason) {
+        let mut state = self.shared.lock();
+        self.shared.reset_stream(
+            &mut state,
+            self.id,
+            StreamError::ResetLocally(reason),
+            reason,
+        );
+    }
+}
+
+fn lost() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "tunnel stream no longer exists",
+    )
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let shared = &self.shared;
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        let Some(slot) = state.streams.get_mut(&self.id) else {
+            return Poll::Ready(Err(lost()));
+        };
+        if let ReadEnd::Failed(error) = &slot.read {
+            return Poll::Ready(Err(error.to_io()));
+        }
+        let mut copied = 0;
+        while buf.remaining() > 0 {
+            let Some(chunk) = slot.recv.front_mut() else {
+                break;
+            };
+            let n = chunk.len().min(buf.remaining());
+            buf.put_slice(&chunk[..n]);
+            chunk.advance(n);
+            if chunk.is_empty() {
+                slot.recv.pop_front();
+            }
+            copied += n;
+        }
+        if copied > 0 {
+            slot.recv_len -= copied;
+            match shared.config.version {
+                Version::V1 => shared.release(state, copied),
+                Version::V2 => {
+                    let slot = state.streams.get_mut(&self.id).expect("slot present");
+                    slot.consumed += copied as u64;
+                    // Credit back in quarter-window steps: few frames, and the sender never
+                    // runs dry while the reader keeps up.
+                    let threshold = u64::from(shared.config.limits.stream_window / 4).max(1);
+                    if slot.consumed >= threshold && slot.read == ReadEnd::Open {
+                        let increment = std::mem::take(&mut slot.consumed);
+                        slot.recv_credit += increment;
+                        let increment = u32::try_from(increment).unwrap_or(u32::MAX);
+                        let id = self.id;
+                        shared.push_control(state, Frame::WindowUpdate { id, increment });
+                    }
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+        match &slot.read {
+            ReadEnd::Open => {
+                slot.read_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            ReadEnd::Eof => Poll::Ready(Ok(())),
+            ReadEnd::Failed(error) => Poll::Ready(Err(error.to_io())),
+        }
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let shared = &self.shared;
+        let config = &shared.config;
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        if let Some(end) = &state.end {
+            return Poll::Ready(Err(StreamError::SessionLost(end.clone()).to_io()));
+        }
+        let Some(slot) = state.streams.get_mut(&self.id) else {
+            return Poll::Ready(Err(lost()));
+        };
+        match &slot.write {
+            WriteEnd::Open => {}
+            WriteEnd::Finished => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "write after shutdown",
+                )))
+            }
+            WriteEnd::Failed(error) => return Poll::Ready(Err(error.to_io())),
+        }
+        let mut len = buf.len().min(config.send_payload);
+        if config.version == Version::V2 {
+            if slot.send_credit == 0 {
+                state.counters.credit_stalls += 1;
+                let slot = state.streams.get_mut(&self.id).expect("slot present");
+                slot.write_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            len = len.min(usize::try_from(slot.send_credit).unwrap_or(usize::MAX));
+        }
+        if state.queued_data >= config.limits.send_queue {
+            state.send_waiters.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if config.version == Version::V2 {
+            let slot = state.streams.get_mut(&self.id).expect("slot present");
+            slot.send_credit -= len as u64;
+        }
+        state.queued_data += len;
+        state.data.push_back(Frame::Data {
+            id: self.id,
+            payload: Bytes::copy_from_slice(&buf[..len]),
+        });
+        shared.writer_wake.notify_one();
+        Poll::Ready(Ok(len))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Queued frames are written by the session's writer as fast as the transport allows.
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends our direction: v2 sends Fin (the peer reads EOF). v1 has no half-close, so nothing
+    /// is sent until the handle is dropped (Close).
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let shared = &self.shared;
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        let Some(slot) = state.streams.get_mut(&self.id) else {
+            return Poll::Ready(Err(lost()));
+        };
+        match &slot.write {
+            WriteEnd::Open => slot.write = WriteEnd::Finished,
+            WriteEnd::Finished => return Poll::Ready(Ok(())),
+            WriteEnd::Failed(error) => return Poll::Ready(Err(error.to_io())),
+        }
+        if shared.config.version == Version::V2 {
+            // Fin goes behind the Data already queued, in the data queue, so it cannot overtake it.
+            state.data.push_back(Frame::Fin { id: self.id });
+            shared.writer_wake.notify_one();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for MuxStream {
+    /// Releases the stream. Unless both directions ended cleanly, the peer is told to stop:
+    /// v1 Close, v2 Reset(Cancelled), so an abandoned stream never looks complete.
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        let Some(slot) = shared.remove(state, self.id) else {
+            return;
+        };
+        if slot.terminated || state.end.is_some() {
+            return;
+        }
+        let frame = match shared.config.version {
+            Version::V1 => Frame::Close { id: self.id },
+            Version::V2 if slot.write == WriteEnd::Finished && slot.read == ReadEnd::Eof => return,
+            Version::V2 => Frame::Reset {
+                id: self.id,
+                reason: ResetReason::Cancelled,
+                message: Bytes::new(),
+            },
+        };
+        // Behind queued Data, so a v1 peer receives everything written before the Close.
+        state.data.push_back(frame);
+        shared.writer_wake.notify_one();
+    }
+}

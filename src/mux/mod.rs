@@ -137,3 +137,6 @@ impl Limits {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -86,9 +86,9 @@ impl Shared {
         let window = config.limits.stream_window as usize;
         let refusal = if state.draining || state.incoming.is_none() {
             Some(ResetReason::GoingAway)
-        } else if state.streams.len() >= config.limits.max_streams {
-            Some(ResetReason::Busy)
-        } else if config.version == Version::V2 && !self.try_reserve(state, window) {
+        } else if state.streams.len() >= config.limits.max_streams
+            || (config.version == Version::V2 && !self.try_reserve(state, window))
+        {
             Some(ResetReason::Busy)
         } else {
             None

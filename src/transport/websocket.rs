@@ -114,16 +114,37 @@ pub struct Accepted<S> {
     pub echoed: bool,
 }
 
+/// Why the server refuses an upgrade request: the status and a short plain-text body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status (401, 403, 405…).
+    pub status: u16,
+    /// Body text, e.g. `unauthorized\n` as the Go server sends it.
+    pub body: &'static str,
+}
+
+impl Refusal {
+    fn into_response(self) -> ErrorResponse {
+        let mut response = ErrorResponse::new(Some(self.body.to_owned()));
+        *response.status_mut() =
+            tokio_tungstenite::tungstenite::http::StatusCode::from_u16(self.status)
+                .unwrap_or(tokio_tungstenite::tungstenite::http::StatusCode::BAD_REQUEST);
+        response
+    }
+}
+
 /// Server side: completes the upgrade on `io`. `check` sees the request first and may refuse it
-/// with a response (401, 403…); a v2 offer is echoed when `v2_enabled`.
+/// (401, 403…); a v2 offer is echoed when `v2_enabled`.
 pub async fn accept<S, F>(io: S, v2_enabled: bool, check: F) -> Result<Accepted<S>, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Request) -> Result<(), ErrorResponse> + Unpin,
+    F: FnOnce(&Request) -> Result<(), Refusal> + Unpin,
 {
     let mut echoed = false;
+    // tungstenite's callback signature returns its (large) ErrorResponse by value.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| {
-        check(request)?;
+        check(request).map_err(Refusal::into_response)?;
         let offered = request.headers().get_all(handshake::PROTOCOL_HEADER);
         if handshake::server_echoes(v2_enabled, offered.iter().map(HeaderValue::as_bytes)) {
             echoed = true;

@@ -1,0 +1,120 @@
+//! Test harness: our server and agent sessions over real WebSockets on loopback, a Go-peer
+//! emulator that speaks raw v1 bytes the way the Go implementation does, and middleboxes.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+pub mod gopeer;
+pub mod middlebox;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argocd_proxy::mux::negotiate::{self, Negotiated, ServerIdentity};
+use argocd_proxy::mux::{Limits, MemoryBudget, Role, Session};
+use argocd_proxy::transport::websocket;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Fails the test with a message instead of hanging it.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after 20 s: {what}"))
+}
+
+/// A listener on an ephemeral loopback port.
+pub async fn listener() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    (listener, addr)
+}
+
+/// Limits for tests: negotiation waits long enough that a wrongful wait shows up as a timeout.
+pub fn limits() -> Limits {
+    Limits {
+        negotiate_timeout: Duration::from_secs(60),
+        stream_window: 64 * 1024,
+        session_buffer: 256 * 1024 * 1024,
+        ..Limits::default()
+    }
+}
+
+/// One accepted agent on our server: the session and what negotiation decided.
+pub struct ServerSide {
+    pub session: Session,
+    pub negotiated: Negotiated,
+}
+
+/// Accepts one agent on `listener` as our server does.
+pub async fn our_server(listener: &TcpListener, v2_enabled: bool, limits: Limits) -> ServerSide {
+    let (tcp, _) = listener.accept().await.expect("accept");
+    let accepted = websocket::accept(tcp, v2_enabled, |_| Ok(()))
+        .await
+        .expect("upgrade");
+    let mut transport = accepted.transport;
+    let identity = ServerIdentity {
+        server_id: "replica-a".into(),
+        replica_count: 1,
+    };
+    let negotiated = negotiate::server(&mut transport, accepted.echoed, &limits, &identity)
+        .await
+        .expect("negotiate");
+    let config = negotiated
+        .clone()
+        .into_config(Role::Server, limits, budget());
+    ServerSide {
+        session: Session::start(transport, config),
+        negotiated,
+    }
+}
+
+/// One agent session dialled to `addr` as our agent does.
+pub struct AgentSide {
+    pub session: Session,
+    pub negotiated: Negotiated,
+}
+
+/// Dials `addr` as our agent does; `offer_v2` sends the negotiation header.
+pub async fn our_agent(addr: SocketAddr, offer_v2: bool, limits: Limits) -> AgentSide {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let url = format!("ws://{addr}/connect");
+    let connected = websocket::connect(tcp, &url, Some("token"), offer_v2)
+        .await
+        .expect("upgrade");
+    let mut transport = connected.transport;
+    let negotiated = negotiate::agent(&mut transport, connected.offered, connected.echoed, &limits)
+        .await
+        .expect("negotiate");
+    let config = negotiated
+        .clone()
+        .into_config(Role::Agent, limits, budget());
+    AgentSide {
+        session: Session::start(transport, config),
+        negotiated,
+    }
+}
+
+/// Our server and our agent connected over loopback, negotiated.
+pub async fn connected_pair(server_v2: bool, agent_offers_v2: bool) -> (ServerSide, AgentSide) {
+    let (listener, addr) = listener().await;
+    let agent = tokio::spawn(our_agent(addr, agent_offers_v2, limits()));
+    let server = within("server accepts", our_server(&listener, server_v2, limits())).await;
+    let agent = within("agent connects", agent).await.expect("agent task");
+    (server, agent)
+}
+
+fn budget() -> Arc<MemoryBudget> {
+    Arc::new(MemoryBudget::default_process())
+}
+
+/// Deterministic test bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

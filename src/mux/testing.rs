@@ -99,3 +99,93 @@ pub fn session_pair(version: Version, server: Limits, agent: Limits) -> (Session
     let agent_session = Session::start(agent_end, config(Role::Agent, version, agent, &server));
     (server_session, agent_session)
 }
+
+/// Fuzz/test driver for the mux input path: decodes `input` into a role, a version and a list
+/// of raw messages, feeds them to a session as its peer would, accepting and reading every
+/// stream it offers, and checks the memory invariants. Panics only on a broken invariant.
+///
+/// Layout: byte 0 selects role (bit 0) and version (bit 1); then `[len u16 BE][bytes]` repeated.
+pub async fn exercise_input_path(input: &[u8]) {
+    use futures_util::SinkExt;
+    use tokio::io::AsyncReadExt;
+
+    let Some((&selector, mut rest)) = input.split_first() else {
+        return;
+    };
+    let role = if selector & 1 == 0 {
+        Role::Agent
+    } else {
+        Role::Server
+    };
+    let version = if selector & 2 == 0 {
+        Version::V1
+    } else {
+        Version::V2
+    };
+    let limits = Limits {
+        stream_window: 4096,
+        v1_stream_buffer: 8192,
+        session_buffer: 64 * 1024,
+        max_streams: 16,
+        ..Limits::default()
+    };
+    let session_buffer = limits.session_buffer;
+    let (ours, mut theirs) = pair(1024);
+    let session = Session::start(ours, config(role, version, limits.clone(), &limits));
+    let budget = session.handle.process_budget();
+    let Session {
+        handle,
+        mut incoming,
+    } = session;
+    let opener = handle.clone();
+    // Streams the peer may open are accepted and drained; for the server, open a few too.
+    let acceptor = tokio::spawn(async move {
+        while let Some(stream) = incoming.accept().await {
+            tokio::spawn(async move {
+                let mut stream = stream.accept();
+                let _ = stream.read_to_end(&mut Vec::new()).await;
+            });
+        }
+    });
+    if role == Role::Server {
+        for _ in 0..3 {
+            let opener = opener.clone();
+            tokio::spawn(async move {
+                if let Ok(mut stream) = opener.open(b"target").await {
+                    let _ = stream.read_to_end(&mut Vec::new()).await;
+                }
+            });
+        }
+    }
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let message = Bytes::copy_from_slice(&rest[2..2 + len]);
+        rest = &rest[2 + len..];
+        if theirs.send(message).await.is_err() {
+            break;
+        }
+        tokio::task::yield_now().await;
+        let stats = handle.stats();
+        assert!(
+            stats.reserved <= session_buffer,
+            "session budget exceeded: {stats:?}"
+        );
+        assert!(stats.streams <= 16 + 3, "stream limit exceeded: {stats:?}");
+    }
+    drop(theirs);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), handle.closed()).await;
+    drop(handle);
+    acceptor.abort();
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    drop(opener);
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        budget.used(),
+        0,
+        "memory not released after the session ended"
+    );
+}

@@ -673,3 +673,69 @@ async fn dropping_a_stream_releases_everything() {
     .await;
     assert_eq!(agent.handle.process_budget().used(), 0);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// The fuzz target's input path, on random inputs, as a regular test (no panic, budgets
+    /// respected, memory released).
+    #[test]
+    fn arbitrary_peer_input_keeps_invariants(input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(super::testing::exercise_input_path(&input));
+    }
+}
+
+/// Inputs built from valid frames reach deep states (opens, data, resets) that random bytes
+/// rarely do.
+#[tokio::test(start_paused = true)]
+async fn structured_peer_input_keeps_invariants() {
+    let frames = [
+        Frame::Connect {
+            id: 1,
+            target: Bytes::from_static(b"t"),
+        },
+        Frame::Data {
+            id: 1,
+            payload: Bytes::from(vec![1u8; 5000]),
+        },
+        Frame::Connected { id: 1 },
+        Frame::Connected { id: 1 },
+        Frame::Data {
+            id: 1,
+            payload: Bytes::from(vec![2u8; 9000]),
+        },
+        Frame::Error {
+            id: 1,
+            message: Bytes::from_static(b"x"),
+        },
+        Frame::Fin { id: 2 },
+        Frame::Reset {
+            id: 2,
+            reason: ResetReason::Busy,
+            message: Bytes::new(),
+        },
+        Frame::WindowUpdate {
+            id: 1,
+            increment: u32::MAX,
+        },
+        Frame::LiveIds {
+            up_to: 10,
+            ids: vec![2, 3],
+        },
+        Frame::Close { id: 1 },
+    ];
+    for selector in 0..4u8 {
+        let mut input = vec![selector];
+        for frame in &frames {
+            let wire = encode(frame);
+            input.extend_from_slice(&(wire.len() as u16).to_be_bytes());
+            input.extend_from_slice(&wire);
+        }
+        super::testing::exercise_input_path(&input).await;
+    }
+}

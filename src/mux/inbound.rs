@@ -151,7 +151,9 @@ impl Shared {
             return;
         }
         slot.established = true;
-        slot.open_deadline = None;
+        if let Some(deadline) = slot.open_deadline.take() {
+            state.open_deadlines.remove(&(deadline, id));
+        }
         if let Some(waiter) = slot.open_waiter.take() {
             let _ = waiter.send(Ok(()));
         }
@@ -171,7 +173,9 @@ impl Shared {
             return;
         }
         // Any sign of life from the agent answers a v2 open.
-        slot.open_deadline = None;
+        if let Some(deadline) = slot.open_deadline.take() {
+            state.open_deadlines.remove(&(deadline, id));
+        }
         if len == 0 {
             return;
         }
@@ -216,7 +220,9 @@ impl Shared {
         };
         state.counters.resets_received += 1;
         slot.terminated = true;
-        slot.open_deadline = None;
+        if let Some(deadline) = slot.open_deadline.take() {
+            state.open_deadlines.remove(&(deadline, id));
+        }
         if let Some(waiter) = slot.open_waiter.take() {
             let _ = waiter.send(Err(MuxError::Refused(message.clone())));
         }
@@ -231,7 +237,9 @@ impl Shared {
             state.counters.frames_ignored += 1;
             return;
         };
-        slot.open_deadline = None;
+        if let Some(deadline) = slot.open_deadline.take() {
+            state.open_deadlines.remove(&(deadline, id));
+        }
         if slot.read == ReadEnd::Open {
             slot.read = ReadEnd::Eof;
         }

@@ -1,7 +1,7 @@
 //! Starting a session and its two driver tasks, and the handles the rest of the program holds:
 //! [`SessionHandle`] (open streams, drain, close, watch for the end) and [`Incoming`] (accept).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,6 +121,7 @@ impl Session {
             },
             state: Mutex::new(State {
                 streams: HashMap::new(),
+                open_deadlines: BTreeSet::new(),
                 ids: IdAllocator::new(),
                 control: VecDeque::new(),
                 data: VecDeque::new(),
@@ -209,7 +210,9 @@ impl SessionHandle {
             match config.version {
                 Version::V1 => slot.open_waiter = Some(answer_tx),
                 Version::V2 => {
-                    slot.open_deadline = Some(Instant::now() + config.limits.open_timeout)
+                    let deadline = Instant::now() + config.limits.open_timeout;
+                    slot.open_deadline = Some(deadline);
+                    state.open_deadlines.insert((deadline, id));
                 }
             }
             state.streams.insert(id, slot);
@@ -433,23 +436,20 @@ async fn read_loop<R>(
 }
 
 fn next_open_deadline(shared: &Shared) -> Option<Instant> {
-    let state = shared.lock();
-    state
-        .streams
-        .values()
-        .filter_map(|slot| slot.open_deadline)
-        .min()
+    shared
+        .lock()
+        .open_deadlines
+        .first()
+        .map(|(deadline, _)| *deadline)
 }
 
 /// v2: opens nobody answered in time are reset (the opener's reads fail, the agent is told).
 fn expire_opens(shared: &Shared, state: &mut State, now: Instant) {
-    let expired: Vec<StreamId> = state
-        .streams
-        .iter()
-        .filter(|(_, slot)| slot.open_deadline.is_some_and(|deadline| deadline <= now))
-        .map(|(id, _)| *id)
-        .collect();
-    for id in expired {
+    while let Some(&(deadline, id)) = state.open_deadlines.first() {
+        if deadline > now {
+            break;
+        }
+        state.open_deadlines.pop_first();
         if let Some(slot) = state.streams.get_mut(&id) {
             slot.open_deadline = None;
         }

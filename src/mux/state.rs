@@ -1,7 +1,7 @@
 //! The state one session shares between its driver tasks and its stream handles, behind one
 //! `std::sync::Mutex` that is never held across an await.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use tokio::time::Instant;
@@ -151,6 +151,9 @@ pub struct Counters {
 
 pub(crate) struct State {
     pub streams: HashMap<StreamId, Slot>,
+    /// v2 opens not answered yet, by deadline (mirrors `Slot::open_deadline`), so the timer
+    /// finds the next one without scanning every stream.
+    pub open_deadlines: BTreeSet<(Instant, StreamId)>,
     pub ids: IdAllocator,
     pub control: VecDeque<Frame>,
     pub data: VecDeque<Frame>,
@@ -231,6 +234,9 @@ impl Shared {
     /// Removes a stream's slot, releasing its memory and its id.
     pub(crate) fn remove(&self, state: &mut State, id: StreamId) -> Option<Slot> {
         let mut slot = state.streams.remove(&id)?;
+        if let Some(deadline) = slot.open_deadline.take() {
+            state.open_deadlines.remove(&(deadline, id));
+        }
         let memory = self.slot_memory(&slot);
         self.release(state, memory);
         slot.recv.clear();

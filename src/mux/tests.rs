@@ -739,3 +739,35 @@ async fn structured_peer_input_keeps_invariants() {
         super::testing::exercise_input_path(&input).await;
     }
 }
+
+/// The process budget is shared: streams on one session use up what another may reserve.
+#[tokio::test]
+async fn process_budget_is_shared_across_sessions() {
+    let limits = Limits {
+        stream_window: 64 * 1024,
+        ..Limits::default()
+    };
+    let shared_budget = std::sync::Arc::new(MemoryBudget::new(3 * 64 * 1024));
+    let start = |budget: std::sync::Arc<MemoryBudget>| {
+        let (ours, _theirs) = pair(4);
+        let mut config = config(Role::Server, Version::V2, limits.clone(), &limits);
+        config.process_budget = budget;
+        (Session::start(ours, config), _theirs)
+    };
+    let (first, _first_peer) = start(shared_budget.clone());
+    let (second, _second_peer) = start(shared_budget.clone());
+    let _a = first.handle.open(b"t").await.unwrap();
+    let _b = first.handle.open(b"t").await.unwrap();
+    let c = second.handle.open(b"t").await.unwrap();
+    assert_eq!(
+        second.handle.open(b"t").await.unwrap_err(),
+        MuxError::OverBudget
+    );
+    assert_eq!(
+        first.handle.open(b"t").await.unwrap_err(),
+        MuxError::OverBudget
+    );
+    assert_eq!(shared_budget.used(), 3 * 64 * 1024);
+    drop(c);
+    assert!(first.handle.open(b"t").await.is_ok());
+}

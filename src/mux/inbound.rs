@@ -121,10 +121,24 @@ impl Shared {
         );
         state.streams.insert(id, slot);
         let incoming = IncomingStream::new(self.clone(), id, target);
-        if let Some(queue) = &state.incoming {
-            // The receiver is gone only if the Incoming was dropped; the stream is then
-            // refused by the IncomingStream's own drop.
-            let _ = queue.send(incoming);
+        let queued = state.incoming.as_ref().map(|queue| queue.send(incoming));
+        if let Some(Err(tokio::sync::mpsc::error::SendError(unqueued))) = queued {
+            // `Incoming` clears `state.incoming` before its receiver goes, so this is only
+            // defence: refuse here, and never let the IncomingStream's Drop take the lock we hold.
+            unqueued.defuse();
+            self.remove(state, id);
+            let frame = match config.version {
+                Version::V1 => Frame::Error {
+                    id,
+                    message: Bytes::from_static(V1_TOO_MANY),
+                },
+                Version::V2 => Frame::Reset {
+                    id,
+                    reason: ResetReason::GoingAway,
+                    message: Bytes::new(),
+                },
+            };
+            self.push_control(state, frame);
         }
     }
 

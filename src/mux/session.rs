@@ -139,6 +139,7 @@ impl Session {
             }),
             writer_wake: Notify::new(),
             ended: Notify::new(),
+            rearm: Notify::new(),
         });
         if let Some(first) = config.first_message {
             let mut state = shared.lock();
@@ -213,6 +214,7 @@ impl SessionHandle {
                     let deadline = Instant::now() + config.limits.open_timeout;
                     slot.open_deadline = Some(deadline);
                     state.open_deadlines.insert((deadline, id));
+                    shared.rearm.notify_one();
                 }
             }
             state.streams.insert(id, slot);
@@ -249,8 +251,9 @@ impl SessionHandle {
         }
     }
 
-    /// Closes the session: queued frames are flushed, the transport is closed (a WebSocket
-    /// close frame), and streams still open fail.
+    /// Closes the session: frames already queued are flushed, the transport is closed (a
+    /// WebSocket close frame), and streams still open fail. Writes after this fail at once, so
+    /// a busy stream cannot hold the close off.
     pub fn close(&self) {
         let mut state = self.shared.lock();
         state.closing = true;
@@ -299,6 +302,21 @@ impl SessionHandle {
     }
 }
 
+impl Drop for Incoming {
+    /// New opens are refused from here on. The sender is cleared under the lock *before* the
+    /// receiver (and any stream still queued in it) is dropped, so the queued streams' own
+    /// Drop, which takes the lock, never runs while it is held.
+    fn drop(&mut self) {
+        let shared = &self._owner.0;
+        let sender = shared.lock().incoming.take();
+        drop(sender);
+        self.queue.close();
+        while let Ok(stream) = self.queue.try_recv() {
+            drop(stream); // refuses it
+        }
+    }
+}
+
 impl Incoming {
     /// The next stream the peer opened; `None` once the session has ended.
     pub async fn accept(&mut self) -> Option<IncomingStream> {
@@ -332,12 +350,16 @@ impl IncomingStream {
         self.decided = true;
         let shared = self.shared.clone();
         {
-            let mut state = shared.lock();
+            let mut guard = shared.lock();
+            let state = &mut *guard;
             if let Some(slot) = state.streams.get_mut(&self.id) {
-                slot.established = true;
-                let frame = Frame::Connected { id: self.id };
-                state.data.push_back(frame);
-                shared.writer_wake.notify_one();
+                // Reset or closed before it was accepted, or the session is gone: a Connected
+                // now would name an id the peer already dropped (a Go peer may panic on it).
+                if !slot.terminated && state.end.is_none() {
+                    slot.established = true;
+                    state.data.push_back(Frame::Connected { id: self.id });
+                    shared.writer_wake.notify_one();
+                }
             }
         }
         MuxStream::new(shared, self.id)
@@ -349,10 +371,18 @@ impl IncomingStream {
         self.refuse_inner(reason, message);
     }
 
+    /// Marks the stream decided without telling the peer (the caller does).
+    pub(crate) fn defuse(mut self) {
+        self.decided = true;
+    }
+
     fn refuse_inner(&self, reason: ResetReason, message: &str) {
         let shared = &self.shared;
         let mut state = shared.lock();
-        if shared.remove(&mut state, self.id).is_none() || state.end.is_some() {
+        let Some(slot) = shared.remove(&mut state, self.id) else {
+            return;
+        };
+        if slot.terminated || state.end.is_some() {
             return;
         }
         state.counters.resets_sent += 1;
@@ -424,6 +454,8 @@ async fn read_loop<R>(
                 }
             }
             _ = shared.ended.notified() => {}
+            // A new open may have a deadline earlier than the one we sleep towards.
+            _ = shared.rearm.notified() => {}
         }
         let end = shared.lock().end.clone();
         if let Some(end) = end {

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub writer_wake: Notify,
     /// Wakes the reader task when the session ends for a reason it did not see.
     pub ended: Notify,
+    /// Wakes the reader task to recompute its next timer (a new open deadline).
+    pub rearm: Notify,
 }
 
 /// How the read side of a stream stands.
@@ -125,6 +127,7 @@ impl Slot {
     }
 
     pub(crate) fn wake(&mut self) {
+        // A writer parked on the session's send queue also left its waker here.
         if let Some(waker) = self.read_waker.take() {
             waker.wake();
         }
@@ -269,7 +272,15 @@ impl Shared {
                     message: Bytes::new(),
                 },
             };
-            self.push_control(state, frame);
+            let established = state.streams.get(&id).is_some_and(|slot| slot.established);
+            if self.config.role == Role::Server && !established {
+                // Our Connect may still sit in the data queue: the reset must not overtake it,
+                // or the agent would accept a stream nobody will ever close.
+                state.data.push_back(frame);
+                self.writer_wake.notify_one();
+            } else {
+                self.push_control(state, frame);
+            }
         }
     }
 

@@ -130,6 +130,10 @@ impl AsyncWrite for MuxStream {
         if let Some(end) = &state.end {
             return Poll::Ready(Err(StreamError::SessionLost(end.clone()).to_io()));
         }
+        if state.closing {
+            let closing = StreamError::SessionLost(super::SessionEnd::LocalClose);
+            return Poll::Ready(Err(closing.to_io()));
+        }
         let Some(slot) = state.streams.get_mut(&self.id) else {
             return Poll::Ready(Err(lost()));
         };
@@ -154,7 +158,18 @@ impl AsyncWrite for MuxStream {
             len = len.min(usize::try_from(slot.send_credit).unwrap_or(usize::MAX));
         }
         if state.queued_data >= config.limits.send_queue {
-            state.send_waiters.push(cx.waker().clone());
+            // Parked twice: on the session queue (woken when it drains) and in the slot (woken
+            // if the stream fails meanwhile). A re-poll does not grow the list.
+            let waker = cx.waker();
+            if !state
+                .send_waiters
+                .iter()
+                .any(|parked| parked.will_wake(waker))
+            {
+                state.send_waiters.push(waker.clone());
+            }
+            let slot = state.streams.get_mut(&self.id).expect("slot present");
+            slot.write_waker = Some(waker.clone());
             return Poll::Pending;
         }
         if config.version == Version::V2 {

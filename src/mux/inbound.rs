@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 
 use super::error::{MuxError, StreamError};
-use super::session::IncomingStream;
+use super::incoming::IncomingStream;
 use super::state::{ReadEnd, Shared, Slot, State, WriteEnd, MAX_PING_PAYLOAD};
 use super::Role;
 use crate::protocol::{self, Frame, ResetReason, StreamId, Version};
@@ -95,18 +95,7 @@ impl Shared {
         };
         if let Some(reason) = refusal {
             state.counters.resets_sent += 1;
-            let frame = match config.version {
-                Version::V1 => Frame::Error {
-                    id,
-                    message: Bytes::from_static(V1_TOO_MANY),
-                },
-                Version::V2 => Frame::Reset {
-                    id,
-                    reason,
-                    message: Bytes::new(),
-                },
-            };
-            self.push_control(state, frame);
+            self.push_control(state, self.refusal(id, reason));
             return;
         }
         let reserved = if config.version == Version::V2 {
@@ -127,18 +116,23 @@ impl Shared {
             // defence: refuse here, and never let the IncomingStream's Drop take the lock we hold.
             unqueued.defuse();
             self.remove(state, id);
-            let frame = match config.version {
-                Version::V1 => Frame::Error {
-                    id,
-                    message: Bytes::from_static(V1_TOO_MANY),
-                },
-                Version::V2 => Frame::Reset {
-                    id,
-                    reason: ResetReason::GoingAway,
-                    message: Bytes::new(),
-                },
-            };
-            self.push_control(state, frame);
+            self.push_control(state, self.refusal(id, ResetReason::GoingAway));
+        }
+    }
+
+    /// The frame refusing an open we will not serve: v1 Error with the text a Go server maps to
+    /// 502 (Error is safe here: we never sent Connected), v2 Reset with the reason.
+    fn refusal(&self, id: StreamId, reason: ResetReason) -> Frame {
+        match self.config.version {
+            Version::V1 => Frame::Error {
+                id,
+                message: Bytes::from_static(V1_TOO_MANY),
+            },
+            Version::V2 => Frame::Reset {
+                id,
+                reason,
+                message: Bytes::new(),
+            },
         }
     }
 

@@ -19,9 +19,11 @@
 //! that had not already ended, never a clean EOF.
 
 mod budget;
+mod driver;
 mod error;
 mod ids;
 mod inbound;
+mod incoming;
 pub mod negotiate;
 mod session;
 mod state;
@@ -33,7 +35,8 @@ use std::time::Duration;
 
 pub use budget::MemoryBudget;
 pub use error::{MuxError, SessionEnd, StreamError};
-pub use session::{Incoming, IncomingStream, Session, SessionConfig, SessionHandle, SessionStats};
+pub use incoming::{Incoming, IncomingStream};
+pub use session::{Session, SessionConfig, SessionHandle, SessionStats};
 pub use stream::MuxStream;
 
 use bytes::Bytes;

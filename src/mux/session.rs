@@ -6,18 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use super::error::{MuxError, SessionEnd, StreamError};
+use super::error::{MuxError, SessionEnd};
 use super::ids::IdAllocator;
+use super::incoming::Incoming;
 use super::state::{Config, Counters, Shared, Slot, State};
-use super::{Limits, MemoryBudget, MuxStream, Role, Transport};
-use crate::protocol::{self, Frame, ResetReason, Settings, StreamId, Version};
-
-/// Bytes of Data the writer hands the transport before it flushes and looks at the queues again.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
+use super::{driver, Limits, MemoryBudget, MuxStream, Role, Transport};
+use crate::protocol::{Frame, Settings, Version};
 
 /// Everything a session needs besides its transport.
 #[derive(Debug, Clone)]
@@ -46,7 +44,7 @@ pub struct Session {
 }
 
 /// Closes the session when the last handle to it goes.
-struct Owner(Arc<Shared>);
+pub(crate) struct Owner(pub(crate) Arc<Shared>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
@@ -61,20 +59,6 @@ pub struct SessionHandle {
     shared: Arc<Shared>,
     _owner: Arc<Owner>,
     ended: tokio::sync::watch::Receiver<Option<SessionEnd>>,
-}
-
-/// Streams the peer opened (agent role), in order.
-pub struct Incoming {
-    queue: mpsc::UnboundedReceiver<IncomingStream>,
-    _owner: Arc<Owner>,
-}
-
-/// A stream the peer opened, not yet accepted. Dropping it refuses it.
-pub struct IncomingStream {
-    shared: Arc<Shared>,
-    id: StreamId,
-    target: Bytes,
-    decided: bool,
 }
 
 /// A snapshot of a session's load.
@@ -146,8 +130,8 @@ impl Session {
             shared.on_message(&mut state, first);
         }
         let (sink, stream) = transport.split();
-        let writer = tokio::spawn(write_loop(shared.clone(), sink));
-        tokio::spawn(read_loop(shared.clone(), stream, writer, ended_tx));
+        let writer = tokio::spawn(driver::write_loop(shared.clone(), sink));
+        tokio::spawn(driver::read_loop(shared.clone(), stream, writer, ended_tx));
         let owner = Arc::new(Owner(shared.clone()));
         Session {
             handle: SessionHandle {
@@ -157,7 +141,7 @@ impl Session {
             },
             incoming: Incoming {
                 queue: incoming_rx,
-                _owner: owner,
+                owner,
             },
         }
     }
@@ -299,266 +283,5 @@ impl SessionHandle {
     /// Test hook: the process budget this session draws from.
     pub fn process_budget(&self) -> Arc<MemoryBudget> {
         self.shared.config.process_budget.clone()
-    }
-}
-
-impl Drop for Incoming {
-    /// New opens are refused from here on. The sender is cleared under the lock *before* the
-    /// receiver (and any stream still queued in it) is dropped, so the queued streams' own
-    /// Drop, which takes the lock, never runs while it is held.
-    fn drop(&mut self) {
-        let shared = &self._owner.0;
-        let sender = shared.lock().incoming.take();
-        drop(sender);
-        self.queue.close();
-        while let Ok(stream) = self.queue.try_recv() {
-            drop(stream); // refuses it
-        }
-    }
-}
-
-impl Incoming {
-    /// The next stream the peer opened; `None` once the session has ended.
-    pub async fn accept(&mut self) -> Option<IncomingStream> {
-        self.queue.recv().await
-    }
-}
-
-impl IncomingStream {
-    pub(crate) fn new(shared: Arc<Shared>, id: StreamId, target: Bytes) -> Self {
-        Self {
-            shared,
-            id,
-            target,
-            decided: false,
-        }
-    }
-
-    /// The stream id.
-    pub fn id(&self) -> StreamId {
-        self.id
-    }
-
-    /// What the opener asked for: v1 the cluster's `host:port`; v2 a target name.
-    pub fn target(&self) -> &[u8] {
-        &self.target
-    }
-
-    /// Accepts: sends Connected and returns the stream. Data the opener sent ahead (v2) is
-    /// already buffered in it.
-    pub fn accept(mut self) -> MuxStream {
-        self.decided = true;
-        let shared = self.shared.clone();
-        {
-            let mut guard = shared.lock();
-            let state = &mut *guard;
-            if let Some(slot) = state.streams.get_mut(&self.id) {
-                // Reset or closed before it was accepted, or the session is gone: a Connected
-                // now would name an id the peer already dropped (a Go peer may panic on it).
-                if !slot.terminated && state.end.is_none() {
-                    slot.established = true;
-                    state.data.push_back(Frame::Connected { id: self.id });
-                    shared.writer_wake.notify_one();
-                }
-            }
-        }
-        MuxStream::new(shared, self.id)
-    }
-
-    /// Refuses: v1 sends Error with `message` (the Go server answers 502); v2 a Reset.
-    pub fn refuse(mut self, reason: ResetReason, message: &str) {
-        self.decided = true;
-        self.refuse_inner(reason, message);
-    }
-
-    /// Marks the stream decided without telling the peer (the caller does).
-    pub(crate) fn defuse(mut self) {
-        self.decided = true;
-    }
-
-    fn refuse_inner(&self, reason: ResetReason, message: &str) {
-        let shared = &self.shared;
-        let mut state = shared.lock();
-        let Some(slot) = shared.remove(&mut state, self.id) else {
-            return;
-        };
-        if slot.terminated || state.end.is_some() {
-            return;
-        }
-        state.counters.resets_sent += 1;
-        let message = Bytes::copy_from_slice(message.as_bytes());
-        let frame = match shared.config.version {
-            Version::V1 => Frame::Error {
-                id: self.id,
-                message,
-            },
-            Version::V2 => Frame::Reset {
-                id: self.id,
-                reason,
-                message,
-            },
-        };
-        shared.push_control(&mut state, frame);
-    }
-}
-
-impl Drop for IncomingStream {
-    fn drop(&mut self) {
-        if !self.decided {
-            self.refuse_inner(ResetReason::Refused, "stream not accepted");
-        }
-    }
-}
-
-/// Reads messages until the transport ends or the session does; runs the heartbeat and the
-/// v2 open deadlines on its own timer, so a stalled write never hides a dead peer (B10).
-async fn read_loop<R>(
-    shared: Arc<Shared>,
-    mut stream: R,
-    writer: tokio::task::JoinHandle<()>,
-    ended: tokio::sync::watch::Sender<Option<SessionEnd>>,
-) where
-    R: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
-{
-    let limits = &shared.config.limits;
-    let mut next_ping = Instant::now() + limits.heartbeat_interval;
-    let started = Instant::now();
-    shared.lock().last_pong = started;
-    loop {
-        let next_deadline = next_ping.min(next_open_deadline(&shared).unwrap_or(next_ping));
-        tokio::select! {
-            message = stream.next() => {
-                let mut state = shared.lock();
-                match message {
-                    Some(Ok(bytes)) => shared.on_message(&mut state, bytes),
-                    Some(Err(error)) => shared.end(&mut state, SessionEnd::Transport(error.to_string())),
-                    None => shared.end(&mut state, SessionEnd::PeerClosed),
-                }
-            }
-            _ = tokio::time::sleep_until(next_deadline) => {
-                let now = Instant::now();
-                let mut state = shared.lock();
-                expire_opens(&shared, &mut state, now);
-                if now >= next_ping {
-                    if now.duration_since(state.last_pong) > limits.heartbeat_timeout {
-                        shared.end(&mut state, SessionEnd::HeartbeatTimeout);
-                    } else {
-                        let payload = Bytes::copy_from_slice(&now.duration_since(started).as_millis().to_be_bytes()[8..]);
-                        let ping = match shared.config.version {
-                            Version::V1 => Frame::Ping { payload: Bytes::new() },
-                            Version::V2 => Frame::Ping { payload },
-                        };
-                        shared.push_control(&mut state, ping);
-                    }
-                    next_ping += limits.heartbeat_interval;
-                }
-            }
-            _ = shared.ended.notified() => {}
-            // A new open may have a deadline earlier than the one we sleep towards.
-            _ = shared.rearm.notified() => {}
-        }
-        let end = shared.lock().end.clone();
-        if let Some(end) = end {
-            // Let the writer send a close frame if it is closing gracefully; bound the wait.
-            let _ = tokio::time::timeout(limits.write_timeout, writer).await;
-            let _ = ended.send(Some(end));
-            return;
-        }
-    }
-}
-
-fn next_open_deadline(shared: &Shared) -> Option<Instant> {
-    shared
-        .lock()
-        .open_deadlines
-        .first()
-        .map(|(deadline, _)| *deadline)
-}
-
-/// v2: opens nobody answered in time are reset (the opener's reads fail, the agent is told).
-fn expire_opens(shared: &Shared, state: &mut State, now: Instant) {
-    while let Some(&(deadline, id)) = state.open_deadlines.first() {
-        if deadline > now {
-            break;
-        }
-        state.open_deadlines.pop_first();
-        if let Some(slot) = state.streams.get_mut(&id) {
-            slot.open_deadline = None;
-        }
-        let reason = ResetReason::OpenTimeout;
-        shared.reset_stream(state, id, StreamError::ResetLocally(reason), reason);
-    }
-}
-
-/// Writes queued frames: the Pong and other control frames first, then Data up to a batch,
-/// each batch under the write deadline. On close it flushes and closes the transport.
-async fn write_loop<W>(shared: Arc<Shared>, mut sink: W)
-where
-    W: futures_util::Sink<Bytes, Error = std::io::Error> + Unpin,
-{
-    let write_timeout = shared.config.limits.write_timeout;
-    loop {
-        let (batch, closing) = {
-            let mut guard = shared.lock();
-            let state = &mut *guard;
-            if state.end.is_some() {
-                return;
-            }
-            let mut batch = Vec::new();
-            if let Some(payload) = state.pong_due.take() {
-                batch.push(Frame::Pong { payload });
-            }
-            batch.extend(state.control.drain(..));
-            let mut bytes = 0;
-            while bytes < WRITE_BATCH_BYTES {
-                let Some(frame) = state.data.pop_front() else {
-                    break;
-                };
-                if let Frame::Data { payload, .. } = &frame {
-                    bytes += payload.len();
-                }
-                batch.push(frame);
-            }
-            if bytes > 0 {
-                state.queued_data -= bytes;
-                state
-                    .send_waiters
-                    .drain(..)
-                    .for_each(std::task::Waker::wake);
-            }
-            (batch, state.closing && state.data.is_empty())
-        };
-        if batch.is_empty() && !closing {
-            // `end()` also notifies this, so the writer never outlives the session.
-            shared.writer_wake.notified().await;
-            continue;
-        }
-        let write = async {
-            for frame in &batch {
-                sink.feed(protocol::encode(frame)).await?;
-            }
-            if closing {
-                sink.close().await
-            } else {
-                sink.flush().await
-            }
-        };
-        let outcome = tokio::time::timeout(write_timeout, write).await;
-        let mut state = shared.lock();
-        match outcome {
-            Ok(Ok(())) if closing => {
-                shared.end(&mut state, SessionEnd::LocalClose);
-                return;
-            }
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                shared.end(&mut state, SessionEnd::Transport(error.to_string()));
-                return;
-            }
-            Err(_) => {
-                shared.end(&mut state, SessionEnd::WriteTimeout);
-                return;
-            }
-        }
     }
 }

@@ -189,3 +189,16 @@ pub async fn exercise_input_path(input: &[u8]) {
         "memory not released after the session ended"
     );
 }
+
+/// Deterministic pseudo-random bytes (xorshift), so a corrupted byte shows up in a comparison.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

@@ -12,6 +12,9 @@ use std::time::Duration;
 use argocd_proxy::mux::negotiate::{self, Negotiated, ServerIdentity};
 use argocd_proxy::mux::{Limits, MemoryBudget, Role, Session};
 use argocd_proxy::transport::websocket;
+
+#[allow(unused_imports)] // not every test file needs it
+pub use argocd_proxy::mux::testing::pattern;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Fails the test with a message instead of hanging it.
@@ -104,17 +107,4 @@ pub async fn connected_pair(server_v2: bool, agent_offers_v2: bool) -> (ServerSi
 
 fn budget() -> Arc<MemoryBudget> {
     Arc::new(MemoryBudget::default_process())
-}
-
-/// Deterministic test bytes.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }

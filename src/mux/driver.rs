@@ -1,0 +1,168 @@
+//! The session's two driver tasks: the reader (frames in, heartbeat, open deadlines) and the
+//! writer (control frames first, then Data, each batch under the write deadline).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::Instant;
+
+use super::error::{SessionEnd, StreamError};
+use super::state::{Shared, State};
+use crate::protocol::{self, Frame, ResetReason, Version};
+
+/// Bytes of Data the writer hands the transport before it flushes and looks at the queues again.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Reads messages until the transport ends or the session does; runs the heartbeat and the
+/// v2 open deadlines on its own timer, so a stalled write never hides a dead peer (B10).
+pub(crate) async fn read_loop<R>(
+    shared: Arc<Shared>,
+    mut stream: R,
+    writer: tokio::task::JoinHandle<()>,
+    ended: tokio::sync::watch::Sender<Option<SessionEnd>>,
+) where
+    R: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+{
+    let limits = &shared.config.limits;
+    let mut next_ping = Instant::now() + limits.heartbeat_interval;
+    let started = Instant::now();
+    shared.lock().last_pong = started;
+    loop {
+        let next_deadline = next_ping.min(next_open_deadline(&shared).unwrap_or(next_ping));
+        tokio::select! {
+            message = stream.next() => {
+                let mut state = shared.lock();
+                match message {
+                    Some(Ok(bytes)) => shared.on_message(&mut state, bytes),
+                    Some(Err(error)) => shared.end(&mut state, SessionEnd::Transport(error.to_string())),
+                    None => shared.end(&mut state, SessionEnd::PeerClosed),
+                }
+            }
+            _ = tokio::time::sleep_until(next_deadline) => {
+                let now = Instant::now();
+                let mut state = shared.lock();
+                expire_opens(&shared, &mut state, now);
+                if now >= next_ping {
+                    if now.duration_since(state.last_pong) > limits.heartbeat_timeout {
+                        shared.end(&mut state, SessionEnd::HeartbeatTimeout);
+                    } else {
+                        let payload = Bytes::copy_from_slice(&now.duration_since(started).as_millis().to_be_bytes()[8..]);
+                        let ping = match shared.config.version {
+                            Version::V1 => Frame::Ping { payload: Bytes::new() },
+                            Version::V2 => Frame::Ping { payload },
+                        };
+                        shared.push_control(&mut state, ping);
+                    }
+                    next_ping += limits.heartbeat_interval;
+                }
+            }
+            _ = shared.ended.notified() => {}
+            // A new open may have a deadline earlier than the one we sleep towards.
+            _ = shared.rearm.notified() => {}
+        }
+        let end = shared.lock().end.clone();
+        if let Some(end) = end {
+            // Let the writer send a close frame if it is closing gracefully; bound the wait.
+            let _ = tokio::time::timeout(limits.write_timeout, writer).await;
+            let _ = ended.send(Some(end));
+            return;
+        }
+    }
+}
+
+fn next_open_deadline(shared: &Shared) -> Option<Instant> {
+    shared
+        .lock()
+        .open_deadlines
+        .first()
+        .map(|(deadline, _)| *deadline)
+}
+
+/// v2: opens nobody answered in time are reset (the opener's reads fail, the agent is told).
+fn expire_opens(shared: &Shared, state: &mut State, now: Instant) {
+    while let Some(&(deadline, id)) = state.open_deadlines.first() {
+        if deadline > now {
+            break;
+        }
+        state.open_deadlines.pop_first();
+        if let Some(slot) = state.streams.get_mut(&id) {
+            slot.open_deadline = None;
+        }
+        let reason = ResetReason::OpenTimeout;
+        shared.reset_stream(state, id, StreamError::ResetLocally(reason), reason);
+    }
+}
+
+/// Writes queued frames: the Pong and other control frames first, then Data up to a batch,
+/// each batch under the write deadline. On close it flushes and closes the transport.
+pub(crate) async fn write_loop<W>(shared: Arc<Shared>, mut sink: W)
+where
+    W: futures_util::Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    let write_timeout = shared.config.limits.write_timeout;
+    loop {
+        let (batch, closing) = {
+            let mut guard = shared.lock();
+            let state = &mut *guard;
+            if state.end.is_some() {
+                return;
+            }
+            let mut batch = Vec::new();
+            if let Some(payload) = state.pong_due.take() {
+                batch.push(Frame::Pong { payload });
+            }
+            batch.extend(state.control.drain(..));
+            let mut bytes = 0;
+            while bytes < WRITE_BATCH_BYTES {
+                let Some(frame) = state.data.pop_front() else {
+                    break;
+                };
+                if let Frame::Data { payload, .. } = &frame {
+                    bytes += payload.len();
+                }
+                batch.push(frame);
+            }
+            if bytes > 0 {
+                state.queued_data -= bytes;
+                state
+                    .send_waiters
+                    .drain(..)
+                    .for_each(std::task::Waker::wake);
+            }
+            (batch, state.closing && state.data.is_empty())
+        };
+        if batch.is_empty() && !closing {
+            // `end()` also notifies this, so the writer never outlives the session.
+            shared.writer_wake.notified().await;
+            continue;
+        }
+        let write = async {
+            for frame in &batch {
+                sink.feed(protocol::encode(frame)).await?;
+            }
+            if closing {
+                sink.close().await
+            } else {
+                sink.flush().await
+            }
+        };
+        let outcome = tokio::time::timeout(write_timeout, write).await;
+        let mut state = shared.lock();
+        match outcome {
+            Ok(Ok(())) if closing => {
+                shared.end(&mut state, SessionEnd::LocalClose);
+                return;
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                shared.end(&mut state, SessionEnd::Transport(error.to_string()));
+                return;
+            }
+            Err(_) => {
+                shared.end(&mut state, SessionEnd::WriteTimeout);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Memory budgets and arbitrary peer input (the fuzz target's path as a property test).
+
+use super::*;
+
+/// Streams past the session budget are refused, not over-committed, on both ends.
+#[tokio::test]
+async fn budgets_bound_the_number_of_windows() {
+    let limits = Limits {
+        stream_window: 64 * 1024,
+        session_buffer: 256 * 1024,
+        ..Limits::default()
+    };
+    let (server, _agent) = session_pair(Version::V2, limits.clone(), Limits::default());
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(server.handle.open(b"t").await.unwrap());
+    }
+    assert_eq!(
+        server.handle.open(b"t").await.unwrap_err(),
+        MuxError::OverBudget
+    );
+    open.pop();
+    assert!(
+        server.handle.open(b"t").await.is_ok(),
+        "a dropped stream frees its window"
+    );
+
+    let (agent, mut peer) = with_raw_peer(Role::Agent, Version::V2, limits);
+    for id in 1..=5 {
+        peer.send(Frame::Connect {
+            id,
+            target: Bytes::from_static(b"t"),
+        })
+        .await;
+    }
+    let reset = peer.recv().await;
+    assert!(
+        matches!(
+            reset,
+            Some(Frame::Reset {
+                id: 5,
+                reason: ResetReason::Busy,
+                ..
+            })
+        ),
+        "{reset:?}"
+    );
+    assert_eq!(agent.handle.stats().reserved, 256 * 1024);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// The fuzz target's input path, on random inputs, as a regular test (no panic, budgets
+    /// respected, memory released).
+    #[test]
+    fn arbitrary_peer_input_keeps_invariants(input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(super::testing::exercise_input_path(&input));
+    }
+}
+
+/// Inputs built from valid frames reach deep states (opens, data, resets) that random bytes
+/// rarely do.
+#[tokio::test(start_paused = true)]
+async fn structured_peer_input_keeps_invariants() {
+    let frames = [
+        Frame::Connect {
+            id: 1,
+            target: Bytes::from_static(b"t"),
+        },
+        Frame::Data {
+            id: 1,
+            payload: Bytes::from(vec![1u8; 5000]),
+        },
+        Frame::Connected { id: 1 },
+        Frame::Connected { id: 1 },
+        Frame::Data {
+            id: 1,
+            payload: Bytes::from(vec![2u8; 9000]),
+        },
+        Frame::Error {
+            id: 1,
+            message: Bytes::from_static(b"x"),
+        },
+        Frame::Fin { id: 2 },
+        Frame::Reset {
+            id: 2,
+            reason: ResetReason::Busy,
+            message: Bytes::new(),
+        },
+        Frame::WindowUpdate {
+            id: 1,
+            increment: u32::MAX,
+        },
+        Frame::LiveIds {
+            up_to: 10,
+            ids: vec![2, 3],
+        },
+        Frame::Close { id: 1 },
+    ];
+    for selector in 0..4u8 {
+        let mut input = vec![selector];
+        for frame in &frames {
+            let wire = encode(frame);
+            input.extend_from_slice(&(wire.len() as u16).to_be_bytes());
+            input.extend_from_slice(&wire);
+        }
+        super::testing::exercise_input_path(&input).await;
+    }
+}
+
+/// The process budget is shared: streams on one session use up what another may reserve.
+#[tokio::test]
+async fn process_budget_is_shared_across_sessions() {
+    let limits = Limits {
+        stream_window: 64 * 1024,
+        ..Limits::default()
+    };
+    let shared_budget = std::sync::Arc::new(MemoryBudget::new(3 * 64 * 1024));
+    let start = |budget: std::sync::Arc<MemoryBudget>| {
+        let (ours, _theirs) = pair(4);
+        let mut config = config(Role::Server, Version::V2, limits.clone(), &limits);
+        config.process_budget = budget;
+        (Session::start(ours, config), _theirs)
+    };
+    let (first, _first_peer) = start(shared_budget.clone());
+    let (second, _second_peer) = start(shared_budget.clone());
+    let _a = first.handle.open(b"t").await.unwrap();
+    let _b = first.handle.open(b"t").await.unwrap();
+    let c = second.handle.open(b"t").await.unwrap();
+    assert_eq!(
+        second.handle.open(b"t").await.unwrap_err(),
+        MuxError::OverBudget
+    );
+    assert_eq!(
+        first.handle.open(b"t").await.unwrap_err(),
+        MuxError::OverBudget
+    );
+    assert_eq!(shared_budget.used(), 3 * 64 * 1024);
+    drop(c);
+    assert!(first.handle.open(b"t").await.is_ok());
+}

@@ -1,0 +1,247 @@
+//! Streams: byte-exact concurrency, flow control, half-close vs reset, opens, drain, release.
+
+use super::*;
+
+#[tokio::test]
+async fn thousand_concurrent_streams_arrive_byte_exact_v2() {
+    echo_many(Version::V2, 1000).await;
+}
+
+#[tokio::test]
+async fn thousand_concurrent_streams_arrive_byte_exact_v1() {
+    echo_many(Version::V1, 1000).await;
+}
+
+/// A stream whose reader stalls holds at most its window; others keep flowing (v2).
+#[tokio::test]
+async fn stalled_reader_does_not_block_other_streams() {
+    let limits = Limits::default();
+    let window = limits.stream_window as usize;
+    let (server, mut agent) = session_pair(Version::V2, limits.clone(), limits);
+    let mut stalled = server.handle.open(b"stalled").await.unwrap();
+    stalled.write_all(b"x").await.unwrap();
+    let mut busy = server.handle.open(b"busy").await.unwrap();
+    let mut agent_stalled = agent.incoming.accept().await.unwrap().accept();
+    let mut agent_busy = agent.incoming.accept().await.unwrap().accept();
+    // The agent floods the stalled stream; its writer must park on credit, not on the session.
+    let flood = tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        loop {
+            if agent_stalled.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let body = pattern(1, 8 * 1024 * 1024);
+    let sent = body.clone();
+    let echo = tokio::spawn(async move {
+        let mut got = vec![0; sent.len()];
+        agent_busy.read_exact(&mut got).await.unwrap();
+        agent_busy.write_all(&got).await.unwrap();
+        agent_busy.shutdown().await.unwrap();
+        agent_busy
+    });
+    busy.write_all(&body).await.unwrap();
+    busy.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within("busy stream", busy.read_to_end(&mut back))
+        .await
+        .unwrap();
+    assert!(back == body);
+    within("echo task", echo).await.unwrap();
+    let stats = server.handle.stats();
+    assert!(
+        stats.buffered <= window,
+        "{} buffered > window {window}",
+        stats.buffered
+    );
+    let mut first = [0u8; 1];
+    stalled.read_exact(&mut first).await.unwrap();
+    flood.abort();
+}
+
+/// A slow consumer cannot grow memory past its window; everything still arrives (v2, B14).
+#[tokio::test]
+async fn slow_consumer_is_bounded_by_its_window() {
+    let limits = Limits {
+        stream_window: 128 * 1024,
+        ..Limits::default()
+    };
+    let (server, mut agent) = session_pair(Version::V2, limits.clone(), limits);
+    let mut stream = server.handle.open(b"bulk").await.unwrap();
+    stream.write_all(b"go").await.unwrap();
+    let mut agent_stream = agent.incoming.accept().await.unwrap().accept();
+    let body = pattern(2, 4 * 1024 * 1024);
+    let sent = body.clone();
+    let writer = tokio::spawn(async move {
+        agent_stream.write_all(&sent).await.unwrap();
+        agent_stream.shutdown().await.unwrap();
+        agent_stream
+    });
+    // Wait until the agent's writer has run out of credit, then look at our memory.
+    within("credit stall", async {
+        while agent.handle.stats().counters.credit_stalls == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let stats = server.handle.stats();
+    assert!(stats.buffered <= 128 * 1024, "buffered {}", stats.buffered);
+    assert_eq!(stats.reserved, 128 * 1024);
+    let mut got = Vec::new();
+    within("bulk read", stream.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert!(got == body);
+    drop(within("writer", writer).await.unwrap());
+}
+
+/// Fin is a clean end of one direction; Reset is an error on both.
+#[tokio::test]
+async fn reset_and_half_close_are_distinguished() {
+    let (server, mut agent) = session_pair(Version::V2, Limits::default(), Limits::default());
+    let mut finished = server.handle.open(b"a").await.unwrap();
+    finished.write_all(b"request").await.unwrap();
+    finished.shutdown().await.unwrap();
+    let mut agent_side = agent.incoming.accept().await.unwrap().accept();
+    let mut request = Vec::new();
+    agent_side.read_to_end(&mut request).await.unwrap();
+    assert_eq!(request, b"request", "Fin reads as EOF after the data");
+    agent_side.write_all(b"response still flows").await.unwrap();
+    agent_side.shutdown().await.unwrap();
+    let mut response = Vec::new();
+    finished.read_to_end(&mut response).await.unwrap();
+    assert_eq!(response, b"response still flows");
+
+    let mut aborted = server.handle.open(b"b").await.unwrap();
+    aborted.write_all(b"partial").await.unwrap();
+    let agent_side = agent.incoming.accept().await.unwrap().accept();
+    agent_side.reset(ResetReason::UpstreamFailed);
+    let error = aborted.read_to_end(&mut Vec::new()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConnectionReset);
+    let error = aborted.write_all(b"more").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConnectionReset);
+}
+
+/// v2 open without a round trip: Data leaves before any answer and is held until accept.
+#[tokio::test]
+async fn v2_data_travels_with_the_open() {
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
+    let mut stream = server.handle.open(b"kubernetes").await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(
+        peer.recv().await,
+        Some(Frame::Connect {
+            id: 1,
+            target: Bytes::from_static(b"kubernetes")
+        })
+    );
+    assert_eq!(
+        peer.recv().await,
+        Some(Frame::Data {
+            id: 1,
+            payload: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n")
+        })
+    );
+
+    let (server, mut agent) = session_pair(Version::V2, Limits::default(), Limits::default());
+    let mut stream = server.handle.open(b"kubernetes").await.unwrap();
+    stream.write_all(b"early bytes").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let incoming = within("incoming", agent.incoming.accept()).await.unwrap();
+    assert_eq!(incoming.target(), b"kubernetes");
+    let mut agent_side = incoming.accept();
+    let mut got = Vec::new();
+    agent_side.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"early bytes");
+}
+
+/// v2 reconciliation: a stream the server no longer lists is dropped at the agent, and a
+/// listed stream the agent no longer has is reset back.
+#[tokio::test]
+async fn live_ids_reconcile_lost_closes() {
+    let (mut agent, mut peer) = with_raw_peer(Role::Agent, Version::V2, Limits::default());
+    for id in 1..=2 {
+        peer.send(Frame::Connect {
+            id,
+            target: Bytes::from_static(b"t"),
+        })
+        .await;
+    }
+    let mut one = agent.incoming.accept().await.unwrap().accept();
+    let mut two = agent.incoming.accept().await.unwrap().accept();
+    assert_eq!(peer.recv().await, Some(Frame::Connected { id: 1 }));
+    assert_eq!(peer.recv().await, Some(Frame::Connected { id: 2 }));
+    peer.send(Frame::LiveIds {
+        up_to: 3,
+        ids: vec![1, 3],
+    })
+    .await;
+    let error = two.read(&mut [0u8; 1]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConnectionAborted);
+    let mut frames = vec![peer.recv().await.unwrap(), peer.recv().await.unwrap()];
+    frames.sort_by_key(|frame| frame.stream_id());
+    assert!(
+        matches!(frames[0], Frame::Reset { id: 2, .. }),
+        "{frames:?}"
+    );
+    assert!(
+        matches!(frames[1], Frame::Reset { id: 3, .. }),
+        "{frames:?}"
+    );
+    one.write_all(b"still fine").await.unwrap();
+    assert!(matches!(peer.recv().await, Some(Frame::Data { id: 1, .. })));
+}
+
+/// Drain: the peer's Drain stops new opens; in-flight streams continue.
+#[tokio::test]
+async fn drain_stops_new_streams_only() {
+    let (server, mut agent) = session_pair(Version::V2, Limits::default(), Limits::default());
+    let mut stream = server.handle.open(b"t").await.unwrap();
+    stream.write_all(b"in flight").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut agent_side = agent.incoming.accept().await.unwrap().accept();
+    agent.handle.drain(Duration::from_secs(5));
+    within("drain seen", async {
+        while !server.handle.peer_draining() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        server.handle.open(b"t").await.unwrap_err(),
+        MuxError::Draining
+    );
+    let mut got = Vec::new();
+    agent_side.read_to_end(&mut got).await.unwrap();
+    agent_side.write_all(b"done").await.unwrap();
+    agent_side.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"done");
+}
+
+/// Dropping a stream handle releases its memory and tells the peer (v2: Reset).
+#[tokio::test]
+async fn dropping_a_stream_releases_everything() {
+    let (server, mut agent) = session_pair(Version::V2, Limits::default(), Limits::default());
+    let stream = server.handle.open(b"t").await.unwrap();
+    let mut agent_side = agent.incoming.accept().await.unwrap().accept();
+    assert_eq!(
+        server.handle.stats().reserved,
+        Limits::default().stream_window as usize
+    );
+    drop(stream);
+    assert_eq!(server.handle.stats().reserved, 0);
+    assert_eq!(server.handle.stats().streams, 0);
+    let error = agent_side.read(&mut [0u8; 1]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConnectionReset);
+    drop(agent_side);
+    within("agent releases", async {
+        while agent.handle.stats().streams != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(agent.handle.process_budget().used(), 0);
+}

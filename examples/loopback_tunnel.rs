@@ -20,7 +20,11 @@ const ECHO_STREAMS: usize = 1000;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let offer_v2 = !std::env::args().any(|arg| arg == "--v1");
-    let limits = Limits::default();
+    let mut limits = Limits::default();
+    if let Ok(window) = std::env::var("STREAM_WINDOW_KIB") {
+        limits.stream_window = window.parse::<u32>()? * 1024;
+        limits.session_buffer = limits.max_streams * limits.stream_window as usize;
+    }
     let budget = Arc::new(MemoryBudget::default_process());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -51,8 +55,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         stream.write_all(&chunk).await?;
                     }
                 } else {
-                    let mut request = Vec::new();
-                    stream.read_to_end(&mut request).await?;
+                    // Length-prefixed, because v1 has no half-close to mark the request's end.
+                    let len = stream.read_u32().await? as usize;
+                    let mut request = vec![0; len];
+                    stream.read_exact(&mut request).await?;
                     stream.write_all(&request).await?;
                 }
                 stream.shutdown().await
@@ -85,6 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         echoes.push(tokio::spawn(async move {
             let mut stream = handle.open(b"echo").await?;
             let body = format!("request {index}").into_bytes();
+            stream.write_u32(body.len() as u32).await?;
             stream.write_all(&body).await?;
             stream.shutdown().await?;
             let mut back = Vec::new();

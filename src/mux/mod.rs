@@ -77,7 +77,10 @@ pub struct Limits {
     /// Concurrent streams per session (opened or accepted). Default 1024 (the Go agent's cap).
     pub max_streams: usize,
     /// v2: bytes a peer may send on one stream before we grant more; reserved per stream
-    /// against the session and process budgets. Default 256 KiB.
+    /// against the session and process budgets. Default 64 KiB (HTTP/2's default too), so
+    /// `max_streams` windows fit the session budget exactly. (Windows sized for a WAN's
+    /// bandwidth × delay need growth on demand; until then this bounds a stream at
+    /// window / RTT.)
     pub stream_window: u32,
     /// v1: bytes buffered for one stream before it is reset (v1 has no credits). Default 8 MiB.
     pub v1_stream_buffer: usize,
@@ -104,7 +107,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_streams: 1024,
-            stream_window: 256 * 1024,
+            stream_window: 64 * 1024,
             v1_stream_buffer: 8 * 1024 * 1024,
             session_buffer: 64 * 1024 * 1024,
             send_queue: 1024 * 1024,
@@ -133,6 +136,14 @@ impl Limits {
         }
         if self.max_streams == 0 || self.send_queue == 0 {
             return Err("max_streams and send_queue must be > 0".into());
+        }
+        let all_windows = self.max_streams.saturating_mul(self.stream_window as usize);
+        if all_windows > self.session_buffer {
+            return Err(format!(
+                "max_streams × stream_window ({all_windows} bytes) exceeds session_buffer ({} bytes): \
+                 streams would be refused for memory before max_streams is reached",
+                self.session_buffer
+            ));
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout < self.heartbeat_interval {
             return Err("heartbeat_interval must be > 0 and ≤ heartbeat_timeout".into());

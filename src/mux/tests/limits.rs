@@ -145,3 +145,19 @@ async fn process_budget_is_shared_across_sessions() {
     drop(c);
     assert!(first.handle.open(b"t").await.is_ok());
 }
+
+#[test]
+fn default_limits_are_consistent() {
+    Limits::default().validate().unwrap();
+    let over = Limits {
+        stream_window: 256 * 1024,
+        ..Limits::default()
+    };
+    let message = over.validate().unwrap_err();
+    assert!(message.contains("session_buffer"), "{message}");
+    let zero = Limits {
+        max_frame_payload: 0,
+        ..Limits::default()
+    };
+    assert!(zero.validate().is_err());
+}

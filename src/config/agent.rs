@@ -1,0 +1,199 @@
+//! `agent.toml`: the server to dial, the agent's token, and the upstream it fronts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::limits::{LimitsConfig, RawLimits};
+use super::{parse, read, read_secret_file, resolve, Check, ConfigError, Secret};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    server_url: String,
+    token_file: Option<PathBuf>,
+    token: Option<String>,
+    server_ca: Option<PathBuf>,
+    #[serde(default)]
+    allow_insecure_server: bool,
+    health_listen: Option<String>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    max_reconnect_interval: Option<Duration>,
+    upstream: RawUpstream,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    target: Option<String>,
+    ca_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    inject_token: Option<bool>,
+    #[serde(default)]
+    plaintext: bool,
+}
+
+/// Where the agent forwards tunnelled requests (the Kubernetes API).
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `host:port`. Default `kubernetes.default.svc:443`.
+    pub target: String,
+    /// The CA that signs the API's certificate (the pod's service-account CA by default).
+    pub ca_file: Option<PathBuf>,
+    /// The bearer token to inject, re-read for every request (it rotates). `None` when
+    /// `inject_token = false`.
+    pub token_file: Option<PathBuf>,
+    /// Plain HTTP to the upstream (tests and local setups only).
+    pub plaintext: bool,
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// `wss://host[:port]/connect` (or `ws://` with `allow_insecure_server`).
+    pub server_url: String,
+    /// The tunnel token, presented as `Authorization: Bearer` on `/connect`.
+    pub token: Secret,
+    /// Verifies the server; `None` uses the built-in web PKI roots.
+    pub server_ca: Option<PathBuf>,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub health_listen: Option<SocketAddr>,
+    /// Cap of the reconnect backoff. Default 60 s.
+    pub max_reconnect_interval: Duration,
+    /// The upstream.
+    pub upstream: UpstreamConfig,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Warnings to log once telemetry is up.
+    pub warnings: Vec<String>,
+}
+
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+impl AgentConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path, check: Check) -> Result<Self, ConfigError> {
+        Self::from_toml(path, &read(path)?, check)
+    }
+
+    /// Validates TOML text that came from `path`.
+    pub fn from_toml(path: &Path, text: &str, check: Check) -> Result<Self, ConfigError> {
+        let raw: RawAgent = parse(path, text)?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut warnings = Vec::new();
+        let scheme = raw
+            .server_url
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("wss") => {}
+            // S7: the check is on the parsed, lower-cased scheme, so `WS://` is plaintext too.
+            Some("ws") if raw.allow_insecure_server => warnings.push(
+                "server_url is plaintext ws://; the tunnel token and all traffic are unencrypted"
+                    .into(),
+            ),
+            Some("ws") => {
+                return Err(invalid(format!(
+                "server_url \"{}\" is plaintext; use wss:// or set allow_insecure_server = true",
+                raw.server_url
+            )))
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "server_url \"{}\" must start with wss://",
+                    raw.server_url
+                )))
+            }
+        }
+        let token = match (raw.token_file, raw.token) {
+            (Some(file), None) => match check {
+                Check::Syntax => Secret::new("unread".into()),
+                Check::Files => read_secret_file(&resolve(path, &file))
+                    .map_err(|error| invalid(format!("token_file: {error}")))?,
+            },
+            (None, Some(token)) if !token.trim().is_empty() => {
+                warnings.push("plaintext `token` in the config file; prefer token_file".into());
+                Secret::new(token.trim().to_owned())
+            }
+            (None, Some(_)) => return Err(invalid("token is empty".into())),
+            (None, None) => return Err(invalid("needs token_file (or token)".into())),
+            (Some(_), Some(_)) => {
+                return Err(invalid("set only one of token_file or token".into()))
+            }
+        };
+        let health_listen = raw
+            .health_listen
+            .map(|listen| {
+                listen
+                    .parse()
+                    .map_err(|_| invalid(format!("health_listen = \"{listen}\" is not an address")))
+            })
+            .transpose()?;
+        let upstream = raw.upstream;
+        let inject = upstream.inject_token.unwrap_or(true);
+        let token_file = match (inject, upstream.token_file) {
+            (false, Some(_)) => {
+                return Err(invalid(
+                    "[upstream] token_file is set but inject_token = false".into(),
+                ))
+            }
+            (false, None) => None,
+            (true, file) => Some(file.map_or_else(
+                || Path::new(SA_DIR).join("token"),
+                |file| resolve(path, &file),
+            )),
+        };
+        let ca_file = match (upstream.plaintext, upstream.ca_file) {
+            (true, Some(_)) => {
+                return Err(invalid(
+                    "[upstream] ca_file is set but plaintext = true".into(),
+                ))
+            }
+            (true, None) => None,
+            (false, file) => Some(file.map_or_else(
+                || Path::new(SA_DIR).join("ca.crt"),
+                |file| resolve(path, &file),
+            )),
+        };
+        if check == Check::Files {
+            for file in ca_file.iter().chain(token_file.iter()) {
+                std::fs::metadata(file)
+                    .map_err(|error| invalid(format!("[upstream] {}: {error}", file.display())))?;
+            }
+        }
+        let server_ca = raw.server_ca.map(|file| resolve(path, &file));
+        if let (Check::Files, Some(file)) = (check, &server_ca) {
+            std::fs::metadata(file)
+                .map_err(|error| invalid(format!("server_ca {}: {error}", file.display())))?;
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            server_url: raw.server_url,
+            token,
+            server_ca,
+            health_listen,
+            max_reconnect_interval: raw
+                .max_reconnect_interval
+                .unwrap_or(Duration::from_secs(60)),
+            upstream: UpstreamConfig {
+                target: upstream
+                    .target
+                    .unwrap_or_else(|| super::server::DEFAULT_TARGET.to_owned()),
+                ca_file,
+                token_file,
+                plaintext: upstream.plaintext,
+            },
+            limits: raw.limits.validate().map_err(invalid)?,
+            warnings,
+        })
+    }
+}

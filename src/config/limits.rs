@@ -1,0 +1,88 @@
+//! `[limits]`: every bound a peer can push against, with its default (DESIGN.md §5 item 8).
+//! Both binaries share the tunnel limits; the server adds its HTTP ones.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::mux::Limits;
+
+/// The raw `[limits]` table; unset keys take [`Limits::default`] and the defaults below.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    max_streams_per_tunnel: Option<usize>,
+    stream_window: Option<u32>,
+    v1_stream_buffer: Option<usize>,
+    tunnel_buffer: Option<usize>,
+    process_buffer: Option<usize>,
+    send_queue: Option<usize>,
+    max_frame_payload: Option<usize>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    open_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    write_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    heartbeat_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    heartbeat_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    handshake_timeout: Option<Duration>,
+    max_request_header_bytes: Option<usize>,
+}
+
+/// Validated limits.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// The tunnel (mux) limits.
+    pub tunnel: Limits,
+    /// Receive memory across all tunnels of the process. Default 1 GiB.
+    pub process_buffer: usize,
+    /// Time for a WebSocket upgrade plus negotiation. Default 15 s (the Go dialer's).
+    pub handshake_timeout: Duration,
+    /// Largest HTTP request head accepted from a client. Default 1 MiB (Go's default).
+    pub max_request_header_bytes: usize,
+}
+
+impl RawLimits {
+    pub(crate) fn validate(self) -> Result<LimitsConfig, String> {
+        let defaults = Limits::default();
+        let tunnel = Limits {
+            max_streams: self.max_streams_per_tunnel.unwrap_or(defaults.max_streams),
+            stream_window: self.stream_window.unwrap_or(defaults.stream_window),
+            v1_stream_buffer: self.v1_stream_buffer.unwrap_or(defaults.v1_stream_buffer),
+            session_buffer: self.tunnel_buffer.unwrap_or(defaults.session_buffer),
+            send_queue: self.send_queue.unwrap_or(defaults.send_queue),
+            max_frame_payload: self.max_frame_payload.unwrap_or(defaults.max_frame_payload),
+            open_timeout: self.open_timeout.unwrap_or(defaults.open_timeout),
+            write_timeout: self.write_timeout.unwrap_or(defaults.write_timeout),
+            heartbeat_interval: self
+                .heartbeat_interval
+                .unwrap_or(defaults.heartbeat_interval),
+            heartbeat_timeout: self.heartbeat_timeout.unwrap_or(defaults.heartbeat_timeout),
+            negotiate_timeout: self.handshake_timeout.unwrap_or(defaults.negotiate_timeout),
+        };
+        tunnel
+            .validate()
+            .map_err(|message| format!("[limits]: {message}"))?;
+        if tunnel.heartbeat_interval > Duration::from_secs(15) {
+            return Err("[limits] heartbeat_interval must be ≤ 15s: a Go peer drops a tunnel after 45 s without a Ping".into());
+        }
+        let process_buffer = self.process_buffer.unwrap_or(1024 * 1024 * 1024);
+        if process_buffer < tunnel.session_buffer {
+            return Err("[limits] process_buffer must be ≥ tunnel_buffer".into());
+        }
+        Ok(LimitsConfig {
+            tunnel,
+            process_buffer,
+            handshake_timeout: self.handshake_timeout.unwrap_or(Duration::from_secs(15)),
+            max_request_header_bytes: self.max_request_header_bytes.unwrap_or(1024 * 1024),
+        })
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        RawLimits::default().validate().expect("defaults are valid")
+    }
+}

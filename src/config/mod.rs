@@ -1,0 +1,131 @@
+//! Configuration: TOML text → raw serde structs (`deny_unknown_fields`) → validated typed
+//! config, once, at start (and again on reload). Errors name the file, the line and the key;
+//! secrets never appear in `Debug` output or error messages.
+//!
+//! The schema of record is this module plus `examples/server.toml` / `examples/agent.toml`;
+//! `docs/configuration.md` documents every key and a test checks it against the examples.
+
+mod agent;
+mod duration;
+mod limits;
+mod server;
+
+pub use agent::{AgentConfig, UpstreamConfig};
+pub use duration::parse_duration;
+pub use limits::LimitsConfig;
+pub use server::{ClusterConfig, ServerConfig, TokenHash};
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Default config file of the server.
+pub const DEFAULT_SERVER_CONFIG: &str = "/etc/argocd-proxy/server.toml";
+/// Default config file of the agent.
+pub const DEFAULT_AGENT_CONFIG: &str = "/etc/argocd-proxy/agent.toml";
+
+/// Why a config cannot be used. The message is meant for an operator's terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown/mistyped keys (the message has line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line, column and key.
+        message: String,
+    },
+    /// The values break a rule.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// How thoroughly to check: `Files` also opens every file the config names (`--check-config`);
+/// `Syntax` does not (`--check-config --syntax-only`, for rendered Helm output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Parse and validate values only.
+    Syntax,
+    /// Also read every file the config names.
+    Files,
+}
+
+/// A secret string: its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that must send or hash it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|error| ConfigError::Parse {
+        path: path.to_owned(),
+        message: error.to_string().trim_end().to_owned(),
+    })
+}
+
+/// Reads a secret file (a token): trimmed, never empty.
+pub(crate) fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Secret(token.to_owned()))
+}
+
+/// Resolves a path against `$CREDENTIALS_DIRECTORY` when it is relative and systemd passed
+/// credentials (`LoadCredential=`), else against the config file's directory.
+pub(crate) fn resolve(config_path: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_owned();
+    }
+    if let Some(credentials) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let candidate = Path::new(&credentials).join(path);
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    config_path.parent().unwrap_or(Path::new(".")).join(path)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+//! `server.toml`: listeners, clusters and their agent tokens, limits.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::limits::{LimitsConfig, RawLimits};
+use super::{parse, read, read_secret_file, resolve, Check, ConfigError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    public: RawListener,
+    internal: RawListener,
+    ops: Option<RawListener>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    cluster: Vec<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    id: String,
+    token_sha256: Option<String>,
+    token_file: Option<PathBuf>,
+    token: Option<String>,
+    target: Option<String>,
+}
+
+/// The SHA-256 of an agent token. Only hashes are kept in memory after load.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// Hashes a presented token.
+    pub fn of(token: &[u8]) -> Self {
+        Self(Sha256::digest(token).into())
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let hex = hex.trim();
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (index, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * index..2 * index + 2], 16).ok()?;
+        }
+        Some(Self(out))
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A hash is not a secret, but a short prefix is all a log needs.
+        write!(f, "sha256:{}…", &self.to_hex()[..8])
+    }
+}
+
+/// One customer cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The id in `/tunnel/<id>/…` (letters, digits, `-`, `_`, `.`).
+    pub id: String,
+    /// The agent token's hash.
+    pub token: TokenHash,
+    /// Sent in a v1 Connect (a Go agent compares it with its `-target`). Default
+    /// `kubernetes.default.svc:443`.
+    pub target: String,
+}
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Agents connect here (`/connect`, `/healthz`).
+    pub public_listen: SocketAddr,
+    /// Argo CD calls here (`/tunnel/<cluster-id>/…`).
+    pub internal_listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`; none when `[ops]` is absent.
+    pub ops_listen: Option<SocketAddr>,
+    /// Clusters, in file order.
+    pub clusters: Vec<ClusterConfig>,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Warnings to log once telemetry is up (e.g. plaintext tokens).
+    pub warnings: Vec<String>,
+}
+
+/// The default v1 Connect target (the Go server's default `targetAddr`).
+pub const DEFAULT_TARGET: &str = "kubernetes.default.svc:443";
+
+impl ServerConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path, check: Check) -> Result<Self, ConfigError> {
+        Self::from_toml(path, &read(path)?, check)
+    }
+
+    /// Validates TOML text that came from `path` (used for messages and relative paths).
+    pub fn from_toml(path: &Path, text: &str, check: Check) -> Result<Self, ConfigError> {
+        let raw: RawServer = parse(path, text)?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let listen = |table: &str, listener: &RawListener| {
+            listener.listen.parse::<SocketAddr>().map_err(|_| {
+                invalid(format!(
+                    "[{table}] listen = \"{}\" is not an address like \"0.0.0.0:8443\"",
+                    listener.listen
+                ))
+            })
+        };
+        let public_listen = listen("public", &raw.public)?;
+        let internal_listen = listen("internal", &raw.internal)?;
+        let ops_listen = raw.ops.as_ref().map(|ops| listen("ops", ops)).transpose()?;
+        let limits = raw.limits.validate().map_err(invalid)?;
+        let mut warnings = Vec::new();
+        let mut clusters = Vec::new();
+        let mut ids = HashSet::new();
+        let mut hashes = HashSet::new();
+        for (index, cluster) in raw.cluster.into_iter().enumerate() {
+            let at = format!("[[cluster]] #{} (id \"{}\")", index + 1, cluster.id);
+            if !valid_id(&cluster.id) {
+                return Err(invalid(format!(
+                    "{at}: id must be 1-253 characters of letters, digits, '-', '_' or '.'"
+                )));
+            }
+            if !ids.insert(cluster.id.clone()) {
+                return Err(invalid(format!("{at}: duplicate cluster id")));
+            }
+            let token = match (cluster.token_sha256, cluster.token_file, cluster.token) {
+                (Some(hex), None, None) => TokenHash::from_hex(&hex)
+                    .ok_or_else(|| invalid(format!("{at}: token_sha256 must be 64 hex digits")))?,
+                (None, Some(file), None) => match check {
+                    // Rendered configs are checked without their secrets mounted.
+                    Check::Syntax => TokenHash::of(format!("unread:{}", cluster.id).as_bytes()),
+                    Check::Files => {
+                        let file = resolve(path, &file);
+                        let secret = read_secret_file(&file)
+                            .map_err(|error| invalid(format!("{at}: token_file: {error}")))?;
+                        TokenHash::of(secret.expose().as_bytes())
+                    }
+                },
+                (None, None, Some(token)) => {
+                    if token.trim().is_empty() {
+                        return Err(invalid(format!("{at}: token is empty")));
+                    }
+                    warnings.push(format!("{at}: plaintext `token` in the config file; prefer token_sha256 or token_file"));
+                    TokenHash::of(token.trim().as_bytes())
+                }
+                (None, None, None) => {
+                    return Err(invalid(format!(
+                        "{at}: needs one of token_sha256, token_file or token"
+                    )))
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "{at}: set only one of token_sha256, token_file or token"
+                    )))
+                }
+            };
+            if !hashes.insert(token) {
+                return Err(invalid(format!(
+                    "{at}: same token as another cluster; each cluster needs its own"
+                )));
+            }
+            let target = cluster.target.unwrap_or_else(|| DEFAULT_TARGET.to_owned());
+            if target.is_empty() || target.contains(char::is_whitespace) {
+                return Err(invalid(format!(
+                    "{at}: target must be a host:port without spaces"
+                )));
+            }
+            clusters.push(ClusterConfig {
+                id: cluster.id,
+                token,
+                target,
+            });
+        }
+        let mut addresses = vec![("public", public_listen), ("internal", internal_listen)];
+        addresses.extend(ops_listen.map(|addr| ("ops", addr)));
+        for (i, (name, addr)) in addresses.iter().enumerate() {
+            for (other, other_addr) in &addresses[i + 1..] {
+                if addr == other_addr && addr.port() != 0 {
+                    return Err(invalid(format!(
+                        "[{name}] and [{other}] both listen on {addr}"
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            public_listen,
+            internal_listen,
+            ops_listen,
+            clusters,
+            limits,
+            warnings,
+        })
+    }
+}
+
+/// Cluster ids appear in URL paths and metric labels: keep them to a safe alphabet.
+fn valid_id(id: &str) -> bool {
+    (1..=253).contains(&id.len())
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
+        && id != "."
+        && id != ".."
+}

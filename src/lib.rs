@@ -25,7 +25,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod config;
+pub mod http;
+pub mod listen;
+pub mod metrics;
 pub mod mux;
 pub mod protocol;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
 pub mod transport;

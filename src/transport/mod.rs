@@ -2,4 +2,5 @@
 //! the mux's frame transport and performs both sides of the upgrade with version negotiation.
 //! (TLS joins it in `tls` with the server/agent work.)
 
+pub mod tls;
 pub mod websocket;

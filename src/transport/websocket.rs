@@ -209,3 +209,20 @@ where
         echoed,
     })
 }
+
+/// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2), for
+/// servers that answer the upgrade themselves (the server's hyper listener does).
+pub fn accept_key(client_key: &[u8]) -> String {
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(client_key)
+}
+
+/// Server side, after the HTTP layer has answered 101 itself: wraps the upgraded connection.
+pub async fn from_upgraded<S>(io: S) -> WebSocketTransport<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    WebSocketTransport::new(
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(config())).await,
+    )
+}

@@ -1,0 +1,78 @@
+//! Reconnect delays: exponential with full jitter, capped, reset after a stable connection,
+//! and free of overflow however long the server stays away (B5).
+
+use std::time::Duration;
+
+/// The base delay of the first retry.
+const BASE: Duration = Duration::from_millis(500);
+
+/// A connection that lasted this long resets the backoff.
+pub const STABLE: Duration = Duration::from_secs(30);
+
+/// Backoff state.
+pub struct Backoff {
+    cap: Duration,
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    /// A backoff capped at `cap`.
+    pub fn new(cap: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |elapsed| elapsed.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 32;
+        Self {
+            cap,
+            attempt: 0,
+            seed: seed | 1,
+        }
+    }
+
+    /// Forget past failures (the last connection was stable).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The next delay: uniformly random in [0, min(cap, base × 2^attempt)].
+    pub fn next_delay(&mut self) -> Duration {
+        // 2^20 × 0.5 s is days: past that the cap rules anyway, and the shift cannot overflow.
+        let ceiling = BASE
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let millis = ceiling.as_millis() as u64;
+        Duration::from_millis(if millis == 0 {
+            0
+        } else {
+            self.seed % (millis + 1)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_then_stay_under_the_cap_forever() {
+        let cap = Duration::from_secs(60);
+        let mut backoff = Backoff::new(cap);
+        let mut largest = Duration::ZERO;
+        for attempt in 0..100_000u32 {
+            let delay = backoff.next_delay();
+            assert!(delay <= cap, "attempt {attempt}: {delay:?}");
+            if attempt < 3 {
+                assert!(delay <= BASE * (1 << attempt));
+            }
+            largest = largest.max(delay);
+        }
+        assert!(largest > cap / 2, "full jitter still reaches near the cap");
+        backoff.reset();
+        assert!(backoff.next_delay() <= BASE);
+    }
+}

@@ -1,0 +1,147 @@
+//! One tunnel attempt: TCP → TLS (unless `ws://` was allowed) → WebSocket upgrade with the
+//! token and the v2 offer → negotiation → a mux session. Each step is bounded by the handshake
+//! timeout and says which step failed.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::config::AgentConfig;
+use crate::mux::negotiate::{self, Negotiated};
+use crate::mux::{MemoryBudget, Role, Session};
+use crate::transport::{tls, websocket};
+
+/// A connected byte stream, TLS or not.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Why an attempt failed; the text goes to the log and the sd_notify status.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The URL could not be used.
+    #[error("server_url: {0}")]
+    Url(String),
+    /// TCP connect failed.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// host:port.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The server refused the upgrade (401 for a bad token, 503…).
+    #[error("server answered {status}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// Seconds from `Retry-After`, if any.
+        retry_after: Option<u64>,
+    },
+    /// The upgrade failed otherwise.
+    #[error("WebSocket upgrade: {0}")]
+    Upgrade(String),
+    /// Negotiation failed.
+    #[error(transparent)]
+    Negotiate(#[from] negotiate::NegotiateError),
+    /// A step took longer than the handshake timeout.
+    #[error("timed out during {0}")]
+    Timeout(&'static str),
+}
+
+/// A negotiated tunnel.
+pub struct Dialed {
+    /// The session.
+    pub session: Session,
+    /// What negotiation decided.
+    pub negotiated: Negotiated,
+}
+
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    step: &'static str,
+    future: impl std::future::Future<Output = Result<T, DialError>>,
+) -> Result<T, DialError> {
+    tokio::time::timeout(timeout, future)
+        .await
+        .map_err(|_| DialError::Timeout(step))?
+}
+
+/// Dials the server once.
+pub async fn dial(config: &AgentConfig, budget: Arc<MemoryBudget>) -> Result<Dialed, DialError> {
+    let timeout = config.limits.handshake_timeout;
+    let uri: http::Uri = config
+        .server_url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| DialError::Url(e.to_string()))?;
+    let secure = uri
+        .scheme_str()
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("wss"));
+    let host = uri
+        .host()
+        .ok_or_else(|| DialError::Url("no host".into()))?
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let addr = format!("{host}:{port}");
+    let tcp = bounded(timeout, "connect", async {
+        TcpStream::connect(&addr)
+            .await
+            .map_err(|source| DialError::Connect {
+                addr: addr.clone(),
+                source,
+            })
+    })
+    .await?;
+    let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Io> = if secure {
+        let roots = tls::roots(config.server_ca.as_deref())?;
+        let client = tls::client_config(roots, &[b"http/1.1"]);
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Box::new(
+            bounded(timeout, "TLS handshake", async {
+                Ok(tls::connect(client, &host, tcp).await?)
+            })
+            .await?,
+        )
+    } else {
+        Box::new(tcp)
+    };
+    let url = config.server_url.clone();
+    let token = config.token.expose().to_owned();
+    let connected = bounded(timeout, "WebSocket upgrade", async move {
+        websocket::connect(io, &url, Some(&token), true)
+            .await
+            .map_err(|error| match error {
+                tokio_tungstenite::tungstenite::Error::Http(response) => DialError::Refused {
+                    status: response.status().as_u16(),
+                    retry_after: response
+                        .headers()
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.trim().parse().ok()),
+                },
+                other => DialError::Upgrade(other.to_string()),
+            })
+    })
+    .await?;
+    let mut transport = connected.transport;
+    let limits = config.limits.tunnel.clone();
+    let negotiated = bounded(timeout, "negotiation", async {
+        Ok(negotiate::agent(&mut transport, connected.offered, connected.echoed, &limits).await?)
+    })
+    .await?;
+    let session = Session::start(
+        transport,
+        negotiated.clone().into_config(Role::Agent, limits, budget),
+    );
+    Ok(Dialed {
+        session,
+        negotiated,
+    })
+}

@@ -1,0 +1,154 @@
+//! Per tunnel stream: decide whether to serve it (the agent never dials an address from the
+//! wire), then serve HTTP/1.1 on it: each request gets the agent's own credentials and goes to
+//! the configured upstream over a pooled client; the response streams back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
+
+use super::AgentState;
+use crate::http::{status_response, strip_hop_by_hop, Body};
+use crate::mux::IncomingStream;
+use crate::protocol::{ResetReason, Version};
+
+/// The pooled client to the upstream.
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+
+/// The v2 target name of the Kubernetes API (extension backends get their own names later).
+pub const KUBERNETES: &[u8] = b"kubernetes";
+
+/// Serves one stream the server opened.
+pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, version: Version) {
+    let upstream = &state.config.upstream;
+    match version {
+        // S6: a v1 Connect names an address; we serve our configured upstream whatever it says.
+        Version::V1 if incoming.target() != upstream.target.as_bytes() => {
+            tracing::warn!(
+                requested = %String::from_utf8_lossy(incoming.target()),
+                configured = %upstream.target,
+                "server asked for a different target; serving the configured upstream"
+            );
+            state.metrics.upstream_errors.inc(&["target_mismatch"]);
+        }
+        Version::V1 => {}
+        Version::V2 if incoming.target() == KUBERNETES => {}
+        Version::V2 => {
+            state.metrics.upstream_errors.inc(&["unknown_target"]);
+            return incoming.refuse(ResetReason::Refused, "target not configured on this agent");
+        }
+    }
+    let stream = incoming.accept();
+    state.metrics.upstream_requests.inc(&[]);
+    let service = {
+        let state = state.clone();
+        service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(forward(state, request).await) }
+        })
+    };
+    let result = http1::Builder::new()
+        // v1 streams carry exactly one request (the Go server sends `Connection: close`).
+        .keep_alive(version == Version::V2)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = result {
+        tracing::debug!(%error, "tunnel stream ended with an error");
+    }
+}
+
+async fn forward(state: Arc<AgentState>, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let impersonate = parts
+        .headers
+        .get("impersonate-user")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let upstream = &state.config.upstream;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.remove(header::PROXY_AUTHORIZATION);
+    if let Some(token_file) = &upstream.token_file {
+        // Read now: projected service-account tokens rotate. Never forward without it (B18).
+        let token = match tokio::fs::read_to_string(token_file).await {
+            Ok(token) if !token.trim().is_empty() => token,
+            outcome => {
+                let why = outcome.map_or_else(|error| error.to_string(), |_| "empty".to_owned());
+                tracing::warn!(file = %token_file.display(), error = %why, "cannot read the upstream token; request refused");
+                state.metrics.upstream_errors.inc(&["token_unreadable"]);
+                return status_response(
+                    StatusCode::BAD_GATEWAY,
+                    "ServiceUnavailable",
+                    "the cluster agent cannot read its credentials",
+                );
+            }
+        };
+        match HeaderValue::from_str(&format!("Bearer {}", token.trim())) {
+            Ok(value) => {
+                parts.headers.insert(header::AUTHORIZATION, value);
+            }
+            Err(_) => {
+                state.metrics.upstream_errors.inc(&["token_unreadable"]);
+                return status_response(
+                    StatusCode::BAD_GATEWAY,
+                    "ServiceUnavailable",
+                    "the cluster agent's token is not a valid header value",
+                );
+            }
+        }
+    }
+    let scheme = if upstream.plaintext { "http" } else { "https" };
+    let uri = format!("{scheme}://{}{path}", upstream.target);
+    let Ok(uri) = uri.parse::<Uri>() else {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "request path is not valid",
+        );
+    };
+    parts.uri = uri;
+    if let Ok(host) = HeaderValue::from_str(&upstream.target) {
+        parts.headers.insert(header::HOST, host);
+    }
+    let response = match state.client.request(Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(error) => {
+            tracing::warn!(%error, target = %upstream.target, "upstream request failed");
+            state.metrics.upstream_errors.inc(&["upstream"]);
+            status_response(
+                StatusCode::BAD_GATEWAY,
+                "ServiceUnavailable",
+                "the cluster agent could not reach its Kubernetes API",
+            )
+        }
+    };
+    // The customer's audit trail of what the management side did.
+    tracing::info!(
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        impersonate_user = impersonate.as_deref().unwrap_or("-"),
+        "proxied"
+    );
+    response
+}

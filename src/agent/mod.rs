@@ -1,0 +1,194 @@
+//! argocd-proxy-agent: dials out to the server, keeps one tunnel up (reconnecting with
+//! backoff), and serves every stream the server opens by forwarding HTTP to its upstream.
+//!
+//! Flow: [`run`] → `dial` (TCP → TLS → WebSocket → negotiation) → accept streams →
+//! `forward::serve_stream` per stream → upstream. `health` serves `/healthz`, `/readyz`,
+//! `/metrics` on `health_listen`.
+
+mod backoff;
+pub mod dial;
+mod forward;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AgentConfig;
+use crate::http::{full, text_response, Body};
+use crate::listen;
+use crate::metrics::AgentMetrics;
+use crate::mux::MemoryBudget;
+use crate::transport::tls;
+
+/// What the agent's tasks share.
+pub(crate) struct AgentState {
+    pub(crate) config: AgentConfig,
+    pub(crate) client: forward::UpstreamClient,
+    pub(crate) metrics: AgentMetrics,
+    connected: AtomicBool,
+}
+
+/// A configured agent whose health listener (if any) is bound.
+pub struct Agent {
+    state: Arc<AgentState>,
+    health: Option<tokio::net::TcpListener>,
+}
+
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The health listener cannot bind.
+    #[error(transparent)]
+    Bind(#[from] listen::BindError),
+    /// The upstream CA cannot be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+impl Agent {
+    /// Loads the upstream TLS settings and binds the health listener.
+    pub async fn bind(config: AgentConfig) -> Result<Agent, StartError> {
+        let roots = match (&config.upstream.ca_file, config.upstream.plaintext) {
+            (Some(ca), false) => tls::roots(Some(ca))?,
+            _ => rustls::RootCertStore::empty(),
+        };
+        // hyper-rustls sets ALPN itself (and refuses a config that already has it).
+        let connector = tls::upstream_connector(tls::client_config(roots, &[]));
+        let client =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+        let health = match config.health_listen {
+            Some(addr) => Some(listen::bind("health", addr).await?),
+            None => None,
+        };
+        Ok(Agent {
+            state: Arc::new(AgentState {
+                config,
+                client,
+                metrics: AgentMetrics::new(),
+                connected: AtomicBool::new(false),
+            }),
+            health,
+        })
+    }
+
+    /// The bound health address.
+    pub fn health_addr(&self) -> Option<std::net::SocketAddr> {
+        self.health
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// Keeps the tunnel up until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let state = self.state;
+        let tracker = TaskTracker::new();
+        if let Some(listener) = self.health {
+            let state = state.clone();
+            let handler = move |request, _peer| health(state.clone(), request);
+            tracker.spawn(listen::serve(
+                listener,
+                handler,
+                shutdown.clone(),
+                tracker.clone(),
+                64 * 1024,
+            ));
+        }
+        let budget = Arc::new(MemoryBudget::new(state.config.limits.process_buffer));
+        let mut backoff = backoff::Backoff::new(state.config.max_reconnect_interval);
+        loop {
+            let attempt = tokio::select! {
+                attempt = dial::dial(&state.config, budget.clone()) => attempt,
+                _ = shutdown.cancelled() => break,
+            };
+            let delay = match attempt {
+                Ok(dialed) => {
+                    let connected_at = Instant::now();
+                    tunnel(&state, dialed, &shutdown, &tracker).await;
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    if connected_at.elapsed() >= backoff::STABLE {
+                        backoff.reset();
+                    }
+                    backoff.next_delay()
+                }
+                Err(error) => {
+                    let delay = match &error {
+                        dial::DialError::Refused {
+                            retry_after: Some(seconds),
+                            ..
+                        } => std::time::Duration::from_secs((*seconds).min(300)),
+                        _ => backoff.next_delay(),
+                    };
+                    tracing::warn!(%error, server = %state.config.server_url, retry_in_ms = delay.as_millis() as u64, "cannot reach the server");
+                    delay
+                }
+            };
+            state.metrics.reconnects.inc(&[]);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        tracker.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await;
+    }
+}
+
+/// Serves one tunnel until it ends or the agent stops.
+async fn tunnel(
+    state: &Arc<AgentState>,
+    dialed: dial::Dialed,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let version = dialed.negotiated.version;
+    let crate::mux::Session {
+        handle,
+        mut incoming,
+    } = dialed.session;
+    tracing::info!(server = %state.config.server_url, protocol = version.as_str(), "tunnel up");
+    state.connected.store(true, Ordering::Release);
+    state.metrics.connected.add(&[], 1.0);
+    loop {
+        tokio::select! {
+            next = incoming.accept() => match next {
+                Some(stream) => {
+                    tracker.spawn(forward::serve_stream(state.clone(), stream, version));
+                }
+                None => break,
+            },
+            _ = shutdown.cancelled() => {
+                handle.close();
+                break;
+            }
+        }
+    }
+    let end = handle.closed().await;
+    state.connected.store(false, Ordering::Release);
+    state.metrics.connected.add(&[], -1.0);
+    tracing::warn!(reason = %end, "tunnel down");
+}
+
+async fn health(state: Arc<AgentState>, request: Request<Incoming>) -> Response<Body> {
+    match request.uri().path() {
+        "/healthz" => text_response(StatusCode::OK, "ok"),
+        "/readyz" if state.connected.load(Ordering::Acquire) => text_response(StatusCode::OK, "ok"),
+        "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "not connected\n"),
+        "/metrics" => {
+            let mut response = Response::new(full(state.metrics.render()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}

@@ -1,0 +1,149 @@
+//! HTTP hygiene shared by the server and the agent: hop-by-hop header stripping (tokenised,
+//! both directions), Kubernetes `Status` error bodies, and the body type both use.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// The response/request body type of both binaries: a stream of bytes that may fail (a tunnel
+/// lost mid-body fails the body, so the client sees an error, never a clean end).
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, plus the de-facto ones).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Every token of every `Connection` header, lower-cased.
+pub fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect()
+}
+
+/// True when `Connection` names the `upgrade` token anywhere (B11: `keep-alive, Upgrade` counts).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    connection_tokens(headers)
+        .iter()
+        .any(|token| token == "upgrade")
+}
+
+/// Removes hop-by-hop headers and every header `Connection` names (for a request or a
+/// response alike: a response's `Connection: close, X-Foo` must not leak `X-Foo`).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_tokens(headers) {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For` (keeping what the client sent).
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
+    let value = match headers
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(existing) => format!("{existing}, {client}"),
+        None => client.to_string(),
+    };
+    headers.remove("x-forwarded-for");
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
+
+/// A body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A Kubernetes `Status` error response, so kubectl and Argo CD print something useful.
+pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A small plain-text response (health endpoints, refusals on the public listener).
+pub fn text_response(code: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_stripped_tokenised() {
+        let mut headers = HeaderMap::new();
+        headers.append("connection", HeaderValue::from_static("close, X-Foo"));
+        headers.append("connection", HeaderValue::from_static(" x-bar "));
+        headers.insert("x-foo", HeaderValue::from_static("1"));
+        headers.insert("x-bar", HeaderValue::from_static("2"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("x-keep", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|name| name.as_str()).collect();
+        assert_eq!(names, ["x-keep"]);
+    }
+
+    #[test]
+    fn upgrade_is_found_in_any_position_and_case() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(wants_upgrade(&headers));
+        headers.insert("connection", HeaderValue::from_static("keep-alive"));
+        assert!(!wants_upgrade(&headers));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, "10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut headers, "10.0.0.2".parse().unwrap());
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
+    }
+}

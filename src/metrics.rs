@@ -1,0 +1,242 @@
+//! Prometheus text exposition for the few series each binary exports. Each binary builds its
+//! own set (the Go binaries exported each other's; B19), keeping the Go metric names so
+//! existing dashboards work. Hand-rolled: a labelled counter/gauge family is all we need.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// A counter or gauge family: one value per label set.
+pub struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    labels: &'static [&'static str],
+    values: Mutex<BTreeMap<Vec<String>, f64>>,
+}
+
+impl Family {
+    /// A counter family with these label names.
+    pub const fn counter(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+    ) -> Self {
+        Self::new(name, help, "counter", labels)
+    }
+
+    /// A gauge family with these label names.
+    pub const fn gauge(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+    ) -> Self {
+        Self::new(name, help, "gauge", labels)
+    }
+
+    const fn new(
+        name: &'static str,
+        help: &'static str,
+        kind: &'static str,
+        labels: &'static [&'static str],
+    ) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            labels,
+            values: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Adds `delta` to the series with `labels` (values in label-name order).
+    pub fn add(&self, labels: &[&str], delta: f64) {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
+        let key = labels.iter().map(|label| (*label).to_owned()).collect();
+        let mut values = self
+            .values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *values.entry(key).or_insert(0.0) += delta;
+    }
+
+    /// Adds one.
+    pub fn inc(&self, labels: &[&str]) {
+        self.add(labels, 1.0);
+    }
+
+    /// The value of one series (0 if never touched).
+    pub fn get(&self, labels: &[&str]) -> f64 {
+        let key: Vec<String> = labels.iter().map(|label| (*label).to_owned()).collect();
+        let values = self
+            .values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        values.get(&key).copied().unwrap_or(0.0)
+    }
+
+    /// Appends the family in Prometheus text format. An unlabelled family always shows a value.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        let values = self
+            .values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.labels.is_empty() && values.is_empty() {
+            let _ = writeln!(out, "{} 0", self.name);
+        }
+        for (key, value) in values.iter() {
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .zip(key)
+                .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
+                .collect();
+            if labels.is_empty() {
+                let _ = writeln!(out, "{} {value}", self.name);
+            } else {
+                let _ = writeln!(out, "{}{{{}}} {value}", self.name, labels.join(","));
+            }
+        }
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The methods Go's metrics name; anything else is `OTHER` (a client cannot mint label values).
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// The server's series.
+pub struct ServerMetrics {
+    /// `agents_connected`: live agent tunnels.
+    pub agents_connected: Family,
+    /// `auth_failures_total{endpoint}`.
+    pub auth_failures: Family,
+    /// `proxy_requests_total{cluster,method,code}`.
+    pub requests: Family,
+    /// `tunnel_active_connections{cluster}`: requests in flight.
+    pub active: Family,
+}
+
+impl ServerMetrics {
+    /// A fresh set.
+    pub fn new() -> Self {
+        Self {
+            agents_connected: Family::gauge("agents_connected", "Agent tunnels connected.", &[]),
+            auth_failures: Family::counter(
+                "auth_failures_total",
+                "Rejected agent credentials.",
+                &["endpoint"],
+            ),
+            requests: Family::counter(
+                "proxy_requests_total",
+                "Requests proxied, by cluster, method and status.",
+                &["cluster", "method", "code"],
+            ),
+            active: Family::gauge(
+                "tunnel_active_connections",
+                "Requests in flight, by cluster.",
+                &["cluster"],
+            ),
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for family in [
+            &self.agents_connected,
+            &self.auth_failures,
+            &self.requests,
+            &self.active,
+        ] {
+            family.render(&mut out);
+        }
+        out
+    }
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The agent's series.
+pub struct AgentMetrics {
+    /// `agent_connected`: 1 while the tunnel is up.
+    pub connected: Family,
+    /// `agent_reconnects_total`.
+    pub reconnects: Family,
+    /// `agent_upstream_requests_total`.
+    pub upstream_requests: Family,
+    /// `agent_upstream_errors_total{reason}`.
+    pub upstream_errors: Family,
+}
+
+impl AgentMetrics {
+    /// A fresh set.
+    pub fn new() -> Self {
+        Self {
+            connected: Family::gauge(
+                "agent_connected",
+                "1 while the tunnel to the server is up.",
+                &[],
+            ),
+            reconnects: Family::counter(
+                "agent_reconnects_total",
+                "Tunnel reconnect attempts.",
+                &[],
+            ),
+            upstream_requests: Family::counter(
+                "agent_upstream_requests_total",
+                "Requests forwarded to the upstream.",
+                &[],
+            ),
+            upstream_errors: Family::counter(
+                "agent_upstream_errors_total",
+                "Requests that failed at the agent, by reason.",
+                &["reason"],
+            ),
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for family in [
+            &self.connected,
+            &self.reconnects,
+            &self.upstream_requests,
+            &self.upstream_errors,
+        ] {
+            family.render(&mut out);
+        }
+        out
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

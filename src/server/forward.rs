@@ -1,0 +1,213 @@
+//! The internal listener: `/tunnel/{cluster-id}/{rest}` → that cluster's agent, and the one
+//! place where forwarding errors become HTTP statuses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Version as HttpVersion};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::route::{route, RouteError};
+use super::ServerState;
+use crate::http::{append_forwarded_for, status_response, strip_hop_by_hop, wants_upgrade, Body};
+use crate::metrics::method_label;
+use crate::mux::MuxError;
+use crate::protocol::Version;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Not a `/tunnel/…` path.
+    #[error("not found")]
+    NotTunnel,
+    /// `/tunnel//…`.
+    #[error("no cluster id in the path")]
+    EmptyId,
+    /// No such cluster in the config.
+    #[error("unknown cluster")]
+    UnknownCluster,
+    /// The cluster's agent is not connected.
+    #[error("agent not connected")]
+    AgentOffline,
+    /// The tunnel could not open a stream.
+    #[error("tunnel: {0}")]
+    Open(MuxError),
+    /// Upgrades are relayed by a later version.
+    #[error("upgrade not supported yet")]
+    Upgrade,
+    /// The agent or its upstream failed after the request left.
+    #[error("upstream: {0}")]
+    Upstream(hyper::Error),
+}
+
+/// The single error → status table (DESIGN.md §4). Every body is a Kubernetes `Status`.
+fn rescue(error: &ForwardError) -> Response<Body> {
+    use ForwardError::*;
+    match error {
+        NotTunnel => status_response(StatusCode::NOT_FOUND, "NotFound", "not found"),
+        EmptyId => status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "bad request: no cluster id",
+        ),
+        // The same text for unknown and offline would hide which ids exist, but an offline
+        // agent must be a 503 (client-go retries it); the id is never echoed.
+        UnknownCluster => status_response(
+            StatusCode::BAD_GATEWAY,
+            "ServiceUnavailable",
+            "cluster not available",
+        ),
+        // Nothing was sent to an agent: safe for any verb to retry.
+        AgentOffline
+        | Open(
+            MuxError::SessionLost(_)
+            | MuxError::Draining
+            | MuxError::TooManyStreams
+            | MuxError::OverBudget,
+        ) => {
+            let mut response = status_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "cluster agent not connected or busy; retry",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        Open(MuxError::OpenTimeout) => status_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            "the cluster agent did not answer in time",
+        ),
+        Open(MuxError::Refused(_) | MuxError::NotOpener) => status_response(
+            StatusCode::BAD_GATEWAY,
+            "ServiceUnavailable",
+            "the cluster agent refused the request",
+        ),
+        Upgrade => status_response(
+            StatusCode::NOT_IMPLEMENTED,
+            "MethodNotAllowed",
+            "protocol upgrades (exec, port-forward) are not supported by this server version",
+        ),
+        Upstream(_) => {
+            status_response(StatusCode::BAD_GATEWAY, "ServiceUnavailable", "bad gateway")
+        }
+    }
+}
+
+/// Handles one request on the internal listener.
+pub async fn handle(
+    state: Arc<ServerState>,
+    request: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let cluster = route(&path).map(|(id, _)| id.to_owned()).ok();
+    let response = match forward(&state, request, client, &path).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(cluster = cluster.as_deref().unwrap_or("-"), %error, "request not forwarded");
+            rescue(&error)
+        }
+    };
+    // Only configured clusters become label values; a client cannot mint series.
+    if let Some(cluster) = cluster.filter(|id| state.cluster(id).is_some()) {
+        let code = response.status().as_u16().to_string();
+        state
+            .metrics
+            .requests
+            .inc(&[&cluster, method_label(&method), &code]);
+        tracing::info!(%cluster, %method, path = %path, status = response.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, remote = %client, "proxy");
+    }
+    response
+}
+
+async fn forward(
+    state: &Arc<ServerState>,
+    request: Request<Incoming>,
+    client: SocketAddr,
+    path: &str,
+) -> Result<Response<Body>, ForwardError> {
+    let (cluster_id, rest) = route(path).map_err(|error| match error {
+        RouteError::NotTunnel => ForwardError::NotTunnel,
+        RouteError::EmptyId => ForwardError::EmptyId,
+    })?;
+    let cluster = state
+        .cluster(cluster_id)
+        .ok_or(ForwardError::UnknownCluster)?;
+    let session = state
+        .registry
+        .lookup(cluster_id)
+        .ok_or(ForwardError::AgentOffline)?;
+    if wants_upgrade(request.headers()) {
+        return Err(ForwardError::Upgrade);
+    }
+    let _active = ActiveGuard::new(state.clone(), cluster_id);
+    // v1: the Go agent compares the Connect payload with its -target; v2 names the target.
+    let target = match session.version() {
+        Version::V1 => cluster.target.as_bytes().to_vec(),
+        Version::V2 => b"kubernetes".to_vec(),
+    };
+    let stream = session.open(&target).await.map_err(ForwardError::Open)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ForwardError::Upstream)?;
+    state.tracker.spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "tunnel stream connection ended with an error");
+        }
+    });
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.remove(header::PROXY_AUTHORIZATION);
+    append_forwarded_for(&mut parts.headers, client.ip());
+    if let Ok(host) = HeaderValue::from_str(&cluster.target) {
+        parts.headers.insert(header::HOST, host);
+    }
+    // One request per tunnel stream for now (v2 keep-alive pooling comes with issue 5).
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    parts.version = HttpVersion::HTTP_11;
+    parts.uri = rest.parse().map_err(|_| ForwardError::NotTunnel)?;
+    let outgoing = Request::from_parts(parts, body);
+    let response = sender
+        .send_request(outgoing)
+        .await
+        .map_err(ForwardError::Upstream)?;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// `tunnel_active_connections{cluster}` for the life of one request.
+struct ActiveGuard {
+    state: Arc<ServerState>,
+    cluster: String,
+}
+
+impl ActiveGuard {
+    fn new(state: Arc<ServerState>, cluster: &str) -> Self {
+        state.metrics.active.add(&[cluster], 1.0);
+        Self {
+            state,
+            cluster: cluster.to_owned(),
+        }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.state.metrics.active.add(&[&self.cluster], -1.0);
+    }
+}

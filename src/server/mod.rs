@@ -1,0 +1,182 @@
+//! argocd-proxy-server: accepts agents' tunnels on the public listener and routes Argo CD's
+//! `/tunnel/<cluster-id>/…` requests on the internal listener through them.
+//!
+//! Flow: [`Server::bind`] binds every listener (a bind failure is fatal before anything is
+//! served, B12) and reports the bound addresses; [`Server::run`] serves until the shutdown
+//! token fires. `public` handles `/connect` → negotiation → a mux session registered in the
+//! [`registry::Registry`]; `forward` routes each request to the registered session.
+
+mod forward;
+mod ops;
+mod public;
+pub mod registry;
+mod route;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ClusterConfig, LimitsConfig, ServerConfig};
+use crate::listen;
+pub use crate::listen::BindError;
+use crate::metrics::ServerMetrics;
+use crate::mux::negotiate::ServerIdentity;
+use crate::mux::MemoryBudget;
+
+/// What every handler shares.
+pub(crate) struct ServerState {
+    config: RwLock<Arc<ServerConfig>>,
+    pub(crate) registry: Arc<registry::Registry>,
+    pub(crate) metrics: ServerMetrics,
+    pub(crate) budget: Arc<MemoryBudget>,
+    pub(crate) identity: ServerIdentity,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl ServerState {
+    pub(crate) fn config(&self) -> Arc<ServerConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn limits(&self) -> LimitsConfig {
+        self.config().limits.clone()
+    }
+
+    pub(crate) fn cluster(&self, id: &str) -> Option<ClusterConfig> {
+        self.config()
+            .clusters
+            .iter()
+            .find(|cluster| cluster.id == id)
+            .cloned()
+    }
+}
+
+/// The addresses the server actually listens on (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// Agents' `/connect`.
+    pub public: SocketAddr,
+    /// Argo CD's `/tunnel/…`.
+    pub internal: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub ops: Option<SocketAddr>,
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    public: TcpListener,
+    internal: TcpListener,
+    ops: Option<TcpListener>,
+    state: Arc<ServerState>,
+}
+
+impl Server {
+    /// Binds every listener; fails (naming the address) if any cannot be bound.
+    pub async fn bind(config: ServerConfig) -> Result<Server, BindError> {
+        let public = listen::bind("public", config.public_listen).await?;
+        let internal = listen::bind("internal", config.internal_listen).await?;
+        let ops = match config.ops_listen {
+            Some(addr) => Some(listen::bind("ops", addr).await?),
+            None => None,
+        };
+        let budget = Arc::new(MemoryBudget::new(config.limits.process_buffer));
+        let identity = ServerIdentity {
+            server_id: hostname(),
+            replica_count: 1,
+        };
+        Ok(Server {
+            public,
+            internal,
+            ops,
+            state: Arc::new(ServerState {
+                config: RwLock::new(Arc::new(config)),
+                registry: Arc::new(registry::Registry::default()),
+                metrics: ServerMetrics::new(),
+                budget,
+                identity,
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> BoundAddrs {
+        let addr = |listener: &TcpListener| {
+            listener
+                .local_addr()
+                .expect("bound listener has an address")
+        };
+        BoundAddrs {
+            public: addr(&self.public),
+            internal: addr(&self.internal),
+            ops: self.ops.as_ref().map(addr),
+        }
+    }
+
+    /// Serves until `shutdown` fires, then stops accepting, closes agent tunnels and waits for
+    /// connections to finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let state = self.state;
+        let max_header = state.limits().max_request_header_bytes;
+        let tracker = state.tracker.clone();
+        let stop = state.shutdown.clone();
+        let mut servers = Vec::new();
+        {
+            let state = state.clone();
+            let handler = move |request, _peer| public::handle(state.clone(), request);
+            servers.push(tokio::spawn(listen::serve(
+                self.public,
+                handler,
+                stop.clone(),
+                tracker.clone(),
+                max_header,
+            )));
+        }
+        {
+            let state = state.clone();
+            let handler = move |request, peer| forward::handle(state.clone(), request, peer);
+            servers.push(tokio::spawn(listen::serve(
+                self.internal,
+                handler,
+                stop.clone(),
+                tracker.clone(),
+                max_header,
+            )));
+        }
+        if let Some(ops) = self.ops {
+            let state = state.clone();
+            let handler = move |request, _peer| ops::handle(state.clone(), request);
+            servers.push(tokio::spawn(listen::serve(
+                ops,
+                handler,
+                stop.clone(),
+                tracker.clone(),
+                max_header,
+            )));
+        }
+        shutdown.cancelled().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+        for server in servers {
+            let _ = server.await;
+        }
+        tracker.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await;
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "argocd-proxy-server".to_owned())
+}

@@ -1,0 +1,40 @@
+//! The ops listener: `/healthz` (alive), `/readyz` (listeners up; `?cluster=<id>` answers for
+//! one cluster's tunnel), `/metrics`. Plain HTTP, so probes need no client certificates.
+
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::ServerState;
+use crate::http::{full, text_response, Body};
+
+/// Routes one request on the ops listener.
+pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Response<Body> {
+    match request.uri().path() {
+        "/healthz" => text_response(StatusCode::OK, "ok"),
+        "/readyz" => readyz(&state, request.uri().query()),
+        "/metrics" => {
+            let mut response = Response::new(full(state.metrics.render()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+fn readyz(state: &ServerState, query: Option<&str>) -> Response<Body> {
+    let cluster = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("cluster="));
+    match cluster {
+        // Server readiness never depends on agents (D1): else no agent could ever connect.
+        None => text_response(StatusCode::OK, "ok"),
+        Some(id) if state.registry.lookup(id).is_some() => text_response(StatusCode::OK, "ok"),
+        Some(_) => text_response(StatusCode::SERVICE_UNAVAILABLE, "cluster not connected\n"),
+    }
+}

@@ -1,0 +1,196 @@
+//! The public listener: agents' `GET /connect` (token, then the WebSocket upgrade checks in
+//! the Go server's order: 401, 400, 405, 400, 403 for any Origin, 400), and `/healthz`.
+
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use subtle::ConstantTimeEq;
+
+use super::ServerState;
+use crate::config::TokenHash;
+use crate::http::{full, text_response, Body};
+use crate::mux::negotiate;
+use crate::mux::{Role, Session};
+use crate::protocol::handshake;
+use crate::transport::websocket;
+
+/// Routes one request on the public listener.
+pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Response<Body> {
+    match request.uri().path() {
+        "/connect" => connect(state, request),
+        "/healthz" => text_response(StatusCode::OK, "ok"),
+        _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+/// The index of the cluster whose token hashes to the presented one. Every cluster is
+/// compared in constant time, with no early exit, so timing says nothing about which matched.
+pub fn authenticate(tokens: &[TokenHash], presented: &[u8]) -> Option<usize> {
+    if presented.is_empty() {
+        return None;
+    }
+    let hash = TokenHash::of(presented);
+    let mut found = None;
+    for (index, token) in tokens.iter().enumerate() {
+        if bool::from(token.0.ct_eq(&hash.0)) {
+            found = Some(index);
+        }
+    }
+    found
+}
+
+fn connect(state: Arc<ServerState>, mut request: Request<Incoming>) -> Response<Body> {
+    let headers = request.headers();
+    // The Go server strips a case-sensitive "Bearer " and otherwise uses the whole value.
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| value.as_bytes())
+        .map(|value| value.strip_prefix(b"Bearer ").unwrap_or(value))
+        .unwrap_or_default();
+    let config = state.config();
+    let tokens: Vec<TokenHash> = config
+        .clusters
+        .iter()
+        .map(|cluster| cluster.token)
+        .collect();
+    let Some(index) = authenticate(&tokens, presented) else {
+        state.metrics.auth_failures.inc(&["connect"]);
+        return text_response(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    };
+    let cluster = config.clusters[index].id.clone();
+    let upgrade_ok = crate::http::wants_upgrade(headers)
+        && headers
+            .get(header::UPGRADE)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let refusal = if !upgrade_ok {
+        Some((StatusCode::BAD_REQUEST, "Bad Request\n"))
+    } else if request.method() != Method::GET {
+        Some((StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n"))
+    } else if headers
+        .get("sec-websocket-version")
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        Some((StatusCode::BAD_REQUEST, "Bad Request\n"))
+    } else if headers.contains_key(header::ORIGIN) {
+        // Agents never send Origin; a browser does. Refuse it as the Go server does.
+        Some((StatusCode::FORBIDDEN, "Forbidden\n"))
+    } else if !headers.contains_key("sec-websocket-key") {
+        Some((StatusCode::BAD_REQUEST, "Bad Request\n"))
+    } else {
+        None
+    };
+    if let Some((status, text)) = refusal {
+        let mut response = text_response(status, text);
+        if status == StatusCode::BAD_REQUEST {
+            response
+                .headers_mut()
+                .insert("sec-websocket-version", HeaderValue::from_static("13"));
+        }
+        return response;
+    }
+    let key = headers
+        .get("sec-websocket-key")
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let accept = websocket::accept_key(key);
+    let offered = headers.get_all(handshake::PROTOCOL_HEADER);
+    let echoed = handshake::server_echoes(true, offered.iter().map(HeaderValue::as_bytes));
+    let upgrade = hyper::upgrade::on(&mut request);
+    let tracker = state.tracker.clone();
+    tracker.spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => return tracing::debug!(%error, "agent upgrade failed"),
+        };
+        let mut transport = websocket::from_upgraded(TokioIo::new(upgraded)).await;
+        let limits = &state.limits().tunnel;
+        let negotiated =
+            match negotiate::server(&mut transport, echoed, limits, &state.identity).await {
+                Ok(negotiated) => negotiated,
+                Err(error) => return tracing::warn!(%cluster, %error, "agent negotiation failed"),
+            };
+        let version = negotiated.version;
+        let session = Session::start(
+            transport,
+            negotiated.into_config(Role::Server, limits.clone(), state.budget.clone()),
+        );
+        serve_agent(state, cluster, session, version).await;
+    });
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let response_headers = response.headers_mut();
+    response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    response_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        response_headers.insert("sec-websocket-accept", accept);
+    }
+    if echoed {
+        response_headers.insert(
+            handshake::PROTOCOL_HEADER,
+            HeaderValue::from_static(handshake::PROTOCOL_V2),
+        );
+    }
+    response
+}
+
+/// Registers the agent's tunnel for its cluster until the tunnel ends or the server stops.
+async fn serve_agent(
+    state: Arc<ServerState>,
+    cluster: String,
+    session: Session,
+    version: crate::protocol::Version,
+) {
+    let Session { handle, incoming } = session;
+    drop(incoming); // agents never open streams towards the server
+    let (guard, replaced) = state.registry.register(&cluster, handle.clone());
+    tracing::info!(%cluster, protocol = version.as_str(), "agent connected");
+    state.metrics.agents_connected.add(&[], 1.0);
+    if let Some(old) = replaced {
+        // The new agent takes new streams now; the old one finishes what it has, then goes.
+        let grace = state.limits().tunnel.open_timeout;
+        old.drain(grace);
+        state.tracker.spawn(async move {
+            let deadline = tokio::time::Instant::now() + grace;
+            while old.stats().streams > 0
+                && tokio::time::Instant::now() < deadline
+                && !old.is_closed()
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            old.close();
+        });
+    }
+    let end = tokio::select! {
+        end = handle.closed() => end.to_string(),
+        _ = state.shutdown.cancelled() => {
+            handle.close();
+            "server shutting down".to_owned()
+        }
+    };
+    drop(guard);
+    state.metrics.agents_connected.add(&[], -1.0);
+    tracing::info!(%cluster, reason = %end, "agent disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authentication_checks_every_cluster() {
+        let tokens = [
+            TokenHash::of(b"a"),
+            TokenHash::of(b"b"),
+            TokenHash::of(b"c"),
+        ];
+        assert_eq!(authenticate(&tokens, b"b"), Some(1));
+        assert_eq!(authenticate(&tokens, b"c"), Some(2));
+        assert_eq!(authenticate(&tokens, b"d"), None);
+        // S3: an empty presented token never matches, even a cluster whose token hashes "".
+        let empty = [TokenHash::of(b"")];
+        assert_eq!(authenticate(&empty, b""), None);
+    }
+}

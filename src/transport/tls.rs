@@ -1,0 +1,105 @@
+//! rustls client configurations (ring provider, TLS 1.2+): the agent's view of the server
+//! (its `server_ca`, or the built-in web PKI roots) and of its upstream (`ca_file`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+
+/// Why TLS could not be set up or completed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A CA file could not be read or holds no certificate.
+    #[error("CA bundle {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The handshake failed (untrusted certificate, wrong name…).
+    #[error("TLS handshake with {host}: {source}")]
+    Handshake {
+        /// The server name.
+        host: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The host is not a valid DNS name or IP.
+    #[error("invalid TLS server name {0:?}")]
+    Name(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Roots from a PEM bundle, or the compiled-in web PKI roots when `ca` is `None`.
+pub fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    let Some(path) = ca else {
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(store);
+    };
+    let error = |reason: String| TlsError::Ca {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(error("no certificate in the file".into()));
+    }
+    for cert in certs {
+        store.add(cert).map_err(|e| error(e.to_string()))?;
+    }
+    Ok(store)
+}
+
+/// A client config trusting `roots`, TLS 1.2 and 1.3, with the given ALPN protocols.
+pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// Completes a TLS handshake over `tcp`, verifying `host`.
+pub async fn connect(
+    config: Arc<ClientConfig>,
+    host: &str,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|_| TlsError::Name(host.to_owned()))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|source| TlsError::Handshake {
+            host: host.to_owned(),
+            source,
+        })
+}
+
+/// The agent's pooled HTTP client connector for its upstream: https with `config`, or http.
+pub fn upstream_connector(
+    config: Arc<ClientConfig>,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*config).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}

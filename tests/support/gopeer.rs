@@ -53,6 +53,23 @@ where
         }
     }
 
+    /// Reads Data for `id` until the bytes contain `marker` (an HTTP head's blank line), or the
+    /// stream's Close.
+    pub async fn read_until(&mut self, id: u32, marker: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        while !bytes.windows(marker.len()).any(|window| window == marker) {
+            match self.recv().await {
+                Some(Frame::Data { id: got, payload }) if got == id => {
+                    bytes.extend_from_slice(&payload)
+                }
+                Some(Frame::Close { id: got }) if got == id => break,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        bytes
+    }
+
     /// Drops TCP without a close frame, as the Go peer does.
     pub fn drop_tcp(self) {
         drop(self.socket.into_inner());
@@ -77,8 +94,13 @@ pub async fn go_server(listener: &TcpListener) -> GoPeer<TcpStream> {
     }
 }
 
-/// The Go agent: dials with `Authorization: Bearer` and no negotiation header.
+/// The Go agent: dials with `Authorization: Bearer token` and no negotiation header.
 pub async fn go_agent(addr: SocketAddr) -> GoPeer<TcpStream> {
+    go_agent_with_token(addr, "token").await
+}
+
+/// The Go agent with a given token.
+pub async fn go_agent_with_token(addr: SocketAddr, token: &str) -> GoPeer<TcpStream> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let mut request = format!("ws://{addr}/connect")
@@ -86,7 +108,7 @@ pub async fn go_agent(addr: SocketAddr) -> GoPeer<TcpStream> {
         .unwrap();
     request
         .headers_mut()
-        .insert("authorization", "Bearer token".parse().unwrap());
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let (socket, response) = tokio_tungstenite::client_async(request, tcp)
         .await
         .expect("upgrade");

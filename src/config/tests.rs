@@ -163,3 +163,80 @@ fn shipped_examples_parse() {
     let agent = AgentConfig::load(&root.join("examples/agent.toml"), Check::Syntax).unwrap();
     assert!(agent.health_listen.is_some());
 }
+
+/// Every key the parser accepts, per table, as serde lists them when it meets an unknown one.
+fn accepted_keys(kind: &str, table: &str) -> Vec<String> {
+    const LISTENERS: &str =
+        "[public]\nlisten = \"127.0.0.1:1\"\n[internal]\nlisten = \"127.0.0.1:2\"\n";
+    const AGENT: &str = "server_url = \"wss://h/c\"\ntoken = \"t\"\n";
+    // The unknown key goes last, inside the table being probed (top level: first of all).
+    let text = match (kind, table) {
+        ("server", "") => format!("zz_not_a_key = 1\n{LISTENERS}"),
+        ("server", "[public]") => "[internal]\nlisten = \"127.0.0.1:2\"\n[public]\nlisten = \"127.0.0.1:1\"\nzz_not_a_key = 1\n".to_owned(),
+        ("server", "[[cluster]]") => format!("{LISTENERS}[[cluster]]\nid = \"a\"\nzz_not_a_key = 1\n"),
+        ("server", table) => format!("{LISTENERS}{table}\nzz_not_a_key = 1\n"),
+        ("agent", "") => format!("zz_not_a_key = 1\n{AGENT}[upstream]\n"),
+        ("agent", "[upstream]") => format!("{AGENT}[upstream]\nzz_not_a_key = 1\n"),
+        ("agent", table) => format!("{AGENT}[upstream]\n{table}\nzz_not_a_key = 1\n"),
+        _ => unreachable!(),
+    };
+    let path = Path::new("probe.toml");
+    let error = if kind == "server" {
+        ServerConfig::from_toml(path, &text, Check::Syntax).unwrap_err()
+    } else {
+        AgentConfig::from_toml(path, &text, Check::Syntax).unwrap_err()
+    }
+    .to_string();
+    // serde says "expected one of `a`, `b`" or, for a single field, "expected `a`".
+    let list = error
+        .split("expected one of ")
+        .nth(1)
+        .or_else(|| error.split("expected ").nth(1))
+        .unwrap_or_else(|| panic!("{kind} {table}: {error}"));
+    list.split(',')
+        .map(|key| key.trim().trim_matches('`').to_owned())
+        .filter(|key| !key.is_empty())
+        .collect()
+}
+
+/// docs/configuration.md documents every key the parsers accept (a new key fails this test
+/// until it is documented), and the shipped examples use only documented keys.
+#[test]
+fn every_accepted_key_is_documented() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for (kind, table) in [
+        ("server", ""),
+        ("server", "[public]"),
+        ("server", "[ops]"),
+        ("server", "[limits]"),
+        ("server", "[[cluster]]"),
+        ("agent", ""),
+        ("agent", "[upstream]"),
+        ("agent", "[limits]"),
+    ] {
+        for key in accepted_keys(kind, table) {
+            let documented = if table.is_empty() {
+                doc.contains(&format!("| `{key}` |"))
+                    || doc.contains(&format!("| `[{key}]` |"))
+                    || doc.contains(&format!("| `[[{key}]]` |"))
+            } else if table == "[limits]" {
+                doc.contains(&format!("| `{key}` |"))
+            } else {
+                doc.contains(&format!("| `{table} {key}` |"))
+            };
+            assert!(
+                documented,
+                "{kind}.toml {table} `{key}` is not documented in docs/configuration.md"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 30,
+        "only {checked} keys found: the probe is broken"
+    );
+}

@@ -5,6 +5,7 @@
 pub mod gopeer;
 pub mod kubeapi;
 pub mod middlebox;
+pub mod pki;
 pub mod stack;
 
 use std::net::SocketAddr;

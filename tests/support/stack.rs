@@ -81,6 +81,22 @@ impl Drop for TestAgent {
     }
 }
 
+/// Starts an agent from a whole config text (for TLS and other variants).
+pub async fn agent_from_toml(dir: &Path, name: &str, toml: &str) -> TestAgent {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    let config = AgentConfig::load(&path, Check::Files).expect("agent config");
+    let agent = Agent::bind(config).await.expect("agent bind");
+    let health = agent.health_addr().expect("health listener");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(agent.run(stop.clone()));
+    TestAgent {
+        health,
+        stop,
+        task: Some(task),
+    }
+}
+
 /// Starts an agent dialing `public` with `token`, forwarding to `upstream` (plain HTTP).
 pub async fn agent(
     dir: &Path,

@@ -56,3 +56,28 @@ pub async fn cuttable(listener: TcpListener, upstream: SocketAddr) -> oneshot::S
     });
     cut_tx
 }
+
+/// Forwards every connection from `listener` to `upstream` until `cut` fires, which drops all
+/// current connections at once (no close frames); new connections are served afterwards.
+pub fn cut_all(listener: TcpListener, upstream: SocketAddr) -> tokio::sync::watch::Sender<u32> {
+    let (cut_tx, cut_rx) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let mut cut = cut_rx.clone();
+            cut.borrow_and_update();
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cut.changed() => {}
+                }
+            });
+        }
+    });
+    cut_tx
+}

@@ -1,0 +1,112 @@
+//! The agent over time: reconnecting after its connection is cut, releasing the upstream when a
+//! request is cancelled, and what it never forwards.
+
+mod support;
+
+use http::StatusCode;
+use support::kubeapi::FakeKubeApi;
+use support::stack::{agent, get, server, try_get, wait_routed, Inject};
+use support::{listener, middlebox, within, TempDir};
+use tokio::io::AsyncReadExt;
+
+/// A cut connection (no close frame, as a NAT timeout or a Go server does) is followed by a
+/// reconnect, and the cluster is routed again.
+#[tokio::test]
+async fn agent_reconnects_after_its_connection_is_cut() {
+    let dir = TempDir::new();
+    let kube = FakeKubeApi::start(None).await;
+    let target = kube.addr.to_string();
+    let server = server(&dir.0, &[("c1", "t1", &target)]).await;
+    let (box_listener, box_addr) = listener().await;
+    let cut = middlebox::cut_all(box_listener, server.addrs.public);
+    let agent = agent(&dir.0, "a", box_addr, "t1", &target, Inject::Nothing).await;
+    let ops = server.addrs.ops.unwrap();
+    wait_routed(ops, "c1").await;
+    cut.send_modify(|generation| *generation += 1);
+    within("server notices the loss", async {
+        while get(ops, "/readyz?cluster=c1", &[]).await.0 == StatusCode::OK {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    wait_routed(ops, "c1").await;
+    assert_eq!(
+        get(server.addrs.internal, "/tunnel/c1/api", &[]).await.0,
+        StatusCode::OK
+    );
+    let (_, _, metrics) = get(agent.health, "/metrics", &[]).await;
+    assert!(String::from_utf8_lossy(&metrics).contains("agent_reconnects_total 1"));
+}
+
+/// B7/B9: a client that gives up on a request whose upstream never answers ends it at the
+/// agent: the upstream connection is closed, not held until the upstream gives up.
+#[tokio::test]
+async fn cancelled_request_closes_the_upstream_connection() {
+    let dir = TempDir::new();
+    let (silent, silent_addr) = listener().await;
+    let server = server(&dir.0, &[("c1", "t1", "x:1")]).await;
+    let _agent = agent(
+        &dir.0,
+        "a",
+        server.addrs.public,
+        "t1",
+        &silent_addr.to_string(),
+        Inject::Nothing,
+    )
+    .await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    let internal = server.addrs.internal;
+    let client =
+        tokio::spawn(async move { try_get(internal, "/tunnel/c1/api/v1/pods?watch=1", &[]).await });
+    let (mut upstream, _) = within("the request reaches the upstream", silent.accept())
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    let read = within("request head", upstream.read(&mut head))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&head[..read]).starts_with("GET /api/v1/pods?watch=1 "));
+    client.abort();
+    let eof = within("the agent closes the upstream connection", async {
+        loop {
+            match upstream.read(&mut head).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(eof);
+}
+
+/// B11: `Connection: keep-alive, Upgrade` is an upgrade. It is never forwarded as a plain GET
+/// with the upgrade stripped (relaying upgrades comes with the exec/port-forward work).
+#[tokio::test]
+async fn tokenised_upgrade_is_never_forwarded_as_a_plain_request() {
+    let dir = TempDir::new();
+    let kube = FakeKubeApi::start(None).await;
+    let target = kube.addr.to_string();
+    let server = server(&dir.0, &[("c1", "t1", &target)]).await;
+    let _agent = agent(
+        &dir.0,
+        "a",
+        server.addrs.public,
+        "t1",
+        &target,
+        Inject::Nothing,
+    )
+    .await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    let headers = [
+        ("connection", "keep-alive, Upgrade"),
+        ("upgrade", "websocket"),
+    ];
+    let (status, _, body) = get(
+        server.addrs.internal,
+        "/tunnel/c1/api/v1/namespaces/default/pods/web-0/exec",
+        &headers,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body:?}");
+    assert!(kube.requests().is_empty(), "nothing forwarded");
+}

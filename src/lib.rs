@@ -17,22 +17,29 @@
 //!   v2 frames, settings and the version negotiation rules. Imports nothing from the crate.
 //! - [`mux`]: many byte streams over one frame transport, with per-stream credits (v2), bounded
 //!   buffers, heartbeats and reset-vs-EOF semantics. Imports only `protocol`.
-//! - [`transport`]: the only module that imports the WebSocket crate; adapts a WebSocket to the
-//!   mux's frame transport and performs both sides of the upgrade with negotiation.
+//! - [`transport`]: the only modules importing the WebSocket and TLS crates: the WebSocket ⇄
+//!   frame adapter with both sides of the upgrade, and rustls client configurations.
+//! - [`http`]: HTTP hygiene both binaries share (hop-by-hop stripping, `Status` bodies);
+//!   [`listen`]: the accept loop of every listener.
+//! - [`server`]: public `/connect` → negotiation → session in the registry; internal
+//!   `/tunnel/<cluster-id>/…` → a stream on that cluster's session; ops endpoints.
+//! - [`agent`]: dial → negotiate → accept streams → forward each request to the one configured
+//!   upstream with the agent's own credentials; health endpoints.
+//! - [`config`] (TOML → validated typed config), [`metrics`], [`telemetry`], [`shutdown`].
 //!
-//! The HTTP server and agent (routing, forwarding, credentials) build on these and come next.
+//! `server` and `agent` never import each other; both stand on the modules above them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod agent;
-pub mod config;
+pub mod protocol;
+pub mod mux;
+pub mod transport;
 pub mod http;
 pub mod listen;
-pub mod metrics;
-pub mod mux;
-pub mod protocol;
 pub mod server;
+pub mod agent;
+pub mod config;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
-pub mod transport;

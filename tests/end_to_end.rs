@@ -17,6 +17,8 @@ async fn request_reaches_the_cluster_api_with_the_agents_credentials() {
         ("connection", "X-Custom"),
         ("x-custom", "hop"),
         ("x-end-to-end", "kept"),
+        ("impersonate-user", "system:serviceaccount:argocd:sync"),
+        ("impersonate-group", "system:masters"),
     ];
     let (status, _, body) = get(
         stack.internal(),
@@ -48,6 +50,12 @@ async fn request_reaches_the_cluster_api_with_the_agents_credentials() {
     );
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    // S2, default policy "user": Argo CD's sync impersonation passes, a group does not.
+    assert_eq!(
+        seen.header("impersonate-user"),
+        Some("system:serviceaccount:argocd:sync")
+    );
+    assert_eq!(seen.header("impersonate-group"), None);
 }
 
 /// Real kubectl through the tunnel: discovery, a typed list, and a watch that streams events.
@@ -369,6 +377,10 @@ fn check_config_reports_and_exits_with_usage_errors() {
         stderr.contains("bad.toml") && stderr.contains("line 5") && stderr.contains("bogus"),
         "{stderr}"
     );
+    // --syntax-only never serves: it skips the token files.
+    let output = run(&["--config", good, "--syntax-only"]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--check-config"));
     let output = Command::new(env!("CARGO_BIN_EXE_argocd-proxy-agent"))
         .args(["--config", "/nonexistent/agent.toml", "--check-config"])
         .output()

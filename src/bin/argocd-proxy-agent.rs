@@ -34,6 +34,11 @@ fn main() {
         println!("argocd-proxy-agent {}", env!("CARGO_PKG_VERSION"));
         return;
     }
+    if args.syntax_only && !args.check_config {
+        // A syntax-only load skips the token files: serving from it would be unsafe.
+        eprintln!("argocd-proxy-agent: --syntax-only only goes with --check-config");
+        std::process::exit(EX_USAGE);
+    }
     let check = if args.syntax_only {
         Check::Syntax
     } else {

@@ -65,6 +65,20 @@ impl RawLimits {
         tunnel
             .validate()
             .map_err(|message| format!("[limits]: {message}"))?;
+        let handshake_timeout = self.handshake_timeout.unwrap_or(Duration::from_secs(15));
+        // Zero would fail every request or tunnel; hours would hold resources a peer controls.
+        let bounded = [
+            ("open_timeout", tunnel.open_timeout),
+            ("write_timeout", tunnel.write_timeout),
+            ("heartbeat_interval", tunnel.heartbeat_interval),
+            ("heartbeat_timeout", tunnel.heartbeat_timeout),
+            ("handshake_timeout", handshake_timeout),
+        ];
+        for (key, value) in bounded {
+            if value < Duration::from_millis(100) || value > Duration::from_secs(3600) {
+                return Err(format!("[limits] {key} must be between 100ms and 1h"));
+            }
+        }
         if tunnel.heartbeat_interval > Duration::from_secs(15) {
             return Err("[limits] heartbeat_interval must be ≤ 15s: a Go peer drops a tunnel after 45 s without a Ping".into());
         }
@@ -75,7 +89,7 @@ impl RawLimits {
         Ok(LimitsConfig {
             tunnel,
             process_buffer,
-            handshake_timeout: self.handshake_timeout.unwrap_or(Duration::from_secs(15)),
+            handshake_timeout,
             max_request_header_bytes: self.max_request_header_bytes.unwrap_or(1024 * 1024),
         })
     }

@@ -13,7 +13,7 @@ mod server;
 pub use agent::{AgentConfig, UpstreamConfig};
 pub use duration::parse_duration;
 pub use limits::LimitsConfig;
-pub use server::{ClusterConfig, ServerConfig, TokenHash};
+pub use server::{ClusterConfig, Impersonation, ServerConfig, TokenHash};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

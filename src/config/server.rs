@@ -36,6 +36,21 @@ struct RawCluster {
     token_file: Option<PathBuf>,
     token: Option<String>,
     target: Option<String>,
+    impersonation: Option<Impersonation>,
+}
+
+/// Which `Impersonate-*` headers from Argo CD reach the cluster (DESIGN.md §5 item 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Impersonation {
+    /// Strip every `Impersonate-*` header.
+    None,
+    /// Pass `Impersonate-User` (Argo CD's sync impersonation sends only that); strip
+    /// `Impersonate-Group`, `-Uid` and `-Extra-*`.
+    #[default]
+    User,
+    /// Pass every `Impersonate-*` header.
+    All,
 }
 
 /// The SHA-256 of an agent token. Only hashes are kept in memory after load.
@@ -51,7 +66,8 @@ impl TokenHash {
     /// Parses 64 hex digits.
     pub fn from_hex(hex: &str) -> Option<Self> {
         let hex = hex.trim();
-        if hex.len() != 64 || !hex.is_ascii() {
+        // from_str_radix would also take a leading '+': accept hex digits only.
+        if hex.len() != 64 || !hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
             return None;
         }
         let mut out = [0u8; 32];
@@ -79,8 +95,11 @@ impl std::fmt::Debug for TokenHash {
 pub struct ClusterConfig {
     /// The id in `/tunnel/<id>/…` (letters, digits, `-`, `_`, `.`).
     pub id: String,
-    /// The agent token's hash.
-    pub token: TokenHash,
+    /// The agent token's hash; `None` only in a syntax-only check (the file was not read), so
+    /// nothing can ever authenticate as this cluster.
+    pub token: Option<TokenHash>,
+    /// Which `Impersonate-*` headers pass.
+    pub impersonation: Impersonation,
     /// Sent in a v1 Connect (a Go agent compares it with its `-target`). Default
     /// `kubernetes.default.svc:443`.
     pub target: String,
@@ -148,16 +167,19 @@ impl ServerConfig {
                 return Err(invalid(format!("{at}: duplicate cluster id")));
             }
             let token = match (cluster.token_sha256, cluster.token_file, cluster.token) {
-                (Some(hex), None, None) => TokenHash::from_hex(&hex)
-                    .ok_or_else(|| invalid(format!("{at}: token_sha256 must be 64 hex digits")))?,
+                (Some(hex), None, None) => {
+                    Some(TokenHash::from_hex(&hex).ok_or_else(|| {
+                        invalid(format!("{at}: token_sha256 must be 64 hex digits"))
+                    })?)
+                }
                 (None, Some(file), None) => match check {
                     // Rendered configs are checked without their secrets mounted.
-                    Check::Syntax => TokenHash::of(format!("unread:{}", cluster.id).as_bytes()),
+                    Check::Syntax => None,
                     Check::Files => {
                         let file = resolve(path, &file);
                         let secret = read_secret_file(&file)
                             .map_err(|error| invalid(format!("{at}: token_file: {error}")))?;
-                        TokenHash::of(secret.expose().as_bytes())
+                        Some(TokenHash::of(secret.expose().as_bytes()))
                     }
                 },
                 (None, None, Some(token)) => {
@@ -165,7 +187,7 @@ impl ServerConfig {
                         return Err(invalid(format!("{at}: token is empty")));
                     }
                     warnings.push(format!("{at}: plaintext `token` in the config file; prefer token_sha256 or token_file"));
-                    TokenHash::of(token.trim().as_bytes())
+                    Some(TokenHash::of(token.trim().as_bytes()))
                 }
                 (None, None, None) => {
                     return Err(invalid(format!(
@@ -178,7 +200,12 @@ impl ServerConfig {
                     )))
                 }
             };
-            if !hashes.insert(token) {
+            if token == Some(TokenHash::of(b"")) {
+                return Err(invalid(format!(
+                    "{at}: token_sha256 is the hash of an empty token"
+                )));
+            }
+            if token.is_some_and(|token| !hashes.insert(token)) {
                 return Err(invalid(format!(
                     "{at}: same token as another cluster; each cluster needs its own"
                 )));
@@ -192,6 +219,7 @@ impl ServerConfig {
             clusters.push(ClusterConfig {
                 id: cluster.id,
                 token,
+                impersonation: cluster.impersonation.unwrap_or_default(),
                 target,
             });
         }

@@ -27,7 +27,8 @@ fn a_hashed_token_loads() {
         "[[cluster]]\nid = \"a\"\ntoken_sha256 = \"{hash}\"\n"
     )))
     .unwrap();
-    assert_eq!(config.clusters[0].token, TokenHash::of(b"secret"));
+    assert_eq!(config.clusters[0].token, Some(TokenHash::of(b"secret")));
+    assert_eq!(config.clusters[0].impersonation, Impersonation::User);
     assert_eq!(config.clusters[0].target, DEFAULT_TARGET);
     assert!(config.warnings.is_empty());
 }
@@ -117,7 +118,12 @@ fn token_files_are_read_only_when_checking_files() {
     assert!(error.contains("missing.token"), "{error}");
     let text = with_clusters("[[cluster]]\nid = \"a\"\ntoken_file = \"a.token\"\n");
     let config = ServerConfig::from_toml(&path, &text, Check::Files).unwrap();
-    assert_eq!(config.clusters[0].token, TokenHash::of(b"tok-a"));
+    assert_eq!(config.clusters[0].token, Some(TokenHash::of(b"tok-a")));
+    let unread = ServerConfig::from_toml(&path, &text, Check::Syntax).unwrap();
+    assert_eq!(
+        unread.clusters[0].token, None,
+        "a syntax-only check never invents a token"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 
 use super::route::{route, RouteError};
 use super::ServerState;
+use crate::config::Impersonation;
 use crate::http::{append_forwarded_for, status_response, strip_hop_by_hop, wants_upgrade, Body};
 use crate::metrics::method_label;
 use crate::mux::MuxError;
@@ -170,6 +171,7 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(header::PROXY_AUTHORIZATION);
+    apply_impersonation(&mut parts.headers, cluster.impersonation);
     append_forwarded_for(&mut parts.headers, client.ip());
     if let Ok(host) = HeaderValue::from_str(&cluster.target) {
         parts.headers.insert(header::HOST, host);
@@ -188,6 +190,28 @@ async fn forward(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Removes the `Impersonate-*` headers the cluster's policy does not let through. The agent's
+/// credential is typically allowed to impersonate anyone, so what passes here decides whose
+/// rights a request runs with.
+fn apply_impersonation(headers: &mut http::HeaderMap, policy: Impersonation) {
+    let strip: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.starts_with("impersonate-")
+                && match policy {
+                    Impersonation::All => false,
+                    Impersonation::User => name != "impersonate-user",
+                    Impersonation::None => true,
+                }
+        })
+        .cloned()
+        .collect();
+    for name in strip {
+        headers.remove(name);
+    }
 }
 
 /// `tunnel_active_connections{cluster}` for the life of one request.
@@ -209,5 +233,44 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.state.metrics.active.add(&[&self.cluster], -1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn impersonating() -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("impersonate-user", "system:serviceaccount:argocd:sync"),
+            ("impersonate-group", "system:masters"),
+            ("impersonate-uid", "0"),
+            ("impersonate-extra-scopes", "all"),
+            ("accept", "application/json"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn names(headers: &http::HeaderMap) -> Vec<&str> {
+        let mut names: Vec<_> = headers.keys().map(|name| name.as_str()).collect();
+        names.sort();
+        names
+    }
+
+    /// S2: the policy decides which Impersonate-* headers reach the cluster.
+    #[test]
+    fn impersonation_policy_filters_headers() {
+        let mut user = impersonating();
+        apply_impersonation(&mut user, Impersonation::User);
+        assert_eq!(names(&user), ["accept", "impersonate-user"]);
+        let mut none = impersonating();
+        apply_impersonation(&mut none, Impersonation::None);
+        assert_eq!(names(&none), ["accept"]);
+        let mut all = impersonating();
+        apply_impersonation(&mut all, Impersonation::All);
+        assert_eq!(names(&all).len(), 5);
     }
 }

@@ -27,14 +27,20 @@ pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Resp
 
 /// The index of the cluster whose token hashes to the presented one. Every cluster is
 /// compared in constant time, with no early exit, so timing says nothing about which matched.
-pub fn authenticate(tokens: &[TokenHash], presented: &[u8]) -> Option<usize> {
+/// A cluster without a token (a syntax-only config) never matches.
+pub fn authenticate(tokens: &[Option<TokenHash>], presented: &[u8]) -> Option<usize> {
     if presented.is_empty() {
         return None;
     }
     let hash = TokenHash::of(presented);
     let mut found = None;
     for (index, token) in tokens.iter().enumerate() {
-        if bool::from(token.0.ct_eq(&hash.0)) {
+        // The same work for every entry, present or not.
+        let (candidate, present) = match token {
+            Some(token) => (token.0, true),
+            None => ([0u8; 32], false),
+        };
+        if bool::from(candidate.ct_eq(&hash.0)) && present {
             found = Some(index);
         }
     }
@@ -50,7 +56,7 @@ fn connect(state: Arc<ServerState>, mut request: Request<Incoming>) -> Response<
         .map(|value| value.strip_prefix(b"Bearer ").unwrap_or(value))
         .unwrap_or_default();
     let config = state.config();
-    let tokens: Vec<TokenHash> = config
+    let tokens: Vec<Option<TokenHash>> = config
         .clusters
         .iter()
         .map(|cluster| cluster.token)
@@ -181,16 +187,18 @@ mod tests {
 
     #[test]
     fn authentication_checks_every_cluster() {
+        // A syntax-only cluster (no token) sits among them and never matches.
         let tokens = [
-            TokenHash::of(b"a"),
-            TokenHash::of(b"b"),
-            TokenHash::of(b"c"),
+            Some(TokenHash::of(b"a")),
+            None,
+            Some(TokenHash::of(b"b")),
+            Some(TokenHash::of(b"c")),
         ];
-        assert_eq!(authenticate(&tokens, b"b"), Some(1));
-        assert_eq!(authenticate(&tokens, b"c"), Some(2));
+        assert_eq!(authenticate(&tokens, b"b"), Some(2));
+        assert_eq!(authenticate(&tokens, b"c"), Some(3));
         assert_eq!(authenticate(&tokens, b"d"), None);
         // S3: an empty presented token never matches, even a cluster whose token hashes "".
-        let empty = [TokenHash::of(b"")];
+        let empty = [Some(TokenHash::of(b""))];
         assert_eq!(authenticate(&empty, b""), None);
     }
 }

@@ -25,12 +25,12 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Every token of every `Connection` header, lower-cased.
 pub fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    // On raw bytes: a value with non-UTF-8 bytes must not hide the names next to them.
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(|token| String::from_utf8_lossy(token.trim_ascii()).to_ascii_lowercase())
         .filter(|token| !token.is_empty())
         .collect()
 }
@@ -57,15 +57,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends the client's address to `X-Forwarded-For` (keeping what the client sent).
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
-    let value = match headers
-        .get("x-forwarded-for")
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(existing) => format!("{existing}, {client}"),
-        None => client.to_string(),
-    };
+    // Every line the client sent, joined, then ours (a value that is not text is dropped).
+    let mut hops: Vec<String> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    hops.push(client.to_string());
     headers.remove("x-forwarded-for");
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Ok(value) = HeaderValue::from_str(&hops.join(", ")) {
         headers.insert("x-forwarded-for", value);
     }
 }
@@ -122,6 +123,11 @@ mod tests {
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.insert("x-keep", HeaderValue::from_static("3"));
+        headers.append(
+            "connection",
+            HeaderValue::from_bytes(b"\xff, X-Baz").unwrap(),
+        );
+        headers.insert("x-baz", HeaderValue::from_static("4"));
         strip_hop_by_hop(&mut headers);
         let names: Vec<_> = headers.keys().map(|name| name.as_str()).collect();
         assert_eq!(names, ["x-keep"]);
@@ -145,5 +151,11 @@ mod tests {
         append_forwarded_for(&mut headers, "10.0.0.1".parse().unwrap());
         append_forwarded_for(&mut headers, "10.0.0.2".parse().unwrap());
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.3"));
+        append_forwarded_for(&mut headers, "10.0.0.4".parse().unwrap());
+        assert_eq!(
+            headers["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4"
+        );
     }
 }

@@ -38,19 +38,36 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// Per-listener bounds on what a client can hold.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a whole request head (slow-header clients are dropped).
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
 /// Serves `listener` until `shutdown` fires, then lets open connections finish their current
-/// request (up to `grace`). `handle` gets each request and the client's address.
+/// request (the caller bounds that wait via `tracker`). `handle` gets each request and the
+/// client's address.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handle: H,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    max_header_bytes: usize,
+    options: ServeOptions,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            _ = shutdown.cancelled() => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -70,11 +87,14 @@ pub async fn serve<H, F>(
             async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = http1::Builder::new()
-            .max_buf_size(max_header_bytes.max(8192))
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .max_buf_size(options.max_header_bytes.max(8192))
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

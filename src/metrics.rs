@@ -60,6 +60,16 @@ impl Family {
         *values.entry(key).or_insert(0.0) += delta;
     }
 
+    /// Sets the series with `labels` to `value`.
+    pub fn set(&self, labels: &[&str], value: f64) {
+        let key = labels.iter().map(|label| (*label).to_owned()).collect();
+        let mut values = self
+            .values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        values.insert(key, value);
+    }
+
     /// Adds one.
     pub fn inc(&self, labels: &[&str]) {
         self.add(labels, 1.0);

@@ -387,3 +387,85 @@ fn check_config_reports_and_exits_with_usage_errors() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
 }
+
+/// A client that never finishes its request head is disconnected after header_read_timeout
+/// (500ms in the test config), so slow clients cannot pile up on a listener.
+#[tokio::test]
+async fn slow_request_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new();
+    let server = server(&dir.0, &[("c1", "t1", "127.0.0.1:1")]).await;
+    for addr in [server.addrs.public, server.addrs.internal] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /tunnel/c1/api HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        // `within` fails the test if the server keeps the half-sent request open.
+        let _ = within("the server hangs up", tcp.read_to_end(&mut rest)).await;
+        let answer = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "the request was served: {answer}"
+        );
+    }
+}
+
+/// B17: on SIGTERM new requests are refused at once, a watch in flight keeps streaming during
+/// the grace (1s in the test config), is then cut with an error, and the server exits.
+#[tokio::test]
+async fn shutdown_finishes_in_flight_streams_within_the_grace() {
+    let stack = Stack::start().await;
+    let internal = stack.internal();
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(internal).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get("/tunnel/c1/api/v1/pods?watch=1")
+            .header("host", "x")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let mut body = sender.send_request(request).await.unwrap().into_body();
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let _ = events_tx.send(String::from_utf8_lossy(&data).into_owned());
+                    }
+                }
+                Some(Err(error)) => return Err(error.to_string()),
+                None => return Ok(()),
+            }
+        }
+    });
+    within("watch open", async {
+        while stack.kube.open_watches() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    stack.server.stop.cancel();
+    within("new connections refused", async {
+        while tokio::net::TcpStream::connect(internal).await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    stack.kube.push_pod_event("ADDED", "after-sigterm");
+    let event = within("event streamed during the grace", events.recv())
+        .await
+        .unwrap();
+    assert!(event.contains("after-sigterm"), "{event}");
+    let ended = within("watch cut after the grace", watch).await.unwrap();
+    assert!(
+        ended.is_err(),
+        "a cut watch must not end cleanly: {ended:?}"
+    );
+    let Stack { mut server, .. } = stack;
+    within("server exits", &mut server.task).await.unwrap();
+}

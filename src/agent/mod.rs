@@ -89,14 +89,20 @@ impl Agent {
         let state = self.state;
         let tracker = TaskTracker::new();
         if let Some(listener) = self.health {
+            let header_read_timeout = state.config.limits.header_read_timeout;
             let state = state.clone();
             let handler = move |request, _peer| health(state.clone(), request);
+            let options = listen::ServeOptions {
+                max_header_bytes: 64 * 1024,
+                header_read_timeout,
+                max_connections: 256, // probes and a Prometheus scraper
+            };
             tracker.spawn(listen::serve(
                 listener,
                 handler,
                 shutdown.clone(),
                 tracker.clone(),
-                64 * 1024,
+                options,
             ));
         }
         let budget = Arc::new(MemoryBudget::new(state.config.limits.process_buffer));
@@ -109,7 +115,7 @@ impl Agent {
             let delay = match attempt {
                 Ok(dialed) => {
                     let connected_at = Instant::now();
-                    tunnel(&state, dialed, &shutdown, &tracker).await;
+                    tunnel(&state, dialed, &shutdown).await;
                     if shutdown.is_cancelled() {
                         break;
                     }
@@ -142,12 +148,7 @@ impl Agent {
 }
 
 /// Serves one tunnel until it ends or the agent stops.
-async fn tunnel(
-    state: &Arc<AgentState>,
-    dialed: dial::Dialed,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) {
+async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &CancellationToken) {
     let version = dialed.negotiated.version;
     let crate::mux::Session {
         handle,
@@ -156,15 +157,25 @@ async fn tunnel(
     tracing::info!(server = %state.config.server_url, protocol = version.as_str(), "tunnel up");
     state.connected.store(true, Ordering::Release);
     state.metrics.connected.add(&[], 1.0);
+    let streams = TaskTracker::new();
     loop {
         tokio::select! {
             next = incoming.accept() => match next {
                 Some(stream) => {
-                    tracker.spawn(forward::serve_stream(state.clone(), stream, version));
+                    streams.spawn(forward::serve_stream(state.clone(), stream, version));
                 }
                 None => break,
             },
             _ = shutdown.cancelled() => {
+                // B17: take no new streams (v2 servers are told), let the ones in flight
+                // finish within the grace, then close.
+                let grace = state.config.limits.shutdown_grace;
+                handle.drain(grace);
+                drop(incoming);
+                streams.close();
+                if tokio::time::timeout(grace, streams.wait()).await.is_err() {
+                    tracing::warn!("shutdown grace expired with streams in flight; closing the tunnel");
+                }
                 handle.close();
                 break;
             }

@@ -29,6 +29,11 @@ pub(crate) struct RawLimits {
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     handshake_timeout: Option<Duration>,
     max_request_header_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    header_read_timeout: Option<Duration>,
+    max_connections_per_listener: Option<usize>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    shutdown_grace: Option<Duration>,
 }
 
 /// Validated limits.
@@ -42,6 +47,13 @@ pub struct LimitsConfig {
     pub handshake_timeout: Duration,
     /// Largest HTTP request head accepted from a client. Default 1 MiB (Go's default).
     pub max_request_header_bytes: usize,
+    /// Time a client has to send a request head. Default 10 s (the Go server's).
+    pub header_read_timeout: Duration,
+    /// Connections one listener serves at once. Default 10,000.
+    pub max_connections_per_listener: usize,
+    /// On SIGTERM, time requests in flight get to finish before tunnels close. Default 25 s
+    /// (inside Kubernetes' default 30 s termination grace).
+    pub shutdown_grace: Duration,
 }
 
 impl RawLimits {
@@ -73,6 +85,10 @@ impl RawLimits {
             ("heartbeat_interval", tunnel.heartbeat_interval),
             ("heartbeat_timeout", tunnel.heartbeat_timeout),
             ("handshake_timeout", handshake_timeout),
+            (
+                "header_read_timeout",
+                self.header_read_timeout.unwrap_or(Duration::from_secs(10)),
+            ),
         ];
         for (key, value) in bounded {
             if value < Duration::from_millis(100) || value > Duration::from_secs(3600) {
@@ -91,6 +107,18 @@ impl RawLimits {
             process_buffer,
             handshake_timeout,
             max_request_header_bytes: self.max_request_header_bytes.unwrap_or(1024 * 1024),
+            header_read_timeout: self.header_read_timeout.unwrap_or(Duration::from_secs(10)),
+            shutdown_grace: match self.shutdown_grace.unwrap_or(Duration::from_secs(25)) {
+                grace if grace > Duration::from_secs(3600) => {
+                    return Err("[limits] shutdown_grace must be at most 1h".into())
+                }
+                grace => grace,
+            },
+            max_connections_per_listener: match self.max_connections_per_listener.unwrap_or(10_000)
+            {
+                0 => return Err("[limits] max_connections_per_listener must be > 0".into()),
+                max => max,
+            },
         })
     }
 }

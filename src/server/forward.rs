@@ -152,7 +152,7 @@ async fn forward(
     if wants_upgrade(request.headers()) {
         return Err(ForwardError::Upgrade);
     }
-    let _active = ActiveGuard::new(state.clone(), cluster_id);
+    let active = ActiveGuard::new(state.clone(), cluster_id);
     // v1: the Go agent compares the Connect payload with its -target; v2 names the target.
     let target = match session.version() {
         Version::V1 => cluster.target.as_bytes().to_vec(),
@@ -189,6 +189,11 @@ async fn forward(
         .map_err(ForwardError::Upstream)?;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The request stays "active" until its body ends (a watch lasts as long as it streams).
+    let body = Guarded {
+        body,
+        _active: active,
+    };
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
@@ -211,6 +216,32 @@ fn apply_impersonation(headers: &mut http::HeaderMap, policy: Impersonation) {
         .collect();
     for name in strip {
         headers.remove(name);
+    }
+}
+
+/// A response body that holds a guard until it is finished or dropped.
+struct Guarded<B> {
+    body: B,
+    _active: ActiveGuard,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

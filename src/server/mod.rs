@@ -33,8 +33,10 @@ pub(crate) struct ServerState {
     pub(crate) metrics: ServerMetrics,
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) identity: ServerIdentity,
+    /// Tunnel-side tasks: agent sessions, per-request stream connections, drains.
     pub(crate) tracker: TaskTracker,
-    pub(crate) shutdown: CancellationToken,
+    /// Fired once requests in flight had their grace: agent sessions close.
+    pub(crate) close_tunnels: CancellationToken,
 }
 
 impl ServerState {
@@ -102,7 +104,7 @@ impl Server {
                 budget,
                 identity,
                 tracker: TaskTracker::new(),
-                shutdown: CancellationToken::new(),
+                close_tunnels: CancellationToken::new(),
             }),
         })
     }
@@ -121,35 +123,43 @@ impl Server {
         }
     }
 
-    /// Serves until `shutdown` fires, then stops accepting, closes agent tunnels and waits for
-    /// connections to finish.
+    /// Serves until `shutdown` fires. Then, in order (B17): stop accepting; let requests in
+    /// flight finish within `shutdown_grace`; close the agents' tunnels (a request still open is
+    /// cut with an error, never a clean end); wait for the tasks to finish.
     pub async fn run(self, shutdown: CancellationToken) {
         let state = self.state;
-        let max_header = state.limits().max_request_header_bytes;
-        let tracker = state.tracker.clone();
-        let stop = state.shutdown.clone();
+        let limits = state.limits();
+        let options = || listen::ServeOptions {
+            max_header_bytes: limits.max_request_header_bytes,
+            header_read_timeout: limits.header_read_timeout,
+            max_connections: limits.max_connections_per_listener,
+        };
+        let connections = TaskTracker::new();
+        let stop = CancellationToken::new();
         let mut servers = Vec::new();
         {
             let state = state.clone();
             let handler = move |request, _peer| public::handle(state.clone(), request);
-            servers.push(tokio::spawn(listen::serve(
+            let public = listen::serve(
                 self.public,
                 handler,
                 stop.clone(),
-                tracker.clone(),
-                max_header,
-            )));
+                connections.clone(),
+                options(),
+            );
+            servers.push(tokio::spawn(public));
         }
         {
             let state = state.clone();
             let handler = move |request, peer| forward::handle(state.clone(), request, peer);
-            servers.push(tokio::spawn(listen::serve(
+            let internal = listen::serve(
                 self.internal,
                 handler,
                 stop.clone(),
-                tracker.clone(),
-                max_header,
-            )));
+                connections.clone(),
+                options(),
+            );
+            servers.push(tokio::spawn(internal));
         }
         if let Some(ops) = self.ops {
             let state = state.clone();
@@ -158,18 +168,30 @@ impl Server {
                 ops,
                 handler,
                 stop.clone(),
-                tracker.clone(),
-                max_header,
+                connections.clone(),
+                options(),
             )));
         }
         shutdown.cancelled().await;
-        tracing::info!("shutting down");
+        tracing::info!(grace = ?limits.shutdown_grace, "shutting down: no new connections; finishing requests in flight");
         stop.cancel();
         for server in servers {
             let _ = server.await;
         }
-        tracker.close();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await;
+        connections.close();
+        if tokio::time::timeout(limits.shutdown_grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace expired with requests in flight; cutting them");
+        }
+        state.close_tunnels.cancel();
+        state.tracker.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            state.tracker.wait().await;
+            connections.wait().await;
+        })
+        .await;
     }
 }
 

@@ -15,6 +15,12 @@ pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Resp
         "/healthz" => text_response(StatusCode::OK, "ok"),
         "/readyz" => readyz(&state, request.uri().query()),
         "/metrics" => {
+            // Live tunnels, from the registry itself: replaced sessions still draining and dead
+            // ones are not agents (B19).
+            state
+                .metrics
+                .agents_connected
+                .set(&[], state.registry.connected() as f64);
             let mut response = Response::new(full(state.metrics.render()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -153,7 +153,6 @@ async fn serve_agent(
     drop(incoming); // agents never open streams towards the server
     let (guard, replaced) = state.registry.register(&cluster, handle.clone());
     tracing::info!(%cluster, protocol = version.as_str(), "agent connected");
-    state.metrics.agents_connected.add(&[], 1.0);
     if let Some(old) = replaced {
         // The new agent takes new streams now; the old one finishes what it has, then goes.
         let grace = state.limits().tunnel.open_timeout;
@@ -171,13 +170,12 @@ async fn serve_agent(
     }
     let end = tokio::select! {
         end = handle.closed() => end.to_string(),
-        _ = state.shutdown.cancelled() => {
+        _ = state.close_tunnels.cancelled() => {
             handle.close();
             "server shutting down".to_owned()
         }
     };
     drop(guard);
-    state.metrics.agents_connected.add(&[], -1.0);
     tracing::info!(%cluster, reason = %end, "agent disconnected");
 }
 

@@ -23,7 +23,10 @@ pub const SA_TOKEN: &str = "sa-token-XYZ";
 /// A running server; stops when dropped.
 pub struct TestServer {
     pub addrs: BoundAddrs,
-    stop: CancellationToken,
+    /// Firing it is the server's SIGTERM.
+    pub stop: CancellationToken,
+    /// Ends when the server has shut down.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for TestServer {
@@ -34,7 +37,9 @@ impl Drop for TestServer {
 
 /// Starts a server with `clusters` as (id, agent token, target).
 pub async fn server(dir: &Path, clusters: &[(&str, &str, &str)]) -> TestServer {
-    let mut toml = "[public]\nlisten = \"127.0.0.1:0\"\n[internal]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n".to_owned();
+    let mut toml = "[public]\nlisten = \"127.0.0.1:0\"\n[internal]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n\
+                    [limits]\nshutdown_grace = \"1s\"\nheader_read_timeout = \"500ms\"\n"
+        .to_owned();
     for (id, token, target) in clusters {
         std::fs::write(dir.join(format!("{id}.token")), token).unwrap();
         toml += &format!(
@@ -47,8 +52,8 @@ pub async fn server(dir: &Path, clusters: &[(&str, &str, &str)]) -> TestServer {
     let server = Server::bind(config).await.expect("bind");
     let addrs = server.addrs();
     let stop = CancellationToken::new();
-    tokio::spawn(server.run(stop.clone()));
-    TestServer { addrs, stop }
+    let task = tokio::spawn(server.run(stop.clone()));
+    TestServer { addrs, stop, task }
 }
 
 /// How the agent authenticates upstream.
@@ -113,7 +118,8 @@ pub async fn agent(
     };
     let toml = format!(
         "server_url = \"ws://{public}/connect\"\nallow_insecure_server = true\ntoken_file = \"{name}.agent-token\"\n\
-         health_listen = \"127.0.0.1:0\"\nmax_reconnect_interval = \"1s\"\n[upstream]\ntarget = \"{upstream}\"\nplaintext = true\n{inject}"
+         health_listen = \"127.0.0.1:0\"\nmax_reconnect_interval = \"1s\"\n[upstream]\ntarget = \"{upstream}\"\nplaintext = true\n{inject}\
+         [limits]\nshutdown_grace = \"300ms\"\n"
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml).unwrap();

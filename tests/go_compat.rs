@@ -213,3 +213,90 @@ async fn flapping_agent_never_breaks_the_server() {
         StatusCode::OK
     );
 }
+
+/// B4 at the agent: a (buggy or hostile) server sending Connected, or Error, for a stream the
+/// agent accepted does not crash or disconnect the agent.
+#[tokio::test]
+async fn agent_survives_connected_and_error_for_its_own_streams() {
+    let dir = TempDir::new();
+    let kube = FakeKubeApi::start(None).await;
+    let (go_listener, go_addr) = listener().await;
+    let agent = agent(
+        &dir.0,
+        "a",
+        go_addr,
+        "agent-token",
+        &kube.addr.to_string(),
+        Inject::Nothing,
+    )
+    .await;
+    let mut go = within("agent dials", go_server(&go_listener)).await;
+    for id in [1, 2] {
+        go.send(Frame::Connect {
+            id,
+            target: Bytes::from_static(b"kubernetes.default.svc:443"),
+        })
+        .await;
+        assert_eq!(
+            within("Connected", go.recv()).await,
+            Some(Frame::Connected { id })
+        );
+    }
+    go.send(Frame::Connected { id: 1 }).await;
+    go.send(Frame::Error {
+        id: 2,
+        message: Bytes::from_static(b"nonsense"),
+    })
+    .await;
+    let request = "GET /api HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    go.send(Frame::Data {
+        id: 1,
+        payload: Bytes::from(request),
+    })
+    .await;
+    let response =
+        String::from_utf8(within("response", go.read_until(1, b"\0never\0")).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(
+        get(agent.health, "/readyz", &[]).await.0,
+        StatusCode::OK,
+        "still connected"
+    );
+}
+
+/// S6 under v2: a target name the agent has not configured is refused at once, and nothing is
+/// dialled.
+#[tokio::test]
+async fn v2_open_for_an_unknown_target_is_refused() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new();
+    let kube = FakeKubeApi::start(None).await;
+    let (listener, addr) = listener().await;
+    let agent = agent(
+        &dir.0,
+        "a",
+        addr,
+        "agent-token",
+        &kube.addr.to_string(),
+        Inject::Nothing,
+    )
+    .await;
+    let server = within(
+        "v2 tunnel",
+        support::our_server(&listener, true, support::limits()),
+    )
+    .await;
+    assert_eq!(
+        server.negotiated.version,
+        argocd_proxy::protocol::Version::V2
+    );
+    let mut stream = server.session.handle.open(b"10.0.0.1:22").await.unwrap();
+    let error = within("refusal", stream.read_to_end(&mut Vec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    assert!(kube.requests().is_empty());
+    let (_, _, metrics) = get(agent.health, "/metrics", &[]).await;
+    assert!(String::from_utf8_lossy(&metrics)
+        .contains("agent_upstream_errors_total{reason=\"unknown_target\"} 1"));
+}

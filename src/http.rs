@@ -71,6 +71,28 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
     }
 }
 
+/// Joins two upgraded connections (client ⇄ tunnel stream, or tunnel stream ⇄ upstream) after
+/// a 101: bytes are copied both ways; an end that finishes sending shuts the other's write
+/// side (so an exec's stdin EOF and exit travel), and an error on either ends both.
+pub async fn splice(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) {
+    let (a, b) = match tokio::try_join!(a, b) {
+        Ok(both) => both,
+        Err(error) => return tracing::debug!(%error, "upgrade did not complete"),
+    };
+    let mut a = hyper_util::rt::TokioIo::new(a);
+    let mut b = hyper_util::rt::TokioIo::new(b);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
+    }
+}
+
+/// Restores the upgrade headers `strip_hop_by_hop` removed, for a request being relayed as an
+/// upgrade (`upgrade`: the client's `Upgrade` value).
+pub fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
+}
+
 /// A body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

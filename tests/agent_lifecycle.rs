@@ -78,35 +78,3 @@ async fn cancelled_request_closes_the_upstream_connection() {
     .await;
     assert!(eof);
 }
-
-/// B11: `Connection: keep-alive, Upgrade` is an upgrade. It is never forwarded as a plain GET
-/// with the upgrade stripped (relaying upgrades comes with the exec/port-forward work).
-#[tokio::test]
-async fn tokenised_upgrade_is_never_forwarded_as_a_plain_request() {
-    let dir = TempDir::new();
-    let kube = FakeKubeApi::start(None).await;
-    let target = kube.addr.to_string();
-    let server = server(&dir.0, &[("c1", "t1", &target)]).await;
-    let _agent = agent(
-        &dir.0,
-        "a",
-        server.addrs.public,
-        "t1",
-        &target,
-        Inject::Nothing,
-    )
-    .await;
-    wait_routed(server.addrs.ops.unwrap(), "c1").await;
-    let headers = [
-        ("connection", "keep-alive, Upgrade"),
-        ("upgrade", "websocket"),
-    ];
-    let (status, _, body) = get(
-        server.addrs.internal,
-        "/tunnel/c1/api/v1/namespaces/default/pods/web-0/exec",
-        &headers,
-    )
-    .await;
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body:?}");
-    assert!(kube.requests().is_empty(), "nothing forwarded");
-}

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 
 use super::AgentState;
-use crate::http::{status_response, strip_hop_by_hop, Body};
+use crate::http::{status_response, strip_hop_by_hop, wants_upgrade, Body};
 use crate::mux::IncomingStream;
 use crate::protocol::{ResetReason, Version};
 
@@ -59,14 +59,22 @@ pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, vers
         // v1 streams carry exactly one request (the Go server sends `Connection: close`).
         .keep_alive(version == Version::V2)
         .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
         .await;
     if let Err(error) = result {
         tracing::debug!(%error, "tunnel stream ended with an error");
     }
 }
 
-async fn forward(state: Arc<AgentState>, request: Request<Incoming>) -> Response<Body> {
+async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
+    let upgrade = match (
+        wants_upgrade(request.headers()),
+        request.headers().get(header::UPGRADE),
+    ) {
+        (true, Some(value)) => Some((value.clone(), hyper::upgrade::on(&mut request))),
+        _ => None,
+    };
     let (mut parts, body) = request.into_parts();
     let method = parts.method.clone();
     let path = parts
@@ -83,6 +91,10 @@ async fn forward(state: Arc<AgentState>, request: Request<Incoming>) -> Response
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(header::PROXY_AUTHORIZATION);
+    let tunnel_upgrade = upgrade.map(|(value, on_upgrade)| {
+        crate::http::keep_upgrade(&mut parts.headers, value);
+        on_upgrade
+    });
     if let Some(token_file) = &upstream.token_file {
         // Read now: projected service-account tokens rotate. Never forward without it (B18).
         let token = match tokio::fs::read_to_string(token_file).await {
@@ -126,6 +138,15 @@ async fn forward(state: Arc<AgentState>, request: Request<Incoming>) -> Response
         parts.headers.insert(header::HOST, host);
     }
     let response = match state.client.request(Request::from_parts(parts, body)).await {
+        Ok(mut response)
+            if tunnel_upgrade.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let tunnel_upgrade = tunnel_upgrade.expect("checked above");
+            tokio::spawn(crate::http::splice(tunnel_upgrade, upstream_upgrade));
+            let (parts, _) = response.into_parts();
+            Response::from_parts(parts, crate::http::full(""))
+        }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);

@@ -35,8 +35,8 @@ pub enum ForwardError {
     /// The tunnel could not open a stream.
     #[error("tunnel: {0}")]
     Open(MuxError),
-    /// Upgrades are relayed by a later version.
-    #[error("upgrade not supported yet")]
+    /// `Connection: upgrade` without an `Upgrade` header.
+    #[error("upgrade request without an Upgrade header")]
     Upgrade,
     /// The agent or its upstream failed after the request left.
     #[error("upstream: {0}")]
@@ -149,9 +149,17 @@ async fn forward(
         .registry
         .lookup(cluster_id)
         .ok_or(ForwardError::AgentOffline)?;
-    if wants_upgrade(request.headers()) {
-        return Err(ForwardError::Upgrade);
-    }
+    // An upgrade (exec, attach, port-forward): relayed as a raw pipe once the upstream's 101
+    // is relayed; any other answer goes back as a normal response (clients fall back to SPDY).
+    let mut request = request;
+    let upgrade = match (
+        wants_upgrade(request.headers()),
+        request.headers().get(header::UPGRADE),
+    ) {
+        (true, Some(value)) => Some((value.clone(), hyper::upgrade::on(&mut request))),
+        (true, None) => return Err(ForwardError::Upgrade),
+        (false, _) => None,
+    };
     let active = ActiveGuard::new(state.clone(), cluster_id);
     // v1: the Go agent compares the Connect payload with its -target; v2 names the target.
     let target = match session.version() {
@@ -163,7 +171,7 @@ async fn forward(
         .await
         .map_err(ForwardError::Upstream)?;
     state.tracker.spawn(async move {
-        if let Err(error) = connection.await {
+        if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%error, "tunnel stream connection ended with an error");
         }
     });
@@ -176,17 +184,39 @@ async fn forward(
     if let Ok(host) = HeaderValue::from_str(&cluster.target) {
         parts.headers.insert(header::HOST, host);
     }
-    // One request per tunnel stream for now (v2 keep-alive pooling comes with issue 5).
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let client_upgrade = match upgrade {
+        Some((value, on_upgrade)) => {
+            crate::http::keep_upgrade(&mut parts.headers, value);
+            Some(on_upgrade)
+        }
+        // One request per tunnel stream for now (v2 keep-alive pooling comes with issue 5).
+        None => {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            None
+        }
+    };
     parts.version = HttpVersion::HTTP_11;
     parts.uri = rest.parse().map_err(|_| ForwardError::NotTunnel)?;
     let outgoing = Request::from_parts(parts, body);
-    let response = sender
+    let mut response = sender
         .send_request(outgoing)
         .await
         .map_err(ForwardError::Upstream)?;
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+        (client_upgrade, response.status())
+    {
+        // The 101 goes back verbatim (every value of repeated headers, the accepted
+        // subprotocol); then the client's connection and the tunnel stream are spliced.
+        let stream_upgrade = hyper::upgrade::on(&mut response);
+        state.tracker.spawn(async move {
+            crate::http::splice(client_upgrade, stream_upgrade).await;
+            drop(active);
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, crate::http::full("")));
+    }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // The request stays "active" until its body ends (a watch lasts as long as it streams).

@@ -145,6 +145,8 @@ pub struct ServerMetrics {
     pub requests: Family,
     /// `tunnel_active_connections{cluster}`: requests in flight.
     pub active: Family,
+    /// `proxy_rate_limited_total{cluster}`: requests refused with 429.
+    pub rate_limited: Family,
 }
 
 impl ServerMetrics {
@@ -167,6 +169,11 @@ impl ServerMetrics {
                 "Requests in flight, by cluster.",
                 &["cluster"],
             ),
+            rate_limited: Family::counter(
+                "proxy_rate_limited_total",
+                "Requests refused by a cluster's rate limit.",
+                &["cluster"],
+            ),
         }
     }
 
@@ -178,6 +185,7 @@ impl ServerMetrics {
             &self.auth_failures,
             &self.requests,
             &self.active,
+            &self.rate_limited,
         ] {
             family.render(&mut out);
         }

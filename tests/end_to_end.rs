@@ -469,3 +469,93 @@ async fn shutdown_finishes_in_flight_streams_within_the_grace() {
     let Stack { mut server, .. } = stack;
     within("server exits", &mut server.task).await.unwrap();
 }
+
+/// A request for a cluster whose agent is away waits up to reconnect_wait for it to come back
+/// instead of failing at once.
+#[tokio::test]
+async fn request_waits_for_a_reconnecting_agent() {
+    let dir = TempDir::new();
+    let kube = support::kubeapi::FakeKubeApi::start(None).await;
+    std::fs::write(dir.0.join("c1.token"), "t1").unwrap();
+    let toml = format!(
+        "{}[limits]\nreconnect_wait = \"15s\"\n[[cluster]]\nid = \"c1\"\ntoken_file = \"c1.token\"\n",
+        support::stack::LISTENERS
+    );
+    let server = support::stack::server_from_toml(&dir.0, &toml).await;
+    let internal = server.addrs.internal;
+    let request = tokio::spawn(async move { get(internal, "/tunnel/c1/api", &[]).await });
+    let _agent = agent(
+        &dir.0,
+        "a",
+        server.addrs.public,
+        "t1",
+        &kube.addr.to_string(),
+        Inject::Nothing,
+    )
+    .await;
+    let (status, _, body) = within("request served once the agent is back", request)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+}
+
+/// B13: a cluster over its rate limit gets 429 with Retry-After at once; another cluster's
+/// requests are unaffected.
+#[tokio::test]
+async fn rate_limited_cluster_gets_429_at_once_and_others_do_not() {
+    let dir = TempDir::new();
+    let kube = support::kubeapi::FakeKubeApi::start(None).await;
+    let target = kube.addr.to_string();
+    std::fs::write(dir.0.join("slow.token"), "t-slow").unwrap();
+    std::fs::write(dir.0.join("free.token"), "t-free").unwrap();
+    let toml = format!(
+        "{}[[cluster]]\nid = \"slow\"\ntoken_file = \"slow.token\"\nrate_limit = 2\n[[cluster]]\nid = \"free\"\ntoken_file = \"free.token\"\n",
+        support::stack::LISTENERS
+    );
+    let server = support::stack::server_from_toml(&dir.0, &toml).await;
+    let _slow = agent(
+        &dir.0,
+        "s",
+        server.addrs.public,
+        "t-slow",
+        &target,
+        Inject::Nothing,
+    )
+    .await;
+    let _free = agent(
+        &dir.0,
+        "f",
+        server.addrs.public,
+        "t-free",
+        &target,
+        Inject::Nothing,
+    )
+    .await;
+    wait_routed(server.addrs.ops.unwrap(), "slow").await;
+    wait_routed(server.addrs.ops.unwrap(), "free").await;
+    let internal = server.addrs.internal;
+    let requests: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(async move { get(internal, "/tunnel/slow/api", &[]).await }))
+        .collect();
+    let mut limited = 0;
+    for request in requests {
+        let (status, headers, _) = within("answer", request).await.unwrap();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(headers["retry-after"], "1");
+            limited += 1;
+        } else {
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    assert!(limited >= 6, "burst 3 of 10, got {limited} refusals");
+    for _ in 0..10 {
+        assert_eq!(
+            get(internal, "/tunnel/free/api", &[]).await.0,
+            StatusCode::OK
+        );
+    }
+    let (_, _, metrics) = get(server.addrs.ops.unwrap(), "/metrics", &[]).await;
+    assert!(String::from_utf8_lossy(&metrics).contains(&format!(
+        "proxy_rate_limited_total{{cluster=\"slow\"}} {limited}"
+    )));
+}

@@ -34,6 +34,8 @@ pub(crate) struct RawLimits {
     max_connections_per_listener: Option<usize>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     shutdown_grace: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    reconnect_wait: Option<Duration>,
 }
 
 /// Validated limits.
@@ -54,6 +56,9 @@ pub struct LimitsConfig {
     /// On SIGTERM, time requests in flight get to finish before tunnels close. Default 25 s
     /// (inside Kubernetes' default 30 s termination grace).
     pub shutdown_grace: Duration,
+    /// How long a request for a cluster whose agent is away waits for it to reconnect before
+    /// the 503. Default 3 s (an agent restart or a server-side replacement).
+    pub reconnect_wait: Duration,
 }
 
 impl RawLimits {
@@ -108,6 +113,12 @@ impl RawLimits {
             handshake_timeout,
             max_request_header_bytes: self.max_request_header_bytes.unwrap_or(1024 * 1024),
             header_read_timeout: self.header_read_timeout.unwrap_or(Duration::from_secs(10)),
+            reconnect_wait: match self.reconnect_wait.unwrap_or(Duration::from_secs(3)) {
+                wait if wait > Duration::from_secs(60) => {
+                    return Err("[limits] reconnect_wait must be at most 60s".into())
+                }
+                wait => wait,
+            },
             shutdown_grace: match self.shutdown_grace.unwrap_or(Duration::from_secs(25)) {
                 grace if grace > Duration::from_secs(3600) => {
                     return Err("[limits] shutdown_grace must be at most 1h".into())

@@ -37,6 +37,8 @@ struct RawCluster {
     token: Option<String>,
     target: Option<String>,
     impersonation: Option<Impersonation>,
+    rate_limit: Option<u32>,
+    rate_burst: Option<u32>,
 }
 
 /// Which `Impersonate-*` headers from Argo CD reach the cluster (DESIGN.md §5 item 5).
@@ -100,6 +102,9 @@ pub struct ClusterConfig {
     pub token: Option<TokenHash>,
     /// Which `Impersonate-*` headers pass.
     pub impersonation: Impersonation,
+    /// Requests per second allowed for this cluster, and the burst above it; `None`: no limit.
+    /// Past it requests get 429 at once, never a queue (B13).
+    pub rate_limit: Option<(u32, u32)>,
     /// Sent in a v1 Connect (a Go agent compares it with its `-target`). Default
     /// `kubernetes.default.svc:443`.
     pub target: String,
@@ -216,9 +221,22 @@ impl ServerConfig {
                     "{at}: target must be a host:port without spaces"
                 )));
             }
+            let rate_limit = match (cluster.rate_limit, cluster.rate_burst) {
+                (None, None) => None,
+                (Some(0), _) | (_, Some(0)) => {
+                    return Err(invalid(format!(
+                        "{at}: rate_limit and rate_burst must be > 0"
+                    )))
+                }
+                (Some(rate), burst) => Some((rate, burst.unwrap_or(rate + 1))),
+                (None, Some(_)) => {
+                    return Err(invalid(format!("{at}: rate_burst needs rate_limit")))
+                }
+            };
             clusters.push(ClusterConfig {
                 id: cluster.id,
                 token,
+                rate_limit,
                 impersonation: cluster.impersonation.unwrap_or_default(),
                 target,
             });

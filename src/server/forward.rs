@@ -29,9 +29,12 @@ pub enum ForwardError {
     /// No such cluster in the config.
     #[error("unknown cluster")]
     UnknownCluster,
-    /// The cluster's agent is not connected.
+    /// The cluster's agent is not connected (and did not come back within `reconnect_wait`).
     #[error("agent not connected")]
     AgentOffline,
+    /// The cluster's request rate is over its limit.
+    #[error("rate limited")]
+    RateLimited,
     /// The tunnel could not open a stream.
     #[error("tunnel: {0}")]
     Open(MuxError),
@@ -72,6 +75,18 @@ fn rescue(error: &ForwardError) -> Response<Body> {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 "cluster agent not connected or busy; retry",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        // Rejected at once, never queued (B13); nothing reached the agent.
+        RateLimited => {
+            let mut response = status_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "rate limit for this cluster exceeded",
             );
             response
                 .headers_mut()
@@ -145,9 +160,15 @@ async fn forward(
     let cluster = state
         .cluster(cluster_id)
         .ok_or(ForwardError::UnknownCluster)?;
+    if !state.rate_limiter.allow(&cluster) {
+        state.metrics.rate_limited.inc(&[cluster_id]);
+        return Err(ForwardError::RateLimited);
+    }
+    let wait = state.limits().reconnect_wait;
     let session = state
         .registry
-        .lookup(cluster_id)
+        .wait_for(cluster_id, wait)
+        .await
         .ok_or(ForwardError::AgentOffline)?;
     // An upgrade (exec, attach, port-forward): relayed as a raw pipe once the upstream's 101
     // is relayed; any other answer goes back as a normal response (clients fall back to SPDY).

@@ -9,6 +9,7 @@
 mod forward;
 mod ops;
 mod public;
+mod ratelimit;
 pub mod registry;
 mod route;
 
@@ -30,6 +31,7 @@ use crate::mux::MemoryBudget;
 pub(crate) struct ServerState {
     config: RwLock<Arc<ServerConfig>>,
     pub(crate) registry: Arc<registry::Registry>,
+    pub(crate) rate_limiter: ratelimit::RateLimiter,
     pub(crate) metrics: ServerMetrics,
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) identity: ServerIdentity,
@@ -100,6 +102,7 @@ impl Server {
             state: Arc::new(ServerState {
                 config: RwLock::new(Arc::new(config)),
                 registry: Arc::new(registry::Registry::default()),
+                rate_limiter: ratelimit::RateLimiter::default(),
                 metrics: ServerMetrics::new(),
                 budget,
                 identity,

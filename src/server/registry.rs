@@ -13,6 +13,8 @@ use crate::mux::SessionHandle;
 pub struct Registry {
     routes: Mutex<HashMap<String, Route>>,
     next_registration: AtomicU64,
+    /// Woken on every registration, for requests waiting for an agent to come back.
+    registered: tokio::sync::Notify,
 }
 
 struct Route {
@@ -47,6 +49,7 @@ impl Registry {
             cluster: cluster.to_owned(),
             registration,
         };
+        self.registered.notify_waiters();
         (guard, previous.map(|route| route.session))
     }
 
@@ -56,6 +59,27 @@ impl Registry {
         let routes = self.lock();
         let route = routes.get(cluster)?;
         (!route.session.is_closed()).then(|| route.session.clone())
+    }
+
+    /// [`Self::lookup`], waiting up to `wait` for the cluster's agent to (re)connect.
+    pub async fn wait_for(
+        &self,
+        cluster: &str,
+        wait: std::time::Duration,
+    ) -> Option<SessionHandle> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered for the wake-up before looking, so a registration in between is seen.
+            let registered = self.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            if let Some(session) = self.lookup(cluster) {
+                return Some(session);
+            }
+            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Live tunnels.

@@ -37,15 +37,24 @@ impl Drop for TestServer {
 
 /// Starts a server with `clusters` as (id, agent token, target).
 pub async fn server(dir: &Path, clusters: &[(&str, &str, &str)]) -> TestServer {
-    let mut toml = "[public]\nlisten = \"127.0.0.1:0\"\n[internal]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n\
-                    [limits]\nshutdown_grace = \"1s\"\nheader_read_timeout = \"500ms\"\n"
-        .to_owned();
+    let mut toml = format!(
+        "{LISTENERS}[limits]\nshutdown_grace = \"1s\"\nheader_read_timeout = \"500ms\"\nreconnect_wait = \"200ms\"\n"
+    );
     for (id, token, target) in clusters {
         std::fs::write(dir.join(format!("{id}.token")), token).unwrap();
         toml += &format!(
             "[[cluster]]\nid = \"{id}\"\ntoken_file = \"{id}.token\"\ntarget = \"{target}\"\n"
         );
     }
+    server_from_toml(dir, &toml).await
+}
+
+/// The three listeners on port 0, for configs written by hand.
+pub const LISTENERS: &str =
+    "[public]\nlisten = \"127.0.0.1:0\"\n[internal]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n";
+
+/// Starts a server from a whole config text (token files it names must exist in `dir`).
+pub async fn server_from_toml(dir: &Path, toml: &str) -> TestServer {
     let path = dir.join("server.toml");
     std::fs::write(&path, toml).unwrap();
     let config = ServerConfig::load(&path, Check::Files).expect("server config");

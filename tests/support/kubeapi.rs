@@ -1,11 +1,18 @@
 //! A fake kube-apiserver: plain HTTP/1.1 on loopback, serving just enough of the Kubernetes API
-//! (legacy discovery, `/version`, namespaces and pods, server-side Tables and pods watches) for
-//! the real `kubectl` to run `get namespaces` and `get pods --watch` against it.
+//! (legacy discovery, `/version`, namespaces and pods, server-side Tables, pods watches and
+//! `pods/exec` over WebSocket) for the real `kubectl` to run `get namespaces`,
+//! `get pods --watch` and `exec <pod> -- echo ...` against it.
 //!
 //! Tests put it behind the tunnel to check that what `kubectl` sends arrives intact (every
 //! request is recorded exactly as received) and that long-lived watches stream through: events
 //! are pushed on demand with [`FakeKubeApi::push_pod_event`], and [`FakeKubeApi::open_watches`]
 //! says when a watch is established, so no test has to sleep.
+//!
+//! Exec speaks the Kubernetes WebSocket streaming protocol (`v5.channel.k8s.io`, or
+//! `v4.channel.k8s.io` if that is all the client offers): every binary message starts with its
+//! channel byte (0 stdin, 1 stdout, 2 stderr, 3 the final `Status` as JSON, 4 resize; v5 adds
+//! 255, "close this channel"). The only command it knows is `echo`; anything else ends as a
+//! process that was not found would (exit code 127).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +31,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// When every fake object was created (2024-01-01T00:00:00Z); ages are computed from it.
 const CREATED: &str = "2024-01-01T00:00:00Z";
@@ -96,8 +108,10 @@ impl FakeKubeApi {
                         async move { Ok::<_, Infallible>(response) }
                     });
                     // A client going away mid-response is normal (watches end that way).
+                    // Upgrades (exec over WebSocket) hand the connection to the exec task.
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -138,7 +152,7 @@ impl Drop for FakeKubeApi {
 
 type Reply = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
-fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
+fn handle(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Reply {
     let seen = SeenRequest {
         method: request.method().to_string(),
         path_and_query: request
@@ -210,9 +224,167 @@ fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Reply {
             }
             list("Pod", &[pod(namespace, "web-0")], table, full_object)
         }
+        ["api", "v1", "namespaces", namespace, "pods", "web-0"] => pod(namespace, "web-0"),
+        ["api", "v1", "namespaces", _, "pods", name] => {
+            let message = format!("pods \"{name}\" not found");
+            return status(StatusCode::NOT_FOUND, "NotFound", &message);
+        }
+        ["api", "v1", "namespaces", _, "pods", "web-0", "exec"] => {
+            return exec(&mut request, &seen, query);
+        }
         _ => return not_found(path),
     };
     json_response(StatusCode::OK, &body)
+}
+
+/// The subprotocols exec speaks, most preferred first.
+const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// Channel bytes of the streaming protocol.
+const STDOUT: u8 = 1;
+const ERROR: u8 = 3;
+
+/// `pods/exec`: a WebSocket upgrade whose session runs the command once the 101 is sent.
+fn exec(request: &mut Request<Incoming>, seen: &SeenRequest, query: &str) -> Reply {
+    let websocket = seen
+        .header_all("upgrade")
+        .iter()
+        .any(|u| u.eq_ignore_ascii_case("websocket"));
+    let (true, Some(key)) = (websocket, seen.header("sec-websocket-key")) else {
+        // Also what a SPDY attempt (a POST with `Upgrade: SPDY/3.1`) would need instead.
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Upgrade request required",
+        );
+    };
+    let offered: Vec<&str> = seen
+        .header_all("sec-websocket-protocol")
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let Some(protocol) = EXEC_PROTOCOLS.iter().find(|p| offered.contains(p)) else {
+        let message = format!("none of the offered subprotocols {offered:?} is supported");
+        return status(StatusCode::BAD_REQUEST, "BadRequest", &message);
+    };
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(name, value)| (decode(name), decode(value)))
+        .collect();
+    let command: Vec<String> = params
+        .iter()
+        .filter(|(name, _)| name == "command")
+        .map(|(_, value)| value.clone())
+        .collect();
+    let stdout = params
+        .iter()
+        .any(|(name, value)| name == "stdout" && (value == "true" || value == "1"));
+
+    let on_upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        // The client going away early is its business.
+        let _ = run_exec(socket, &command, stdout).await;
+    });
+
+    let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    let accept = derive_accept_key(key.as_bytes());
+    for (name, value) in [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-accept", accept.as_str()),
+        ("sec-websocket-protocol", protocol),
+    ] {
+        headers.insert(
+            name,
+            http::HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    response
+}
+
+/// Runs `command` on an established exec session: its output on stdout (if wanted), its
+/// `Status` on the error channel, then a normal WebSocket close, answered or not within 5 s.
+async fn run_exec<S>(
+    mut socket: WebSocketStream<S>,
+    command: &[String],
+    stdout: bool,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+
+    let channel = |channel: u8, bytes: &[u8]| {
+        let mut message = Vec::with_capacity(bytes.len() + 1);
+        message.push(channel);
+        message.extend_from_slice(bytes);
+        Message::Binary(Bytes::from(message))
+    };
+    let result = match command.split_first() {
+        Some((program, args)) if program == "echo" => {
+            if stdout {
+                let line = format!("{}\n", args.join(" "));
+                socket.send(channel(STDOUT, line.as_bytes())).await?;
+            }
+            json!({"metadata": {}, "status": "Success"})
+        }
+        _ => json!({
+            "metadata": {}, "status": "Failure",
+            "message": format!("command {command:?} not found in the fake"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": "127"}]},
+        }),
+    };
+    socket
+        .send(channel(ERROR, result.to_string().as_bytes()))
+        .await?;
+    // client-go reads the error channel to its end, which only a Normal closure (1000) makes
+    // a clean end: a close without a code fails with "close 1005 (no status)".
+    socket
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .await?;
+    // Let the client answer the close (and drop whatever else it sends, e.g. v5's channel
+    // closes), but never wait on it for long.
+    let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    Ok(())
+}
+
+/// Decodes one `application/x-www-form-urlencoded` query component (`+` is a space).
+fn decode(component: &str) -> String {
+    let mut bytes = Vec::with_capacity(component.len());
+    let mut rest = component.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match byte {
+            b'+' => bytes.push(b' '),
+            b'%' if rest.len() >= 2 => {
+                match std::str::from_utf8(&rest[..2])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                {
+                    Some(decoded) => {
+                        bytes.push(decoded);
+                        rest = &rest[2..];
+                    }
+                    None => bytes.push(b'%'),
+                }
+            }
+            _ => bytes.push(byte),
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn api_resources() -> Value {

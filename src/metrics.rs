@@ -147,6 +147,17 @@ pub struct ServerMetrics {
     pub active: Family,
     /// `proxy_rate_limited_total{cluster}`: requests refused with 429.
     pub rate_limited: Family,
+    /// `tunnel_streams{cluster}`: streams open on the cluster's tunnel (read at scrape time).
+    pub streams: Family,
+    /// `tunnel_buffered_bytes{cluster}`: received bytes waiting for their readers.
+    pub buffered: Family,
+    /// `tunnel_stream_resets_total{cluster,direction}`: streams reset by us (`sent`) or the
+    /// agent (`received`).
+    pub resets: Family,
+    /// `tunnel_stream_overflows_total{cluster}`: v1 streams reset at their buffer limit.
+    pub overflows: Family,
+    /// `tunnel_credit_stalls_total{cluster}`: times a writer waited for the agent's credit.
+    pub credit_stalls: Family,
 }
 
 impl ServerMetrics {
@@ -174,6 +185,31 @@ impl ServerMetrics {
                 "Requests refused by a cluster's rate limit.",
                 &["cluster"],
             ),
+            streams: Family::gauge(
+                "tunnel_streams",
+                "Streams open on the cluster's tunnel.",
+                &["cluster"],
+            ),
+            buffered: Family::gauge(
+                "tunnel_buffered_bytes",
+                "Received bytes waiting for their readers.",
+                &["cluster"],
+            ),
+            resets: Family::counter(
+                "tunnel_stream_resets_total",
+                "Streams reset, by who reset them (on the current tunnel).",
+                &["cluster", "direction"],
+            ),
+            overflows: Family::counter(
+                "tunnel_stream_overflows_total",
+                "v1 streams reset at their buffer limit (on the current tunnel).",
+                &["cluster"],
+            ),
+            credit_stalls: Family::counter(
+                "tunnel_credit_stalls_total",
+                "Writes that waited for the agent's flow-control credit (on the current tunnel).",
+                &["cluster"],
+            ),
         }
     }
 
@@ -186,6 +222,11 @@ impl ServerMetrics {
             &self.requests,
             &self.active,
             &self.rate_limited,
+            &self.streams,
+            &self.buffered,
+            &self.resets,
+            &self.overflows,
+            &self.credit_stalls,
         ] {
             family.render(&mut out);
         }

@@ -151,6 +151,17 @@ async fn exec_over_websocket_is_relayed_both_ways() {
         assert_eq!(stdout[0], 1);
         assert_eq!(&stdout[1..], line.as_bytes());
     }
+    // Upgrades are counted like other requests (B19), and the stream shows on the tunnel.
+    let (_, _, metrics) = support::stack::get(server.addrs.ops.unwrap(), "/metrics", &[]).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("proxy_requests_total{cluster=\"c1\",method=\"GET\",code=\"101\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tunnel_streams{cluster=\"c1\"} 1"),
+        "{metrics}"
+    );
     // The process exits: the client sees the end promptly (B2).
     socket
         .send(Message::Binary(Bytes::from_static(b"\0exit")))

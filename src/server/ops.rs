@@ -17,10 +17,28 @@ pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Resp
         "/metrics" => {
             // Live tunnels, from the registry itself: replaced sessions still draining and dead
             // ones are not agents (B19).
-            state
-                .metrics
+            let metrics = &state.metrics;
+            metrics
                 .agents_connected
                 .set(&[], state.registry.connected() as f64);
+            for (cluster, session) in state.registry.sessions() {
+                let stats = session.stats();
+                let counters = &stats.counters;
+                metrics.streams.set(&[&cluster], stats.streams as f64);
+                metrics.buffered.set(&[&cluster], stats.buffered as f64);
+                metrics
+                    .resets
+                    .set(&[&cluster, "sent"], counters.resets_sent as f64);
+                metrics
+                    .resets
+                    .set(&[&cluster, "received"], counters.resets_received as f64);
+                metrics
+                    .overflows
+                    .set(&[&cluster], counters.overflows as f64);
+                metrics
+                    .credit_stalls
+                    .set(&[&cluster], counters.credit_stalls as f64);
+            }
             let mut response = Response::new(full(state.metrics.render()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

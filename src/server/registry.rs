@@ -82,6 +82,15 @@ impl Registry {
         }
     }
 
+    /// Every live tunnel with its cluster id (for metrics).
+    pub fn sessions(&self) -> Vec<(String, SessionHandle)> {
+        self.lock()
+            .iter()
+            .filter(|(_, route)| !route.session.is_closed())
+            .map(|(cluster, route)| (cluster.clone(), route.session.clone()))
+            .collect()
+    }
+
     /// Live tunnels.
     pub fn connected(&self) -> usize {
         self.lock()

@@ -120,6 +120,16 @@ pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Respons
     response
 }
 
+/// A Prometheus text exposition response.
+pub fn metrics_response(text: String) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
 /// A small plain-text response (health endpoints, refusals on the public listener).
 pub fn text_response(code: StatusCode, text: &'static str) -> Response<Body> {
     let mut response = Response::new(full(text));

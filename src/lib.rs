@@ -25,7 +25,8 @@
 //!   `/tunnel/<cluster-id>/…` → a stream on that cluster's session; ops endpoints.
 //! - [`agent`]: dial → negotiate → accept streams → forward each request to the one configured
 //!   upstream with the agent's own credentials; health endpoints.
-//! - [`config`] (TOML → validated typed config), [`metrics`], [`telemetry`], [`shutdown`].
+//! - [`config`] (TOML → validated typed config), [`cli`] (what both binaries share),
+//!   [`metrics`], [`telemetry`], [`shutdown`].
 //!
 //! `server` and `agent` never import each other; both stand on the modules above them.
 
@@ -40,6 +41,7 @@ pub mod listen;
 pub mod server;
 pub mod agent;
 pub mod config;
+pub mod cli;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

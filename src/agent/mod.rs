@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
-use crate::http::{full, text_response, Body};
+use crate::http::{text_response, Body};
 use crate::listen;
 use crate::metrics::AgentMetrics;
 use crate::mux::MemoryBudget;
@@ -192,14 +192,7 @@ async fn health(state: Arc<AgentState>, request: Request<Incoming>) -> Response<
         "/healthz" => text_response(StatusCode::OK, "ok"),
         "/readyz" if state.connected.load(Ordering::Acquire) => text_response(StatusCode::OK, "ok"),
         "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "not connected\n"),
-        "/metrics" => {
-            let mut response = Response::new(full(state.metrics.render()));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
+        "/metrics" => crate::http::metrics_response(state.metrics.render()),
         _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
 }

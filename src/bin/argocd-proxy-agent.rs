@@ -1,12 +1,12 @@
-//! `argocd-proxy-agent`: parses arguments, loads the config, keeps the tunnel to the server up
-//! and forwards what comes through it to the configured Kubernetes API until SIGTERM/SIGINT.
+//! `argocd-proxy-agent`: arguments → config → keep the tunnel to the server up and forward
+//! what comes through it to the configured Kubernetes API until SIGTERM/SIGINT → exit code.
 
 use std::path::PathBuf;
 
 use argh::FromArgs;
 use argocd_proxy::agent::Agent;
-use argocd_proxy::config::{AgentConfig, Check, DEFAULT_AGENT_CONFIG};
-use tokio_util::sync::CancellationToken;
+use argocd_proxy::cli;
+use argocd_proxy::config::{AgentConfig, DEFAULT_AGENT_CONFIG};
 
 /// Dials out to argocd-proxy-server and forwards tunnelled requests to its Kubernetes API.
 #[derive(FromArgs)]
@@ -25,61 +25,29 @@ struct Args {
     version: bool,
 }
 
-/// EX_USAGE: the command line or the config is unusable.
-const EX_USAGE: i32 = 64;
+const PROGRAM: &str = "argocd-proxy-agent";
 
 fn main() {
     let args: Args = argh::from_env();
     if args.version {
-        println!("argocd-proxy-agent {}", env!("CARGO_PKG_VERSION"));
-        return;
+        return println!("{PROGRAM} {}", env!("CARGO_PKG_VERSION"));
     }
-    if args.syntax_only && !args.check_config {
-        // A syntax-only load skips the token files: serving from it would be unsafe.
-        eprintln!("argocd-proxy-agent: --syntax-only only goes with --check-config");
-        std::process::exit(EX_USAGE);
-    }
-    let check = if args.syntax_only {
-        Check::Syntax
-    } else {
-        Check::Files
-    };
-    let config = match AgentConfig::load(&args.config, check) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("argocd-proxy-agent: {error}");
-            std::process::exit(EX_USAGE);
-        }
-    };
+    let check = cli::check_level(PROGRAM, args.check_config, args.syntax_only);
+    let config = cli::config_or_exit(PROGRAM, AgentConfig::load(&args.config, check));
     if args.check_config {
-        println!("{}: ok", args.config.display());
-        return;
+        return println!("{}: ok", args.config.display());
     }
-    argocd_proxy::telemetry::init();
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = runtime.block_on(async {
+    let warnings = config.warnings.clone();
+    cli::run(&warnings, |shutdown| async move {
         let agent = match Agent::bind(config).await {
             Ok(agent) => agent,
             Err(error) => {
-                eprintln!("argocd-proxy-agent: {error}");
-                return 1;
+                eprintln!("{PROGRAM}: {error}");
+                return cli::EX_START;
             }
         };
         tracing::info!(health = ?agent.health_addr(), "starting");
-        let shutdown = CancellationToken::new();
-        let trigger = shutdown.clone();
-        tokio::spawn(async move {
-            argocd_proxy::shutdown::on_signal().await;
-            trigger.cancel();
-        });
         agent.run(shutdown).await;
         0
-    });
-    std::process::exit(code);
+    })
 }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::ServerState;
-use crate::http::{full, text_response, Body};
+use crate::http::{text_response, Body};
 
 /// Routes one request on the ops listener.
 pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Response<Body> {
@@ -39,12 +39,7 @@ pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Resp
                     .credit_stalls
                     .set(&[&cluster], counters.credit_stalls as f64);
             }
-            let mut response = Response::new(full(state.metrics.render()));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
+            crate::http::metrics_response(state.metrics.render())
         }
         _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
     }

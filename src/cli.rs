@@ -1,0 +1,62 @@
+//! What both binaries do around their own work: the config-loading rules and exit codes, and
+//! the runtime with logging and signal handling. Keeps `src/bin/` thin.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Check, ConfigError};
+
+/// EX_USAGE: the command line or the config is unusable.
+pub const EX_USAGE: i32 = 64;
+
+/// Exit code when the program cannot start (a listener cannot bind, a CA cannot load).
+pub const EX_START: i32 = 1;
+
+/// The check level for the flags, or exit: `--syntax-only` skips the token files, so it only
+/// goes with `--check-config` (serving from such a config would be unsafe).
+pub fn check_level(program: &str, check_config: bool, syntax_only: bool) -> Check {
+    match (check_config, syntax_only) {
+        (_, false) => Check::Files,
+        (true, true) => Check::Syntax,
+        (false, true) => {
+            eprintln!("{program}: --syntax-only only goes with --check-config");
+            std::process::exit(EX_USAGE);
+        }
+    }
+}
+
+/// The loaded config, or a one-line message and exit 64.
+pub fn config_or_exit<T>(program: &str, loaded: Result<T, ConfigError>) -> T {
+    loaded.unwrap_or_else(|error| {
+        eprintln!("{program}: {error}");
+        std::process::exit(EX_USAGE);
+    })
+}
+
+/// Starts logging (printing the config's warnings), runs `main` on a current-thread runtime
+/// with a token that SIGTERM/SIGINT fires, and exits with the code `main` returns.
+pub fn run<F, M>(warnings: &[String], main: M) -> !
+where
+    M: FnOnce(CancellationToken) -> F,
+    F: Future<Output = i32>,
+{
+    crate::telemetry::init();
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            crate::shutdown::on_signal().await;
+            trigger.cancel();
+        });
+        main(shutdown).await
+    });
+    std::process::exit(code);
+}

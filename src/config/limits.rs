@@ -13,6 +13,7 @@ use crate::mux::Limits;
 pub(crate) struct RawLimits {
     max_streams_per_tunnel: Option<usize>,
     stream_window: Option<u32>,
+    max_stream_window: Option<u32>,
     v1_stream_buffer: Option<usize>,
     tunnel_buffer: Option<usize>,
     process_buffer: Option<usize>,
@@ -67,6 +68,7 @@ impl RawLimits {
         let tunnel = Limits {
             max_streams: self.max_streams_per_tunnel.unwrap_or(defaults.max_streams),
             stream_window: self.stream_window.unwrap_or(defaults.stream_window),
+            max_stream_window: self.max_stream_window.unwrap_or(defaults.max_stream_window),
             v1_stream_buffer: self.v1_stream_buffer.unwrap_or(defaults.v1_stream_buffer),
             session_buffer: self.tunnel_buffer.unwrap_or(defaults.session_buffer),
             send_queue: self.send_queue.unwrap_or(defaults.send_queue),

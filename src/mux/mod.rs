@@ -82,9 +82,14 @@ pub struct Limits {
     /// bandwidth × delay need growth on demand; until then this bounds a stream at
     /// window / RTT.)
     pub stream_window: u32,
+    /// v2: the largest a stream's window grows to when its reader keeps up (sized for
+    /// bandwidth × delay: 16 MiB fills 1 Gbit/s over 100 ms). Growth comes from the session
+    /// budget's headroom above `max_streams × stream_window`. Default 16 MiB.
+    pub max_stream_window: u32,
     /// v1: bytes buffered for one stream before it is reset (v1 has no credits). Default 8 MiB.
     pub v1_stream_buffer: usize,
-    /// Receive-buffer bytes one session may hold or reserve. Default 64 MiB.
+    /// Receive-buffer bytes one session may hold or reserve. Default 128 MiB: 64 MiB for the
+    /// initial windows of `max_streams` streams, the rest for windows that grew.
     pub session_buffer: usize,
     /// Bytes of outgoing Data queued per session before writers wait. Default 1 MiB.
     pub send_queue: usize,
@@ -108,8 +113,9 @@ impl Default for Limits {
         Self {
             max_streams: 1024,
             stream_window: 64 * 1024,
+            max_stream_window: 16 * 1024 * 1024,
             v1_stream_buffer: 8 * 1024 * 1024,
-            session_buffer: 64 * 1024 * 1024,
+            session_buffer: 128 * 1024 * 1024,
             send_queue: 1024 * 1024,
             max_frame_payload: 64 * 1024,
             open_timeout: Duration::from_secs(30),
@@ -130,6 +136,11 @@ impl Limits {
         }
         if self.stream_window == 0 || self.stream_window as usize > self.session_buffer {
             return Err("stream_window must be > 0 and ≤ session_buffer".into());
+        }
+        if self.max_stream_window < self.stream_window
+            || self.max_stream_window as usize > self.session_buffer
+        {
+            return Err("max_stream_window must be ≥ stream_window and ≤ session_buffer".into());
         }
         if self.v1_stream_buffer == 0 || self.v1_stream_buffer > self.session_buffer {
             return Err("v1_stream_buffer must be > 0 and ≤ session_buffer".into());

@@ -86,20 +86,7 @@ impl AsyncRead for MuxStream {
             slot.recv_len -= copied;
             match shared.config.version {
                 Version::V1 => shared.release(state, copied),
-                Version::V2 => {
-                    let slot = state.streams.get_mut(&self.id).expect("slot present");
-                    slot.consumed += copied as u64;
-                    // Credit back in quarter-window steps: few frames, and the sender never
-                    // runs dry while the reader keeps up.
-                    let threshold = u64::from(shared.config.limits.stream_window / 4).max(1);
-                    if slot.consumed >= threshold && slot.read == ReadEnd::Open {
-                        let increment = std::mem::take(&mut slot.consumed);
-                        slot.recv_credit += increment;
-                        let increment = u32::try_from(increment).unwrap_or(u32::MAX);
-                        let id = self.id;
-                        shared.push_control(state, Frame::WindowUpdate { id, increment });
-                    }
-                }
+                Version::V2 => shared.credit_back(state, self.id, copied),
             }
             return Poll::Ready(Ok(()));
         }

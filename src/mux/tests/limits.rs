@@ -161,3 +161,71 @@ fn default_limits_are_consistent() {
     };
     assert!(zero.validate().is_err());
 }
+
+/// A reader that keeps up gets a growing window (the window, not the reader, was the limit);
+/// the growth stays within max_stream_window and the bytes arrive intact.
+#[tokio::test]
+async fn fast_reader_grows_its_window_within_the_cap() {
+    let limits = Limits {
+        max_stream_window: 1024 * 1024,
+        ..Limits::default()
+    };
+    let (server, mut agent) = session_pair(Version::V2, limits.clone(), limits);
+    let mut stream = server.handle.open(b"bulk").await.unwrap();
+    stream.write_all(b"go").await.unwrap();
+    let mut agent_side = agent.incoming.accept().await.unwrap().accept();
+    let body = super::pattern(5, 16 * 1024 * 1024);
+    let sent = body.clone();
+    let writer = tokio::spawn(async move {
+        agent_side.write_all(&sent).await.unwrap();
+        agent_side.shutdown().await.unwrap();
+        agent_side
+    });
+    let mut got = Vec::new();
+    within("bulk", stream.read_to_end(&mut got)).await.unwrap();
+    assert!(got == body);
+    let reserved = server.handle.stats().reserved;
+    assert!(reserved > 64 * 1024, "window never grew: {reserved}");
+    assert!(reserved <= 1024 * 1024, "window past its cap: {reserved}");
+    drop(within("writer", writer).await.unwrap());
+}
+
+/// Growth only uses the headroom above the initial windows of streams not yet open, so a
+/// grown window never makes a later open fail for memory.
+#[tokio::test]
+async fn grown_windows_never_refuse_an_open() {
+    let limits = Limits {
+        max_streams: 4,
+        stream_window: 64 * 1024,
+        max_stream_window: 1024 * 1024,
+        session_buffer: 512 * 1024,
+        ..Limits::default()
+    };
+    let (server, mut agent) = session_pair(Version::V2, limits.clone(), limits.clone());
+    let mut stream = server.handle.open(b"bulk").await.unwrap();
+    stream.write_all(b"go").await.unwrap();
+    let mut agent_side = agent.incoming.accept().await.unwrap().accept();
+    let writer = tokio::spawn(async move {
+        agent_side
+            .write_all(&vec![1u8; 8 * 1024 * 1024])
+            .await
+            .unwrap();
+        agent_side.shutdown().await.unwrap();
+        agent_side
+    });
+    let mut sink = Vec::new();
+    within("bulk", stream.read_to_end(&mut sink)).await.unwrap();
+    assert!(server.handle.stats().reserved > 64 * 1024, "it grew");
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(
+            server
+                .handle
+                .open(b"t")
+                .await
+                .expect("room for every initial window"),
+        );
+    }
+    assert!(server.handle.stats().reserved <= limits.session_buffer);
+    drop(within("writer", writer).await.unwrap());
+}

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 
 use super::error::{SessionEnd, StreamError};
-use super::state::{Shared, State};
+use super::state::{Outbound, Shared, State};
 use crate::protocol::{self, Frame, ResetReason, Version};
 
 /// Bytes of Data the writer hands the transport before it flushes and looks at the queues again.
@@ -108,20 +108,26 @@ where
             if state.end.is_some() {
                 return;
             }
-            let mut batch = Vec::new();
+            let mut batch: Vec<Bytes> = Vec::new();
             if let Some(payload) = state.pong_due.take() {
-                batch.push(Frame::Pong { payload });
+                batch.push(protocol::encode(&Frame::Pong { payload }));
             }
-            batch.extend(state.control.drain(..));
+            batch.extend(
+                state
+                    .control
+                    .drain(..)
+                    .map(|frame| protocol::encode(&frame)),
+            );
             let mut bytes = 0;
             while bytes < WRITE_BATCH_BYTES {
-                let Some(frame) = state.data.pop_front() else {
-                    break;
-                };
-                if let Frame::Data { payload, .. } = &frame {
-                    bytes += payload.len();
+                match state.data.pop_front() {
+                    Some(Outbound::Data { message, len }) => {
+                        bytes += len;
+                        batch.push(message);
+                    }
+                    Some(Outbound::Frame(frame)) => batch.push(protocol::encode(&frame)),
+                    None => break,
                 }
-                batch.push(frame);
             }
             if bytes > 0 {
                 state.queued_data -= bytes;
@@ -138,8 +144,8 @@ where
             continue;
         }
         let write = async {
-            for frame in &batch {
-                sink.feed(protocol::encode(frame)).await?;
+            for message in batch {
+                sink.feed(message).await?;
             }
             if closing {
                 sink.close().await

@@ -80,7 +80,9 @@ impl IncomingStream {
                 // now would name an id the peer already dropped (a Go peer may panic on it).
                 if !slot.terminated && state.end.is_none() {
                     slot.established = true;
-                    state.data.push_back(Frame::Connected { id: self.id });
+                    state
+                        .data
+                        .push_back(Frame::Connected { id: self.id }.into());
                     shared.writer_wake.notify_one();
                 }
             }

@@ -204,7 +204,7 @@ impl SessionHandle {
             state.streams.insert(id, slot);
             let target = Bytes::copy_from_slice(target);
             // Connect goes in the data queue so it always precedes the stream's own Data.
-            state.data.push_back(Frame::Connect { id, target });
+            state.data.push_back(Frame::Connect { id, target }.into());
             shared.writer_wake.notify_one();
             (id, answer_rx)
         };

@@ -137,6 +137,20 @@ impl Slot {
     }
 }
 
+/// An item of the data queue.
+pub(crate) enum Outbound {
+    /// A frame to encode when written.
+    Frame(Frame),
+    /// A Data frame already encoded by the writer that produced it; `len` is its payload.
+    Data { message: Bytes, len: usize },
+}
+
+impl From<Frame> for Outbound {
+    fn from(frame: Frame) -> Self {
+        Outbound::Frame(frame)
+    }
+}
+
 /// Counters a session exposes to tests and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -159,7 +173,9 @@ pub(crate) struct State {
     pub open_deadlines: BTreeSet<(Instant, StreamId)>,
     pub ids: IdAllocator,
     pub control: VecDeque<Frame>,
-    pub data: VecDeque<Frame>,
+    /// Data in stream order, with the frames that must not overtake it (Connect, Connected,
+    /// Fin, a Close/Reset after the stream's last Data).
+    pub data: VecDeque<Outbound>,
     pub queued_data: usize,
     pub send_waiters: Vec<Waker>,
     /// A Ping to answer; repeated Pings collapse into one Pong.
@@ -315,7 +331,7 @@ impl Shared {
             if self.config.role == Role::Server && !established {
                 // Our Connect may still sit in the data queue: the reset must not overtake it,
                 // or the agent would accept a stream nobody will ever close.
-                state.data.push_back(frame);
+                state.data.push_back(frame.into());
                 self.writer_wake.notify_one();
             } else {
                 self.push_control(state, frame);

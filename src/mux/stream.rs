@@ -10,7 +10,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::error::StreamError;
-use super::state::{ReadEnd, Shared, WriteEnd};
+use super::state::{Outbound, ReadEnd, Shared, WriteEnd};
 use crate::protocol::{Frame, ResetReason, StreamId, Version};
 
 /// A stream of a tunnel session. See the [module docs](super) for the v1/v2 rules.
@@ -164,9 +164,9 @@ impl AsyncWrite for MuxStream {
             slot.send_credit -= len as u64;
         }
         state.queued_data += len;
-        state.data.push_back(Frame::Data {
-            id: self.id,
-            payload: Bytes::copy_from_slice(&buf[..len]),
+        state.data.push_back(Outbound::Data {
+            message: crate::protocol::encode_data(self.id, &buf[..len]),
+            len,
         });
         shared.writer_wake.notify_one();
         Poll::Ready(Ok(len))
@@ -193,7 +193,7 @@ impl AsyncWrite for MuxStream {
         }
         if shared.config.version == Version::V2 {
             // Fin goes behind the Data already queued, in the data queue, so it cannot overtake it.
-            state.data.push_back(Frame::Fin { id: self.id });
+            state.data.push_back(Frame::Fin { id: self.id }.into());
             shared.writer_wake.notify_one();
         }
         Poll::Ready(Ok(()))
@@ -223,7 +223,7 @@ impl Drop for MuxStream {
             },
         };
         // Behind queued Data, so a v1 peer receives everything written before the Close.
-        state.data.push_back(frame);
+        state.data.push_back(frame.into());
         shared.writer_wake.notify_one();
     }
 }

@@ -62,6 +62,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(10_000))]
 
     #[test]
+    fn encode_data_matches_encode(id in any::<u32>(), payload in bytes(4096)) {
+        let frame = Frame::Data { id, payload: payload.clone() };
+        prop_assert_eq!(encode_data(id, &payload), encode(&frame));
+    }
+
+    #[test]
     fn encode_decode_identity(frame in frame()) {
         let wire = encode(&frame);
         prop_assert_eq!(wire.len(), frame.encoded_len());

@@ -9,7 +9,7 @@ pub mod handshake;
 pub mod settings;
 
 pub use frame::{
-    decode, encode, Frame, FrameError, ResetReason, StreamId, HEADER_LEN, MAX_MESSAGE,
+    decode, encode, encode_data, Frame, FrameError, ResetReason, StreamId, HEADER_LEN, MAX_MESSAGE,
 };
 pub use handshake::Version;
 pub use settings::Settings;

@@ -201,7 +201,7 @@ async fn refused_upgrade_comes_back_as_a_normal_response() {
     ];
     let (status, _, body) = support::stack::get(
         server.addrs.internal,
-        "/tunnel/c1/api/v1/namespaces/default/pods/web-0/portforward",
+        "/tunnel/c1/api/v1/namespaces/default/pods/web-0/attach",
         &headers,
     )
     .await;

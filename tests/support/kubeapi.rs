@@ -1,22 +1,39 @@
 //! A fake kube-apiserver: plain HTTP/1.1 on loopback, serving just enough of the Kubernetes API
-//! (legacy discovery, `/version`, namespaces and pods, server-side Tables, pods watches and
-//! `pods/exec` over WebSocket) for the real `kubectl` to run `get namespaces`,
-//! `get pods --watch` and `exec <pod> -- echo ...` against it.
+//! (legacy discovery, `/version`, namespaces and pods, server-side Tables, pods watches,
+//! `pods/log` (followed or not), `pods/exec` over WebSocket or SPDY and `pods/portforward` over
+//! SPDY, tunnelled in a WebSocket or not) for the real `kubectl` to run `get namespaces`,
+//! `get pods --watch`, `logs -f`, `exec [-i] <pod> -- ...` and `port-forward` against it.
 //!
 //! Tests put it behind the tunnel to check that what `kubectl` sends arrives intact (every
-//! request is recorded exactly as received) and that long-lived watches stream through: events
-//! are pushed on demand with [`FakeKubeApi::push_pod_event`], and [`FakeKubeApi::open_watches`]
-//! says when a watch is established, so no test has to sleep.
+//! request is recorded exactly as received) and that long-lived streams stream through: watch
+//! events and log lines are pushed on demand with [`FakeKubeApi::push_pod_event`] and
+//! [`FakeKubeApi::push_log_line`], and [`FakeKubeApi::open_watches`],
+//! [`FakeKubeApi::open_log_streams`] and [`FakeKubeApi::open_port_forwards`] say when one is
+//! established or has ended, so no test has to sleep.
 //!
 //! Exec speaks the Kubernetes WebSocket streaming protocol (`v5.channel.k8s.io`, or
 //! `v4.channel.k8s.io` if that is all the client offers): every binary message starts with its
 //! channel byte (0 stdin, 1 stdout, 2 stderr, 3 the final `Status` as JSON, 4 resize; v5 adds
-//! 255, "close this channel"). The only command it knows is `echo`; anything else ends as a
-//! process that was not found would (exit code 127).
+//! 255, "close this channel"). The commands it knows: `echo ARGS...`, `cat` (stdin back on
+//! stdout until stdin ends: v5's channel-255 close of channel 0, or SPDY's half-close of the
+//! stdin stream) and `sh -c 'exit N'` (a `NonZeroExitCode` Failure whose `ExitCode` cause is
+//! the code kubectl exits with); anything else ends as a process that was not found would
+//! (exit code 127).
+//!
+//! When a client cannot have the WebSocket it asks for, kubectl 1.32 falls back to SPDY/3.1
+//! (a `POST` with `Upgrade: SPDY/3.1`): [`FakeKubeApi::refuse_websocket_upgrades`] makes the fake
+//! answer WebSocket upgrades with a 400 so that path is taken, and
+//! [`FakeKubeApi::refuse_spdy_upgrades`] refuses that too. The upgrades are served in
+//! `kubeapi_streaming.rs`; SPDY itself, with the zlib its header blocks need (no crate here has
+//! one), in `kubeapi_spdy.rs` and `kubeapi_zlib.rs`.
+//!
+//! Port-forward (`portforward.k8s.io`: per connection an `error` and a `data` stream with the
+//! same `requestid`) is served by an echo: what the client sends on a data stream comes back on
+//! it, and its half-close is answered with ours.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -31,11 +48,13 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+
+#[path = "kubeapi_spdy.rs"]
+mod spdy;
+#[path = "kubeapi_streaming.rs"]
+mod streaming;
+#[path = "kubeapi_zlib.rs"]
+mod zlib;
 
 /// When every fake object was created (2024-01-01T00:00:00Z); ages are computed from it.
 const CREATED: &str = "2024-01-01T00:00:00Z";
@@ -84,6 +103,15 @@ struct Shared {
     requests: Mutex<Vec<SeenRequest>>,
     events: broadcast::Sender<(String, String)>,
     open_watches: AtomicUsize,
+    /// Every log line pushed so far (each ending in a newline), and the same lines as pushed.
+    log_lines: Mutex<Vec<String>>,
+    logs: broadcast::Sender<String>,
+    open_log_streams: AtomicUsize,
+    refuse_websocket: AtomicBool,
+    refuse_spdy: AtomicBool,
+    /// The remote port of every port-forward data stream so far.
+    forwarded_ports: Mutex<Vec<u16>>,
+    open_port_forwards: AtomicUsize,
 }
 
 impl FakeKubeApi {
@@ -97,6 +125,13 @@ impl FakeKubeApi {
             requests: Mutex::new(Vec::new()),
             events: broadcast::channel(64).0,
             open_watches: AtomicUsize::new(0),
+            log_lines: Mutex::new(Vec::new()),
+            logs: broadcast::channel(64).0,
+            open_log_streams: AtomicUsize::new(0),
+            refuse_websocket: AtomicBool::new(false),
+            refuse_spdy: AtomicBool::new(false),
+            forwarded_ports: Mutex::new(Vec::new()),
+            open_port_forwards: AtomicUsize::new(0),
         });
         let for_accept = shared.clone();
         let accept = tokio::spawn(async move {
@@ -141,6 +176,44 @@ impl FakeKubeApi {
     /// How many pods watches are open right now.
     pub fn open_watches(&self) -> usize {
         self.shared.open_watches.load(Ordering::SeqCst)
+    }
+
+    /// Appends `line` to pod `web-0`'s log: every followed log stream open now gets it, and
+    /// every log read later starts with it.
+    pub fn push_log_line(&self, line: &str) {
+        let mut lines = lock(&self.shared.log_lines);
+        let line = format!("{}\n", line.trim_end_matches('\n'));
+        lines.push(line.clone());
+        // Sent under the lock, so a stream opening meanwhile gets it exactly once. No
+        // receivers means no followed stream: nothing to deliver.
+        let _ = self.shared.logs.send(line);
+    }
+
+    /// How many followed (`follow=true`) log streams are open right now.
+    pub fn open_log_streams(&self) -> usize {
+        self.shared.open_log_streams.load(Ordering::SeqCst)
+    }
+
+    /// From now on, WebSocket upgrades (exec, port-forward) get a 400 Status whose message says
+    /// the fake refuses them: kubectl then falls back to SPDY.
+    pub fn refuse_websocket_upgrades(&self) {
+        self.shared.refuse_websocket.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, SPDY upgrades get a 400 Status whose message says the fake refuses them.
+    pub fn refuse_spdy_upgrades(&self) {
+        self.shared.refuse_spdy.store(true, Ordering::SeqCst);
+    }
+
+    /// The remote port of every port-forward connection so far, in order.
+    pub fn forwarded_ports(&self) -> Vec<u16> {
+        lock(&self.shared.forwarded_ports).clone()
+    }
+
+    /// How many port-forward connections are open right now (a data stream the client has
+    /// not half-closed).
+    pub fn open_port_forwards(&self) -> usize {
+        self.shared.open_port_forwards.load(Ordering::SeqCst)
     }
 }
 
@@ -193,6 +266,16 @@ fn handle(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Reply {
         .any(|t| t.contains("as=Table"));
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
 
+    // Streaming upgrades: kubectl's SPDY fallback is a POST.
+    match segments.as_slice() {
+        ["api", "v1", "namespaces", _, "pods", "web-0", "exec"] => {
+            return streaming::exec(shared, &mut request, &seen, query);
+        }
+        ["api", "v1", "namespaces", _, "pods", "web-0", "portforward"] => {
+            return streaming::port_forward(shared, &mut request, &seen);
+        }
+        _ => {}
+    }
     if seen.method != "GET" {
         return not_found(path);
     }
@@ -229,136 +312,12 @@ fn handle(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Reply {
             let message = format!("pods \"{name}\" not found");
             return status(StatusCode::NOT_FOUND, "NotFound", &message);
         }
-        ["api", "v1", "namespaces", _, "pods", "web-0", "exec"] => {
-            return exec(&mut request, &seen, query);
+        ["api", "v1", "namespaces", _, "pods", "web-0", "log"] => {
+            return logs(shared, param("follow=true") || param("follow=1"));
         }
         _ => return not_found(path),
     };
     json_response(StatusCode::OK, &body)
-}
-
-/// The subprotocols exec speaks, most preferred first.
-const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
-/// Channel bytes of the streaming protocol.
-const STDOUT: u8 = 1;
-const ERROR: u8 = 3;
-
-/// `pods/exec`: a WebSocket upgrade whose session runs the command once the 101 is sent.
-fn exec(request: &mut Request<Incoming>, seen: &SeenRequest, query: &str) -> Reply {
-    let websocket = seen
-        .header_all("upgrade")
-        .iter()
-        .any(|u| u.eq_ignore_ascii_case("websocket"));
-    let (true, Some(key)) = (websocket, seen.header("sec-websocket-key")) else {
-        // Also what a SPDY attempt (a POST with `Upgrade: SPDY/3.1`) would need instead.
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "Upgrade request required",
-        );
-    };
-    let offered: Vec<&str> = seen
-        .header_all("sec-websocket-protocol")
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let Some(protocol) = EXEC_PROTOCOLS.iter().find(|p| offered.contains(p)) else {
-        let message = format!("none of the offered subprotocols {offered:?} is supported");
-        return status(StatusCode::BAD_REQUEST, "BadRequest", &message);
-    };
-    let params: Vec<(String, String)> = query
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .map(|(name, value)| (decode(name), decode(value)))
-        .collect();
-    let command: Vec<String> = params
-        .iter()
-        .filter(|(name, _)| name == "command")
-        .map(|(_, value)| value.clone())
-        .collect();
-    let stdout = params
-        .iter()
-        .any(|(name, value)| name == "stdout" && (value == "true" || value == "1"));
-
-    let on_upgrade = hyper::upgrade::on(request);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        // The client going away early is its business.
-        let _ = run_exec(socket, &command, stdout).await;
-    });
-
-    let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    let accept = derive_accept_key(key.as_bytes());
-    for (name, value) in [
-        ("upgrade", "websocket"),
-        ("connection", "Upgrade"),
-        ("sec-websocket-accept", accept.as_str()),
-        ("sec-websocket-protocol", protocol),
-    ] {
-        headers.insert(
-            name,
-            http::HeaderValue::from_str(value).expect("header value"),
-        );
-    }
-    response
-}
-
-/// Runs `command` on an established exec session: its output on stdout (if wanted), its
-/// `Status` on the error channel, then a normal WebSocket close, answered or not within 5 s.
-async fn run_exec<S>(
-    mut socket: WebSocketStream<S>,
-    command: &[String],
-    stdout: bool,
-) -> Result<(), tokio_tungstenite::tungstenite::Error>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use futures_util::{SinkExt, StreamExt};
-
-    let channel = |channel: u8, bytes: &[u8]| {
-        let mut message = Vec::with_capacity(bytes.len() + 1);
-        message.push(channel);
-        message.extend_from_slice(bytes);
-        Message::Binary(Bytes::from(message))
-    };
-    let result = match command.split_first() {
-        Some((program, args)) if program == "echo" => {
-            if stdout {
-                let line = format!("{}\n", args.join(" "));
-                socket.send(channel(STDOUT, line.as_bytes())).await?;
-            }
-            json!({"metadata": {}, "status": "Success"})
-        }
-        _ => json!({
-            "metadata": {}, "status": "Failure",
-            "message": format!("command {command:?} not found in the fake"),
-            "reason": "NonZeroExitCode",
-            "details": {"causes": [{"reason": "ExitCode", "message": "127"}]},
-        }),
-    };
-    socket
-        .send(channel(ERROR, result.to_string().as_bytes()))
-        .await?;
-    // client-go reads the error channel to its end, which only a Normal closure (1000) makes
-    // a clean end: a close without a code fails with "close 1005 (no status)".
-    socket
-        .close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        }))
-        .await?;
-    // Let the client answer the close (and drop whatever else it sends, e.g. v5's channel
-    // closes), but never wait on it for long.
-    let drain = async { while let Some(Ok(_)) = socket.next().await {} };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
-    Ok(())
 }
 
 /// Decodes one `application/x-www-form-urlencoded` query component (`+` is a space).
@@ -522,7 +481,7 @@ fn watch_pods(shared: &Arc<Shared>, namespace: &str, table: bool, full_object: b
     // Subscribe before counting the watch as open, so an event pushed once a test sees the
     // count cannot be missed.
     let mut events = shared.events.subscribe();
-    let guard = OpenWatch::new(shared.clone());
+    let guard = Open::new(shared.clone(), |s| &s.open_watches);
     let namespace = namespace.to_owned();
     tokio::spawn(async move {
         let _guard = guard;
@@ -550,27 +509,73 @@ fn watch_pods(shared: &Arc<Shared>, namespace: &str, table: bool, full_object: b
             }
         }
     });
-    // No known length, so hyper sends it chunked.
+    respond(StatusCode::OK, chunked(rx))
+}
+
+/// Pod `web-0`'s log as plain text: the lines pushed so far, then (when `follow`) each line as
+/// it is pushed, one chunk each, until the client goes away.
+fn logs(shared: &Arc<Shared>, follow: bool) -> Reply {
+    let (history, mut lines) = {
+        // Under the lock [`FakeKubeApi::push_log_line`] sends with: every line exactly once.
+        let history = lock(&shared.log_lines);
+        (history.concat(), shared.logs.subscribe())
+    };
+    if !follow {
+        return respond_as(
+            StatusCode::OK,
+            "text/plain",
+            Full::new(Bytes::from(history)).boxed_unsync(),
+        );
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let guard = Open::new(shared.clone(), |s| &s.open_log_streams);
+    tokio::spawn(async move {
+        let _guard = guard;
+        if !history.is_empty() && tx.send(Bytes::from(history)).await.is_err() {
+            return;
+        }
+        loop {
+            let line = tokio::select! {
+                _ = tx.closed() => return,
+                line = lines.recv() => match line {
+                    Ok(line) => line,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if tx.send(Bytes::from(line)).await.is_err() {
+                return;
+            }
+        }
+    });
+    respond_as(StatusCode::OK, "text/plain", chunked(rx))
+}
+
+/// A body of whatever `rx` gets, as it gets it; it has no known length, so hyper sends it
+/// chunked. It ends when every sender is gone, and dropping it (the client went away) is what
+/// the senders see as `closed()`.
+fn chunked(rx: mpsc::Receiver<Bytes>) -> UnsyncBoxBody<Bytes, Infallible> {
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
         let chunk = rx.recv().await?;
         Some((Ok(Frame::data(chunk)), rx))
     });
-    respond(StatusCode::OK, StreamBody::new(chunks).boxed_unsync())
+    StreamBody::new(chunks).boxed_unsync()
 }
 
-/// Counts an open watch for as long as it lives.
-struct OpenWatch(Arc<Shared>);
+/// Counts something open (a watch, a followed log, a forwarded connection) for as long as it
+/// lives.
+struct Open(Arc<Shared>, fn(&Shared) -> &AtomicUsize);
 
-impl OpenWatch {
-    fn new(shared: Arc<Shared>) -> OpenWatch {
-        shared.open_watches.fetch_add(1, Ordering::SeqCst);
-        OpenWatch(shared)
+impl Open {
+    fn new(shared: Arc<Shared>, counter: fn(&Shared) -> &AtomicUsize) -> Open {
+        counter(&shared).fetch_add(1, Ordering::SeqCst);
+        Open(shared, counter)
     }
 }
 
-impl Drop for OpenWatch {
+impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open_watches.fetch_sub(1, Ordering::SeqCst);
+        (self.1)(&self.0).fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -582,11 +587,19 @@ fn json_response(code: StatusCode, body: &Value) -> Reply {
 }
 
 fn respond(code: StatusCode, body: UnsyncBoxBody<Bytes, Infallible>) -> Reply {
+    respond_as(code, "application/json", body)
+}
+
+fn respond_as(
+    code: StatusCode,
+    content_type: &'static str,
+    body: UnsyncBoxBody<Bytes, Infallible>,
+) -> Reply {
     let mut response = Response::new(body);
     *response.status_mut() = code;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+        http::HeaderValue::from_static(content_type),
     );
     response
 }

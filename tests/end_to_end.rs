@@ -559,3 +559,25 @@ async fn rate_limited_cluster_gets_429_at_once_and_others_do_not() {
         "proxy_rate_limited_total{{cluster=\"slow\"}} {limited}"
     )));
 }
+
+/// v2 keep-alive: sequential requests reuse one tunnel stream (the tunnel holds exactly one,
+/// idle, afterwards), and each still arrives with the agent's credentials.
+#[tokio::test]
+async fn sequential_requests_reuse_one_tunnel_stream() {
+    let stack = Stack::start().await;
+    for index in 0..5 {
+        let (status, _, _) = get(stack.internal(), &format!("/tunnel/c1/api?i={index}"), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let seen = stack.kube.requests();
+    assert_eq!(seen.len(), 5);
+    assert!(seen
+        .iter()
+        .all(|request| request.header("authorization") == Some(&format!("Bearer {SA_TOKEN}")[..])));
+    let (_, _, metrics) = get(stack.ops(), "/metrics", &[]).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("tunnel_streams{cluster=\"c1\"} 1"),
+        "one pooled stream: {metrics}"
+    );
+}

@@ -148,6 +148,11 @@ impl Session {
 }
 
 impl SessionHandle {
+    /// True when both handles drive the same session (a replaced agent's session is another).
+    pub fn same_session(&self, other: &SessionHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// The negotiated version.
     pub fn version(&self) -> Version {
         self.shared.config.version

@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::pool::Pooled;
 use super::route::{route, RouteError};
 use super::ServerState;
 use crate::config::Impersonation;
@@ -187,15 +188,32 @@ async fn forward(
         Version::V1 => cluster.target.as_bytes().to_vec(),
         Version::V2 => b"kubernetes".to_vec(),
     };
-    let stream = session.open(&target).await.map_err(ForwardError::Open)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(ForwardError::Upstream)?;
-    state.tracker.spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "tunnel stream connection ended with an error");
+    // v2 requests reuse an idle keep-alive stream when there is one; upgrades take their
+    // stream for good, and v1 (Go agents) is one request per stream.
+    let pooling = session.version() == Version::V2 && upgrade.is_none();
+    let mut pooled = pooling
+        .then(|| state.pool.checkout(cluster_id, &session))
+        .flatten();
+    if let Some(idle) = pooled.as_mut() {
+        if idle.sender.ready().await.is_err() {
+            pooled = None;
         }
-    });
+    }
+    let mut conn = match pooled {
+        Some(pooled) => pooled,
+        None => {
+            let stream = session.open(&target).await.map_err(ForwardError::Open)?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(ForwardError::Upstream)?;
+            state.tracker.spawn(async move {
+                if let Err(error) = connection.with_upgrades().await {
+                    tracing::debug!(%error, "tunnel stream connection ended with an error");
+                }
+            });
+            Pooled::new(sender, session.clone())
+        }
+    };
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::AUTHORIZATION);
@@ -210,7 +228,9 @@ async fn forward(
             crate::http::keep_upgrade(&mut parts.headers, value);
             Some(on_upgrade)
         }
-        // One request per tunnel stream for now (v2 keep-alive pooling comes with issue 5).
+        // v2: keep-alive (HTTP/1.1's default). v1: one request per stream, as the Go agent
+        // expects.
+        None if pooling => None,
         None => {
             parts
                 .headers
@@ -221,7 +241,8 @@ async fn forward(
     parts.version = HttpVersion::HTTP_11;
     parts.uri = rest.parse().map_err(|_| ForwardError::NotTunnel)?;
     let outgoing = Request::from_parts(parts, body);
-    let mut response = sender
+    let mut response = conn
+        .sender
         .send_request(outgoing)
         .await
         .map_err(ForwardError::Upstream)?;
@@ -244,6 +265,7 @@ async fn forward(
     let body = Guarded {
         body,
         _active: active,
+        reuse: pooling.then(|| (state.clone(), cluster_id.to_owned(), conn)),
     };
     Ok(Response::from_parts(parts, body.boxed()))
 }
@@ -271,14 +293,17 @@ fn apply_impersonation(headers: &mut http::HeaderMap, policy: Impersonation) {
 }
 
 /// A response body that holds a guard until it is finished or dropped.
-struct Guarded<B> {
-    body: B,
+struct Guarded {
+    body: Incoming,
     _active: ActiveGuard,
+    /// A pooled connection goes back when the body ended cleanly; dropped otherwise (an
+    /// abandoned response leaves the connection unusable, and dropping it closes the stream).
+    reuse: Option<(Arc<ServerState>, String, Pooled)>,
 }
 
-impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -293,6 +318,18 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Guarded {
+    /// hyper stops polling a body once its length is reached, so "ended cleanly" is judged
+    /// here: a body that reports its end goes back to the pool, any other is dropped (closed).
+    fn drop(&mut self) {
+        if let Some((state, cluster, pooled)) = self.reuse.take() {
+            if hyper::body::Body::is_end_stream(&self.body) {
+                state.pool.checkin(&cluster, pooled);
+            }
+        }
     }
 }
 

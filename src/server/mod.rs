@@ -8,6 +8,7 @@
 
 mod forward;
 mod ops;
+mod pool;
 mod public;
 mod ratelimit;
 pub mod registry;
@@ -32,6 +33,7 @@ pub(crate) struct ServerState {
     config: RwLock<Arc<ServerConfig>>,
     pub(crate) registry: Arc<registry::Registry>,
     pub(crate) rate_limiter: ratelimit::RateLimiter,
+    pub(crate) pool: pool::StreamPool,
     pub(crate) metrics: ServerMetrics,
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) identity: ServerIdentity,
@@ -103,6 +105,7 @@ impl Server {
                 config: RwLock::new(Arc::new(config)),
                 registry: Arc::new(registry::Registry::default()),
                 rate_limiter: ratelimit::RateLimiter::default(),
+                pool: pool::StreamPool::default(),
                 metrics: ServerMetrics::new(),
                 budget,
                 identity,

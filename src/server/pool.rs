@@ -1,0 +1,89 @@
+//! Keep-alive tunnel streams for v2 sessions (DESIGN.md §3 item 4): an HTTP/1.1 connection over
+//! a stream is reused for the next request to the same agent, so most requests cost no open.
+//! A connection comes back only when its response ended cleanly (an abandoned body closes
+//! it); only the server closes idle ones, after [`IDLE_TIMEOUT`], so a request can never race
+//! an agent-side close (the lost-POST race of agent-closed pools).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tokio::time::Instant;
+
+use crate::mux::SessionHandle;
+
+/// An idle pooled stream is closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Idle connections kept per cluster; more are closed when they come back.
+pub const MAX_IDLE_PER_CLUSTER: usize = 64;
+
+/// A request sender on a tunnel stream, with the session it belongs to.
+pub struct Pooled {
+    /// Sends requests on the stream's HTTP/1.1 connection.
+    pub sender: SendRequest<Incoming>,
+    /// The tunnel it runs over.
+    pub session: SessionHandle,
+    idle_since: Instant,
+}
+
+impl Pooled {
+    /// A fresh connection over a new stream of `session`.
+    pub fn new(sender: SendRequest<Incoming>, session: SessionHandle) -> Self {
+        Self {
+            sender,
+            session,
+            idle_since: Instant::now(),
+        }
+    }
+}
+
+/// Idle connections by cluster id.
+#[derive(Default)]
+pub struct StreamPool {
+    idle: Mutex<HashMap<String, Vec<Pooled>>>,
+}
+
+impl StreamPool {
+    /// An idle connection to `cluster` over `session` (the cluster's current tunnel) that can
+    /// take a request now, if any. Stale, closed or other-session entries are dropped.
+    pub fn checkout(&self, cluster: &str, session: &SessionHandle) -> Option<Pooled> {
+        let mut idle = self.lock();
+        let entries = idle.get_mut(cluster)?;
+        while let Some(pooled) = entries.pop() {
+            let fresh = pooled.idle_since.elapsed() < IDLE_TIMEOUT;
+            if fresh && pooled.session.same_session(session) && !pooled.sender.is_closed() {
+                return Some(pooled);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response ended cleanly.
+    pub fn checkin(&self, cluster: &str, mut pooled: Pooled) {
+        if pooled.session.is_closed() || pooled.session.peer_draining() || pooled.sender.is_closed()
+        {
+            return;
+        }
+        pooled.idle_since = Instant::now();
+        let mut idle = self.lock();
+        // Sweep every cluster's expired entries while here: dropping closes their streams.
+        for entries in idle.values_mut() {
+            entries.retain(|entry| {
+                entry.idle_since.elapsed() < IDLE_TIMEOUT && !entry.session.is_closed()
+            });
+        }
+        let entries = idle.entry(cluster.to_owned()).or_default();
+        if entries.len() < MAX_IDLE_PER_CLUSTER {
+            entries.push(pooled);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Pooled>>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -158,6 +158,11 @@ pub struct ServerMetrics {
     pub overflows: Family,
     /// `tunnel_credit_stalls_total{cluster}`: times a writer waited for the agent's credit.
     pub credit_stalls: Family,
+    /// `tunnel_bytes_total{cluster,direction}`: stream payload bytes to (`sent`) and from
+    /// (`received`) the agent.
+    pub bytes: Family,
+    /// `tunnel_pending_opens{cluster}`: streams opened and not answered yet.
+    pub pending_opens: Family,
 }
 
 impl ServerMetrics {
@@ -210,6 +215,16 @@ impl ServerMetrics {
                 "Writes that waited for the agent's flow-control credit (on the current tunnel).",
                 &["cluster"],
             ),
+            bytes: Family::counter(
+                "tunnel_bytes_total",
+                "Stream payload bytes to and from the agent (on the current tunnel).",
+                &["cluster", "direction"],
+            ),
+            pending_opens: Family::gauge(
+                "tunnel_pending_opens",
+                "Streams opened and not answered by the agent yet.",
+                &["cluster"],
+            ),
         }
     }
 
@@ -227,6 +242,8 @@ impl ServerMetrics {
             &self.resets,
             &self.overflows,
             &self.credit_stalls,
+            &self.bytes,
+            &self.pending_opens,
         ] {
             family.render(&mut out);
         }

@@ -19,10 +19,15 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff capped at `cap`.
     pub fn new(cap: Duration) -> Self {
+        // Time, pid and a per-process counter: agents restarted together (a server outage
+        // ends for all at once) must not retry in lockstep.
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |elapsed| elapsed.as_nanos() as u64)
-            ^ u64::from(std::process::id()) << 32;
+            ^ u64::from(std::process::id()) << 32
+            ^ nth.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Self {
             cap,
             attempt: 0,
@@ -74,5 +79,17 @@ mod tests {
         assert!(largest > cap / 2, "full jitter still reaches near the cap");
         backoff.reset();
         assert!(backoff.next_delay() <= BASE);
+    }
+
+    /// Full jitter: two agents that start failing together spread out instead of retrying
+    /// in lockstep.
+    #[test]
+    fn agents_started_together_do_not_retry_in_lockstep() {
+        let cap = Duration::from_secs(60);
+        let (mut first, mut second) = (Backoff::new(cap), Backoff::new(cap));
+        let first: Vec<_> = (0..20).map(|_| first.next_delay()).collect();
+        let second: Vec<_> = (0..20).map(|_| second.next_delay()).collect();
+        let same = first.iter().zip(&second).filter(|(a, b)| a == b).count();
+        assert!(same < 5, "{same} of 20 delays identical");
     }
 }

@@ -213,6 +213,7 @@ impl Shared {
         }
         let slot = state.streams.get_mut(&id).expect("slot checked above");
         slot.recv_len += len;
+        state.counters.bytes_received += len as u64;
         slot.recv.push_back(payload);
         if let Some(waker) = slot.read_waker.take() {
             waker.wake();

@@ -72,6 +72,8 @@ pub struct SessionStats {
     pub reserved: usize,
     /// Outgoing Data bytes queued.
     pub queued_send: usize,
+    /// Opens not answered yet.
+    pub pending_opens: usize,
     /// Event counters.
     pub counters: Counters,
 }
@@ -280,6 +282,11 @@ impl SessionHandle {
             buffered: state.streams.values().map(|slot| slot.recv_len).sum(),
             reserved: state.session_used,
             queued_send: state.queued_data,
+            pending_opens: state
+                .streams
+                .values()
+                .filter(|slot| slot.open_waiter.is_some() || slot.open_deadline.is_some())
+                .count(),
             counters: state.counters.clone(),
         }
     }

@@ -164,6 +164,10 @@ pub struct Counters {
     pub overflows: u64,
     /// Times a writer waited for v2 credit.
     pub credit_stalls: u64,
+    /// Data payload bytes handed to the transport.
+    pub bytes_sent: u64,
+    /// Data payload bytes received for live streams.
+    pub bytes_received: u64,
 }
 
 pub(crate) struct State {

@@ -164,6 +164,7 @@ impl AsyncWrite for MuxStream {
             slot.send_credit -= len as u64;
         }
         state.queued_data += len;
+        state.counters.bytes_sent += len as u64;
         state.data.push_back(Outbound::Data {
             message: crate::protocol::encode_data(self.id, &buf[..len]),
             len,

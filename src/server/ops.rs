@@ -38,6 +38,15 @@ pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Resp
                 metrics
                     .credit_stalls
                     .set(&[&cluster], counters.credit_stalls as f64);
+                metrics
+                    .bytes
+                    .set(&[&cluster, "sent"], counters.bytes_sent as f64);
+                metrics
+                    .bytes
+                    .set(&[&cluster, "received"], counters.bytes_received as f64);
+                metrics
+                    .pending_opens
+                    .set(&[&cluster], stats.pending_opens as f64);
             }
             crate::http::metrics_response(state.metrics.render())
         }

@@ -151,8 +151,8 @@ pub struct ServerMetrics {
     pub streams: Family,
     /// `tunnel_buffered_bytes{cluster}`: received bytes waiting for their readers.
     pub buffered: Family,
-    /// `tunnel_stream_resets_total{cluster,direction}`: streams reset by us (`sent`) or the
-    /// agent (`received`).
+    /// `tunnel_stream_resets_total{cluster,direction,reason}`: streams reset by us (`sent`) or
+    /// the agent (`received`), by reason (`cancelled`, `refused`, `busy`, `open_timeout`…).
     pub resets: Family,
     /// `tunnel_stream_overflows_total{cluster}`: v1 streams reset at their buffer limit.
     pub overflows: Family,
@@ -202,8 +202,8 @@ impl ServerMetrics {
             ),
             resets: Family::counter(
                 "tunnel_stream_resets_total",
-                "Streams reset, by who reset them (on the current tunnel).",
-                &["cluster", "direction"],
+                "Streams reset, by who reset them and why (on the current tunnel).",
+                &["cluster", "direction", "reason"],
             ),
             overflows: Family::counter(
                 "tunnel_stream_overflows_total",

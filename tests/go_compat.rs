@@ -99,6 +99,14 @@ async fn go_agent_is_served_by_our_server() {
         StatusCode::OK,
         "session survived"
     );
+    let (_, _, metrics) = get(server.addrs.ops.unwrap(), "/metrics", &[]).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let reset =
+        "tunnel_stream_resets_total{cluster=\"c1\",direction=\"received\",reason=\"refused\"} 1";
+    assert!(
+        metrics.contains(reset),
+        "resets counted by direction and reason: {metrics}"
+    );
 }
 
 /// Our agent behind a Go server: it answers a v1 Connect (whose target it does not share,

@@ -81,6 +81,39 @@ mod tests {
         assert!(backoff.next_delay() <= BASE);
     }
 
+    /// B5, in paused time: 10,000 consecutive failures never exceed the cap, and no
+    /// 10-minute stretch has more than a bounded number of attempts (no hot loop, however long
+    /// the server stays away).
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_failures_never_spin() {
+        let cap = Duration::from_secs(60);
+        let mut backoff = Backoff::new(cap);
+        let mut attempts = Vec::with_capacity(10_000);
+        for _ in 0..10_000 {
+            let delay = backoff.next_delay();
+            assert!(delay <= cap, "{delay:?}");
+            tokio::time::sleep(delay).await;
+            attempts.push(tokio::time::Instant::now());
+        }
+        let window = Duration::from_secs(600);
+        let busiest = (0..attempts.len())
+            .map(|i| {
+                attempts[i..]
+                    .iter()
+                    .take_while(|at| at.duration_since(attempts[i]) < window)
+                    .count()
+            })
+            .max()
+            .unwrap();
+        // Full jitter averages cap/2 = 30 s: about 20 attempts per 10 minutes.
+        assert!(busiest <= 60, "{busiest} attempts in one 10-minute window");
+        let total = attempts.last().unwrap().duration_since(attempts[0]);
+        assert!(
+            total > Duration::from_secs(10_000 * 20),
+            "mean delay too short: {total:?}"
+        );
+    }
+
     /// Full jitter: two agents that start failing together spread out instead of retrying
     /// in lockstep.
     #[test]

@@ -94,7 +94,7 @@ impl Shared {
             None
         };
         if let Some(reason) = refusal {
-            state.counters.resets_sent += 1;
+            state.counters.reset("sent", reason);
             self.push_control(state, self.refusal(id, reason));
             return;
         }
@@ -227,8 +227,8 @@ impl Shared {
             state.counters.frames_ignored += 1;
             return;
         };
-        state.counters.resets_received += 1;
         slot.terminated = true;
+        state.counters.reset("received", reason);
         if let Some(deadline) = slot.open_deadline.take() {
             state.open_deadlines.remove(&(deadline, id));
         }

@@ -110,7 +110,7 @@ impl IncomingStream {
         if slot.terminated || state.end.is_some() {
             return;
         }
-        state.counters.resets_sent += 1;
+        state.counters.reset("sent", reason);
         let message = Bytes::copy_from_slice(message.as_bytes());
         let frame = match shared.config.version {
             Version::V1 => Frame::Error {

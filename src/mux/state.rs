@@ -137,6 +137,20 @@ impl Slot {
     }
 }
 
+impl Counters {
+    /// Counts one reset in its direction (`"sent"` or `"received"`) and by reason.
+    pub(crate) fn reset(&mut self, direction: &'static str, reason: ResetReason) {
+        match direction {
+            "sent" => self.resets_sent += 1,
+            _ => self.resets_received += 1,
+        }
+        *self
+            .resets_by_reason
+            .entry((direction, reason.as_str()))
+            .or_default() += 1;
+    }
+}
+
 /// An item of the data queue.
 pub(crate) enum Outbound {
     /// A frame to encode when written.
@@ -160,6 +174,8 @@ pub struct Counters {
     pub resets_sent: u64,
     /// Streams the peer reset (v2 Reset, v1 Error).
     pub resets_received: u64,
+    /// Resets by (`"sent"`/`"received"`, reason label).
+    pub resets_by_reason: std::collections::BTreeMap<(&'static str, &'static str), u64>,
     /// Streams reset because a receive buffer limit was hit (v1).
     pub overflows: u64,
     /// Times a writer waited for v2 credit.
@@ -322,7 +338,7 @@ impl Shared {
         let already_terminated = std::mem::replace(&mut slot.terminated, true);
         self.release_dropped(state, dropped);
         if !already_terminated {
-            state.counters.resets_sent += 1;
+            state.counters.reset("sent", reason);
             let frame = match self.config.version {
                 Version::V1 => Frame::Close { id },
                 Version::V2 => Frame::Reset {

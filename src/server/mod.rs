@@ -181,6 +181,10 @@ impl Server {
         shutdown.cancelled().await;
         tracing::info!(grace = ?limits.shutdown_grace, "shutting down: no new connections; finishing requests in flight");
         stop.cancel();
+        // v2 agents learn the server is going away (Drain); no new streams are opened anyway.
+        for (_, session) in state.registry.sessions() {
+            session.drain(limits.shutdown_grace);
+        }
         for server in servers {
             let _ = server.await;
         }

@@ -26,12 +26,11 @@ pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Resp
                 let counters = &stats.counters;
                 metrics.streams.set(&[&cluster], stats.streams as f64);
                 metrics.buffered.set(&[&cluster], stats.buffered as f64);
-                metrics
-                    .resets
-                    .set(&[&cluster, "sent"], counters.resets_sent as f64);
-                metrics
-                    .resets
-                    .set(&[&cluster, "received"], counters.resets_received as f64);
+                for ((direction, reason), count) in &counters.resets_by_reason {
+                    metrics
+                        .resets
+                        .set(&[&cluster, direction, reason], *count as f64);
+                }
                 metrics
                     .overflows
                     .set(&[&cluster], counters.overflows as f64);

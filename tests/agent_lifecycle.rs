@@ -78,3 +78,34 @@ async fn cancelled_request_closes_the_upstream_connection() {
     .await;
     assert!(eof);
 }
+
+/// A server answering /connect with 503 and Retry-After is honoured: the agent waits at least
+/// that long (here 2 s, above its 1 s backoff cap) before the next attempt.
+#[tokio::test]
+async fn agent_honours_retry_after_on_connect() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new();
+    let (busy, busy_addr) = listener().await;
+    let (attempts_tx, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = busy.accept().await else {
+                return;
+            };
+            let _ = attempts_tx.send(tokio::time::Instant::now());
+            let mut head = [0u8; 4096];
+            let _ = tcp.read(&mut head).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let _agent = agent(&dir.0, "a", busy_addr, "t1", "127.0.0.1:1", Inject::Nothing).await;
+    let first = within("first attempt", attempts.recv()).await.unwrap();
+    let second = within("second attempt", attempts.recv()).await.unwrap();
+    let gap = second.duration_since(first);
+    assert!(
+        gap >= std::time::Duration::from_millis(1900),
+        "retried after {gap:?}"
+    );
+}

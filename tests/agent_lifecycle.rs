@@ -79,6 +79,36 @@ async fn cancelled_request_closes_the_upstream_connection() {
     assert!(eof);
 }
 
+/// B5: `Retry-After: 0` (an ingress's 503) never turns into a reconnect hot loop: the jittered
+/// backoff still applies.
+#[tokio::test]
+async fn retry_after_zero_does_not_spin() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new();
+    let (busy, busy_addr) = listener().await;
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = busy.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut head = [0u8; 4096];
+            let _ = tcp.read(&mut head).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let _agent = agent(&dir.0, "a", busy_addr, "t1", "127.0.0.1:1", Inject::Nothing).await;
+    // Observe for 1.5 s: with a 1 s cap and full jitter that is a handful of attempts; a
+    // hot loop would be thousands.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let seen = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=30).contains(&seen), "{seen} attempts in 1.5 s");
+}
+
 /// A server answering /connect with 503 and Retry-After is honoured: the agent waits at least
 /// that long (here 2 s, above its 1 s backoff cap) before the next attempt.
 #[tokio::test]

@@ -124,9 +124,23 @@ async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Resp
             }
         }
     }
+    // Only origin-form paths go upstream, to the configured authority: no `*`, no absolute
+    // URI, no CONNECT (the agent never dials an address that came through the tunnel).
+    if parts.method == http::Method::CONNECT || !path.starts_with('/') {
+        state.metrics.upstream_errors.inc(&["bad_request"]);
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "only origin-form requests are forwarded",
+        );
+    }
     let scheme = if upstream.plaintext { "http" } else { "https" };
-    let uri = format!("{scheme}://{}{path}", upstream.target);
-    let Ok(uri) = uri.parse::<Uri>() else {
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(upstream.target.as_str())
+        .path_and_query(path.as_str())
+        .build();
+    let Ok(uri) = uri else {
         return status_response(
             StatusCode::BAD_REQUEST,
             "BadRequest",

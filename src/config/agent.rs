@@ -181,9 +181,18 @@ impl AgentConfig {
             token,
             server_ca,
             health_listen,
-            max_reconnect_interval: raw
+            max_reconnect_interval: match raw
                 .max_reconnect_interval
-                .unwrap_or(Duration::from_secs(60)),
+                .unwrap_or(Duration::from_secs(60))
+            {
+                // A zero cap would reconnect in a tight loop (B5).
+                cap if cap < Duration::from_secs(1) || cap > Duration::from_secs(3600) => {
+                    return Err(invalid(
+                        "max_reconnect_interval must be between 1s and 1h".into(),
+                    ))
+                }
+                cap => cap,
+            },
             upstream: UpstreamConfig {
                 target: upstream
                     .target

@@ -143,6 +143,13 @@ fn agent_refuses_plaintext_in_any_case() {
         assert!(agent(url, false).is_err(), "{url}");
     }
     assert!(agent("WS://h/connect", true).is_ok());
+    // B5: a zero reconnect cap would reconnect in a tight loop.
+    let text = "server_url = \"wss://h/c\"\ntoken = \"t\"\nmax_reconnect_interval = \"0s\"\n[upstream]\nplaintext = true\n";
+    let error = AgentConfig::from_toml(Path::new("agent.toml"), text, Check::Syntax).unwrap_err();
+    assert!(
+        error.to_string().contains("max_reconnect_interval"),
+        "{error}"
+    );
     assert!(agent("wss://h/connect", false).is_ok());
 }
 

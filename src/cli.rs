@@ -54,8 +54,12 @@ where
         let trigger = shutdown.clone();
         tokio::spawn(async move {
             crate::shutdown::on_signal().await;
+            crate::systemd::stopping();
             trigger.cancel();
         });
+        if let Some(interval) = crate::systemd::watchdog_interval() {
+            tokio::spawn(crate::systemd::watchdog(interval));
+        }
         main(shutdown).await
     });
     std::process::exit(code);

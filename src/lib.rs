@@ -26,7 +26,7 @@
 //! - [`agent`]: dial → negotiate → accept streams → forward each request to the one configured
 //!   upstream with the agent's own credentials; health endpoints.
 //! - [`config`] (TOML → validated typed config), [`cli`] (what both binaries share),
-//!   [`metrics`], [`telemetry`], [`shutdown`].
+//!   [`metrics`], [`telemetry`], [`shutdown`], [`systemd`] (sd_notify).
 //!
 //! `server` and `agent` never import each other; both stand on the modules above them.
 
@@ -44,4 +44,5 @@ pub mod config;
 pub mod cli;
 pub mod metrics;
 pub mod shutdown;
+pub mod systemd;
 pub mod telemetry;

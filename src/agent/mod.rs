@@ -107,14 +107,23 @@ impl Agent {
         }
         let budget = Arc::new(MemoryBudget::new(state.config.limits.process_buffer));
         let mut backoff = backoff::Backoff::new(state.config.max_reconnect_interval);
+        let mut announced = false;
         loop {
             let attempt = tokio::select! {
                 attempt = dial::dial(&state.config, budget.clone()) => attempt,
                 _ = shutdown.cancelled() => break,
             };
+            let server = &state.config.server_url;
+            if !std::mem::replace(&mut announced, true) {
+                // Ready after the first attempt, whatever its outcome: a server outage must not
+                // make systemd restart every agent in lock-step.
+                crate::systemd::ready(&format!("dialing {server}"));
+            }
             let delay = match attempt {
                 Ok(dialed) => {
                     let connected_at = Instant::now();
+                    let protocol = dialed.negotiated.version.as_str();
+                    crate::systemd::status(&format!("connected to {server} ({protocol})"));
                     tunnel(&state, dialed, &shutdown).await;
                     if shutdown.is_cancelled() {
                         break;
@@ -125,14 +134,21 @@ impl Agent {
                     backoff.next_delay()
                 }
                 Err(error) => {
+                    // A server's Retry-After is a floor under the jittered backoff, never a
+                    // reason to skip it (Retry-After: 0 must not make a hot loop).
+                    let jittered = backoff.next_delay();
                     let delay = match &error {
                         dial::DialError::Refused {
                             retry_after: Some(seconds),
                             ..
-                        } => std::time::Duration::from_secs((*seconds).min(300)),
-                        _ => backoff.next_delay(),
+                        } => jittered.max(std::time::Duration::from_secs((*seconds).min(300))),
+                        _ => jittered,
                     };
-                    tracing::warn!(%error, server = %state.config.server_url, retry_in_ms = delay.as_millis() as u64, "cannot reach the server");
+                    tracing::warn!(%error, server = %server, retry_in_ms = delay.as_millis() as u64, "cannot reach the server");
+                    crate::systemd::status(&format!(
+                        "reconnecting in {:.1} s: {error}",
+                        delay.as_secs_f64()
+                    ));
                     delay
                 }
             };

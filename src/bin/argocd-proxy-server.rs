@@ -49,6 +49,11 @@ fn main() {
         };
         let addrs = server.addrs();
         tracing::info!(public = %addrs.public, internal = %addrs.internal, ops = ?addrs.ops, "listening");
+        // Ready once every listener is bound: readiness never waits for agents.
+        argocd_proxy::systemd::ready(&format!(
+            "listening: public {}, internal {}",
+            addrs.public, addrs.internal
+        ));
         server.run(shutdown).await;
         0
     })

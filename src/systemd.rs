@@ -1,0 +1,64 @@
+//! sd_notify without libsystemd: datagrams to `$NOTIFY_SOCKET` (a path, or `@name` for the
+//! abstract namespace). Every call is a no-op when the variable is unset, so the binaries
+//! behave the same outside systemd.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+/// Sends one notification (`READY=1`, `STATUS=…`, several lines at once). Errors are ignored:
+/// a missing manager must never stop the service.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+        }
+        None => socket.send_to(state.as_bytes(), &path),
+    };
+    if let Err(error) = sent {
+        tracing::debug!(%error, "sd_notify failed");
+    }
+}
+
+/// `READY=1` with a status line.
+pub fn ready(status: &str) {
+    notify(&format!("READY=1\nSTATUS={status}"));
+}
+
+/// A status line for `systemctl status`.
+pub fn status(status: &str) {
+    notify(&format!("STATUS={status}"));
+}
+
+/// `STOPPING=1`: shutdown has begun.
+pub fn stopping() {
+    notify("STOPPING=1\nSTATUS=draining");
+}
+
+/// The watchdog period systemd asked for (`WATCHDOG_USEC`, for this process), if any.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// Sends `WATCHDOG=1` every half period from the event loop, proving it still runs.
+pub async fn watchdog(interval: Duration) {
+    let mut ticks = tokio::time::interval(interval / 2);
+    loop {
+        ticks.tick().await;
+        notify("WATCHDOG=1");
+    }
+}

@@ -10,16 +10,10 @@ use support::kubeapi::{FakeKubeApi, SeenRequest};
 use support::stack::{Stack, SA_TOKEN};
 use support::{within, TempDir};
 
-/// `kubectl --server=<server> <args>` with no user config, cache or home of its own.
+/// [`support::kubectl`] with stdin closed.
 fn kubectl(server: &str, home: &TempDir, args: &[&str]) -> Command {
-    let mut command = Command::new("kubectl");
-    command
-        .env("KUBECONFIG", "/dev/null")
-        .env("HOME", &home.0)
-        .arg(format!("--server={server}"))
-        .arg(format!("--cache-dir={}", home.0.join("cache").display()))
-        .args(args)
-        .stdin(Stdio::null());
+    let mut command = support::kubectl(server, home, args);
+    command.stdin(Stdio::null());
     command
 }
 

@@ -20,17 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// `kubectl --server=<server> <args>` with no user config, cache or home of its own.
-fn kubectl(server: &str, home: &TempDir, args: &[&str]) -> Command {
-    let mut command = Command::new("kubectl");
-    command
-        .env("KUBECONFIG", "/dev/null")
-        .env("HOME", &home.0)
-        .arg(format!("--server={server}"))
-        .arg(format!("--cache-dir={}", home.0.join("cache").display()))
-        .args(args);
-    command
-}
+use support::kubectl;
 
 /// A running kubectl whose stdout is read as it comes.
 struct Kubectl {

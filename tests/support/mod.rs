@@ -145,3 +145,16 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `kubectl --server=<server> <args>` with no user config, cache or home of its own (callers
+/// choose stdin).
+pub fn kubectl(server: &str, home: &TempDir, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new("kubectl");
+    command
+        .env("KUBECONFIG", "/dev/null")
+        .env("HOME", &home.0)
+        .arg(format!("--server={server}"))
+        .arg(format!("--cache-dir={}", home.0.join("cache").display()))
+        .args(args);
+    command
+}

@@ -130,18 +130,7 @@ pub async fn agent(
          health_listen = \"127.0.0.1:0\"\nmax_reconnect_interval = \"1s\"\n[upstream]\ntarget = \"{upstream}\"\nplaintext = true\n{inject}\
          [limits]\nshutdown_grace = \"300ms\"\n"
     );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml).unwrap();
-    let config = AgentConfig::load(&path, Check::Files).expect("agent config");
-    let agent = Agent::bind(config).await.expect("agent bind");
-    let health = agent.health_addr().expect("health listener");
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(agent.run(stop.clone()));
-    TestAgent {
-        health,
-        stop,
-        task: Some(task),
-    }
+    agent_from_toml(dir, name, &toml).await
 }
 
 /// Waits until the server routes `cluster` (its ops `/readyz?cluster=` answers 200).

@@ -45,6 +45,10 @@ where
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    match crate::host::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "file-descriptor soft limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the file-descriptor soft limit"),
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

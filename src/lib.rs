@@ -45,4 +45,5 @@ pub mod cli;
 pub mod metrics;
 pub mod shutdown;
 pub mod systemd;
+pub mod host;
 pub mod telemetry;

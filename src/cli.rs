@@ -2,10 +2,12 @@
 //! the runtime with logging and signal handling. Keeps `src/bin/` thin.
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Check, ConfigError};
+use crate::config::{Check, ConfigError, RuntimeConfig};
+use crate::reload::Watch;
 
 /// EX_USAGE: the command line or the config is unusable.
 pub const EX_USAGE: i32 = 64;
@@ -34,14 +36,24 @@ pub fn config_or_exit<T>(program: &str, loaded: Result<T, ConfigError>) -> T {
     })
 }
 
-/// Starts logging (printing the config's warnings), runs `main` on a current-thread runtime
-/// with a token that SIGTERM/SIGINT fires, and exits with the code `main` returns.
-pub fn run<F, M>(warnings: &[String], main: M) -> !
+/// What a binary's `main` gets from [`run`].
+pub struct Started {
+    /// Fired by SIGTERM/SIGINT.
+    pub shutdown: CancellationToken,
+    /// SIGHUP and changes of the watched files, for [`crate::reload::serve`].
+    pub reloads: Watch,
+}
+
+/// Starts logging (printing the config's warnings), raises the fd limit, runs `main` on a
+/// current-thread runtime with a token that SIGTERM/SIGINT fires and a [`Watch`] on SIGHUP and
+/// `watched` (so a SIGHUP from here on reloads instead of killing), and exits with the code
+/// `main` returns.
+pub fn run<F, M>(runtime: &RuntimeConfig, warnings: &[String], watched: Vec<PathBuf>, main: M) -> !
 where
-    M: FnOnce(CancellationToken) -> F,
+    M: FnOnce(Started) -> F,
     F: Future<Output = i32>,
 {
-    crate::telemetry::init();
+    crate::telemetry::init(runtime);
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -49,11 +61,12 @@ where
         Ok(limit) => tracing::debug!(limit, "file-descriptor soft limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the file-descriptor soft limit"),
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let poll = runtime.config_poll_interval;
+    let executor = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = runtime.block_on(async {
+    let code = executor.block_on(async {
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();
         tokio::spawn(async move {
@@ -64,7 +77,14 @@ where
         if let Some(interval) = crate::systemd::watchdog_interval() {
             tokio::spawn(crate::systemd::watchdog(interval));
         }
-        main(shutdown).await
+        let reloads = match Watch::new(watched, poll) {
+            Ok(reloads) => reloads,
+            Err(error) => {
+                eprintln!("cannot handle SIGHUP: {error}");
+                return EX_START;
+            }
+        };
+        main(Started { shutdown, reloads }).await
     });
     std::process::exit(code);
 }

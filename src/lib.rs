@@ -26,7 +26,9 @@
 //! - [`agent`]: dial → negotiate → accept streams → forward each request to the one configured
 //!   upstream with the agent's own credentials; health endpoints.
 //! - [`config`] (TOML → validated typed config), [`cli`] (what both binaries share),
-//!   [`metrics`], [`telemetry`], [`shutdown`], [`systemd`] (sd_notify).
+//!   [`reload`] (SIGHUP and config-file changes → the server's or agent's `Reloader`),
+//!   [`metrics`], [`telemetry`] (text, JSON or journald; a reloadable level), [`shutdown`],
+//!   [`systemd`] (sd_notify), [`host`] (fd limit and monotonic clock, via rustix).
 //!
 //! `server` and `agent` never import each other; both stand on the modules above them.
 
@@ -45,5 +47,6 @@ pub mod cli;
 pub mod metrics;
 pub mod shutdown;
 pub mod systemd;
+pub mod reload;
 pub mod host;
 pub mod telemetry;

@@ -30,12 +30,31 @@ pub fn notify(state: &str) {
 
 /// `READY=1` with a status line.
 pub fn ready(status: &str) {
-    notify(&format!("READY=1\nSTATUS={status}"));
+    notify(&format!("READY=1\nSTATUS={}", one_line(status)));
 }
 
 /// A status line for `systemctl status`.
 pub fn status(status: &str) {
-    notify(&format!("STATUS={status}"));
+    notify(&format!("STATUS={}", one_line(status)));
+}
+
+/// A newline would end the `STATUS=` assignment: a multi-line message (a TOML error with its
+/// source excerpt) becomes its first and last lines, which say where and what.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let first = lines.next().unwrap_or_default();
+    match lines.next_back() {
+        Some(last) => format!("{first}: {last}"),
+        None => first.to_owned(),
+    }
+}
+
+/// `RELOADING=1` with the monotonic time systemd wants with it; `READY=1` follows when done.
+pub fn reloading() {
+    notify(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
+        crate::host::monotonic_usec()
+    ));
 }
 
 /// `STOPPING=1`: shutdown has begun.
@@ -60,5 +79,18 @@ pub async fn watchdog(interval: Duration) {
     loop {
         ticks.tick().await;
         notify("WATCHDOG=1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_lines_never_carry_a_newline() {
+        let toml_error = "file: TOML parse error at line 1, column 1\n  |\n1 | [public]\n  | ^\nmissing field `internal`\n";
+        assert_eq!(
+            super::one_line(toml_error),
+            "file: TOML parse error at line 1, column 1: missing field `internal`"
+        );
+        assert_eq!(super::one_line("connected"), "connected");
     }
 }

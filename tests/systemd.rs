@@ -1,103 +1,92 @@
 //! sd_notify from the real binaries, received on a datagram socket at `$NOTIFY_SOCKET` (no
-//! systemd manager involved): READY when serving (the agent's never waits for the tunnel),
-//! STATUS a human can read, WATCHDOG from the event loop, STOPPING on SIGTERM, then exit 0.
+//! systemd manager involved), across a whole life: READY when serving (the agent's never waits
+//! for the tunnel), STATUS a human can read, WATCHDOG from the event loop, RELOADING then READY
+//! for each reload — valid or not, by SIGHUP or by editing the file — STOPPING on SIGTERM, then
+//! exit 0.
 
 mod support;
 
-use std::process::{Command, Stdio};
+use support::notify::{addr_in, exits_cleanly, signal, start, status_of, Notifications};
+use support::stack::{get, LISTENERS};
+use support::TempDir;
 
-use support::{within, KillOnDrop, TempDir};
-use tokio::net::UnixDatagram;
+const SERVER: &str = env!("CARGO_BIN_EXE_argocd-proxy-server");
+const AGENT: &str = env!("CARGO_BIN_EXE_argocd-proxy-agent");
 
-/// Receives notifications until one contains `wanted`; returns everything seen.
-async fn until(socket: &UnixDatagram, wanted: &str, seen: &mut Vec<String>) {
-    let mut buffer = vec![0u8; 4096];
-    within(wanted, async {
-        loop {
-            let len = socket.recv(&mut buffer).await.unwrap();
-            let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
-            let done = message.contains(wanted);
-            seen.push(message);
-            if done {
-                return;
-            }
-        }
-    })
-    .await;
-}
-
-fn start(binary: &str, config: &std::path::Path, socket: &std::path::Path) -> KillOnDrop {
-    let child = Command::new(binary)
-        .arg("--config")
-        .arg(config)
-        .env("NOTIFY_SOCKET", socket)
-        .env("WATCHDOG_USEC", "200000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    KillOnDrop(child)
-}
-
-fn sigterm(child: &KillOnDrop) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.0.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-async fn exits_cleanly(mut child: KillOnDrop) {
-    let status = within("process exits", async {
-        loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert_eq!(status.code(), Some(0));
+fn server_toml(clusters: &[&str]) -> String {
+    let mut toml = format!(
+        "config_poll_interval = \"100ms\"\n{LISTENERS}[limits]\nreconnect_wait = \"100ms\"\n"
+    );
+    for id in clusters {
+        toml += &format!("[[cluster]]\nid = \"{id}\"\ntoken_file = \"{id}.token\"\n");
+    }
+    toml
 }
 
 #[tokio::test]
-async fn server_notifies_ready_watchdog_and_stopping() {
+async fn server_lifecycle_start_reloads_and_stop() {
     let dir = TempDir::new();
-    let socket_path = dir.0.join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    std::fs::write(dir.0.join("c1.token"), "t1").unwrap();
+    let mut notify = Notifications::bind(&dir.0, "notify");
+    for id in ["c1", "c2"] {
+        std::fs::write(dir.0.join(format!("{id}.token")), format!("token-{id}")).unwrap();
+    }
     let config = dir.0.join("server.toml");
-    let toml = format!(
-        "{}[[cluster]]\nid = \"c1\"\ntoken_file = \"c1.token\"\n",
-        support::stack::LISTENERS
-    );
-    std::fs::write(&config, toml).unwrap();
-    let server = start(
-        env!("CARGO_BIN_EXE_argocd-proxy-server"),
-        &config,
-        &socket_path,
-    );
-    let mut seen = Vec::new();
-    until(&socket, "READY=1", &mut seen).await;
+    std::fs::write(&config, server_toml(&["c1"])).unwrap();
+    let server = start(SERVER, &config, &notify);
+
+    let ready = status_of(&notify.until("READY=1").await);
+    assert!(ready.starts_with("listening:"), "{ready}");
+    let internal = addr_in(&ready, "internal");
+    notify.until("WATCHDOG=1").await;
+    let cluster_status =
+        |id: &'static str| async move { get(internal, &format!("/tunnel/{id}/api"), &[]).await.0 };
+    // Configured but no agent: 503. Unknown: 502.
+    assert_eq!(cluster_status("c1").await, 503);
+    assert_eq!(cluster_status("c2").await, 502);
+
+    // A valid edit of the file: the poll sees it and reloads.
+    std::fs::write(&config, server_toml(&["c1", "c2"])).unwrap();
+    let status = notify.reload_done().await;
+    assert!(status.contains("reloaded: 2 clusters"), "{status}");
+    assert_eq!(cluster_status("c2").await, 503, "c2 added by the reload");
+    // SIGHUP with the file unchanged (so only the signal can cause this reload).
+    signal(&server, "HUP");
+    let status = notify.reload_done().await;
+    assert!(status.contains("reloaded: 2 clusters"), "{status}");
+
+    // An invalid config by editing the file: kept the running one, and says why.
+    let broken = server_toml(&["c1", "c2"]).replacen("127.0.0.1:0", "nonsense", 1);
+    std::fs::write(&config, broken).unwrap();
+    let status = notify.reload_done().await;
     assert!(
-        seen.last().unwrap().contains("STATUS=listening"),
-        "{seen:?}"
+        status.starts_with("reload failed, keeping the running config"),
+        "{status}"
     );
-    until(&socket, "WATCHDOG=1", &mut seen).await;
-    sigterm(&server);
-    until(&socket, "STOPPING=1", &mut seen).await;
+    assert!(status.contains("nonsense"), "{status}");
+    assert_eq!(cluster_status("c2").await, 503, "old config still in force");
+    // The same broken file on SIGHUP fails the same way.
+    signal(&server, "HUP");
+    let status = notify.reload_done().await;
+    assert!(status.starts_with("reload failed"), "{status}");
+
+    // A valid edit removing c2.
+    std::fs::write(&config, server_toml(&["c1"])).unwrap();
+    let status = notify.reload_done().await;
+    assert!(status.contains("reloaded: 1 clusters"), "{status}");
+    assert_eq!(cluster_status("c2").await, 502, "c2 removed by the reload");
+
+    signal(&server, "TERM");
+    notify.until("STOPPING=1").await;
     exits_cleanly(server).await;
 }
 
 /// The agent is ready after its first dial attempt even though no server answers (a server
-/// outage must not make systemd restart every agent), and says why it is reconnecting.
+/// outage must not make systemd restart every agent), says why it is reconnecting, reloads
+/// while it has no tunnel, and stops cleanly.
 #[tokio::test]
-async fn agent_is_ready_without_a_tunnel_and_says_why() {
+async fn agent_lifecycle_without_a_server() {
     let dir = TempDir::new();
-    let socket_path = dir.0.join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let mut notify = Notifications::bind(&dir.0, "notify");
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -106,23 +95,40 @@ async fn agent_is_ready_without_a_tunnel_and_says_why() {
     let config = dir.0.join("agent.toml");
     let toml = format!(
         "server_url = \"ws://{closed}/connect\"\nallow_insecure_server = true\ntoken_file = \"agent.token\"\n\
+         config_poll_interval = \"100ms\"\n\
          [upstream]\ntarget = \"127.0.0.1:1\"\nplaintext = true\ninject_token = false\n"
     );
-    std::fs::write(&config, toml).unwrap();
-    let agent = start(
-        env!("CARGO_BIN_EXE_argocd-proxy-agent"),
-        &config,
-        &socket_path,
+    std::fs::write(&config, &toml).unwrap();
+    let agent = start(AGENT, &config, &notify);
+    notify.until("READY=1").await;
+    let status = status_of(&notify.until("STATUS=reconnecting in").await);
+    assert!(status.contains(&closed.to_string()), "{status}");
+    notify.until("WATCHDOG=1").await;
+
+    signal(&agent, "HUP");
+    let status = notify.reload_done().await;
+    assert_eq!(
+        status,
+        format!("reloaded; no tunnel yet to ws://{closed}/connect")
     );
-    let mut seen = Vec::new();
-    until(&socket, "READY=1", &mut seen).await;
-    until(&socket, "STATUS=reconnecting in", &mut seen).await;
+
+    // Rotating the token file reloads too (it is watched with the config).
+    std::fs::write(dir.0.join("agent.token"), "t2").unwrap();
+    let status = notify.reload_done().await;
+    assert!(status.starts_with("reloaded;"), "{status}");
+
+    // A config that breaks a rule (plaintext without the opt-in), by editing the file.
+    std::fs::write(&config, toml.replace("allow_insecure_server = true\n", "")).unwrap();
+    let status = notify.reload_done().await;
     assert!(
-        seen.iter()
-            .any(|message| message.contains(&closed.to_string())),
-        "{seen:?}"
+        status.starts_with("reload failed, keeping the running config"),
+        "{status}"
     );
-    sigterm(&agent);
-    until(&socket, "STOPPING=1", &mut seen).await;
+    assert!(status.contains("plaintext"), "{status}");
+    // Still dialing with the old config.
+    notify.until("STATUS=reconnecting in").await;
+
+    signal(&agent, "TERM");
+    notify.until("STOPPING=1").await;
     exits_cleanly(agent).await;
 }

@@ -35,6 +35,11 @@ impl Backoff {
         }
     }
 
+    /// A new cap (after a reload).
+    pub fn set_cap(&mut self, cap: Duration) {
+        self.cap = cap;
+    }
+
     /// Forget past failures (the last connection was stable).
     pub fn reset(&mut self) {
         self.attempt = 0;

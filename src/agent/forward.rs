@@ -28,7 +28,8 @@ pub const KUBERNETES: &[u8] = b"kubernetes";
 
 /// Serves one stream the server opened.
 pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, version: Version) {
-    let upstream = &state.config.upstream;
+    let config = state.config();
+    let upstream = &config.upstream;
     match version {
         // S6: a v1 Connect names an address; we serve our configured upstream whatever it says.
         Version::V1 if incoming.target() != upstream.target.as_bytes() => {
@@ -87,7 +88,8 @@ async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Resp
         .get("impersonate-user")
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let upstream = &state.config.upstream;
+    let config = state.config();
+    let upstream = &config.upstream;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(header::PROXY_AUTHORIZATION);
@@ -151,7 +153,11 @@ async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Resp
     if let Ok(host) = HeaderValue::from_str(&upstream.target) {
         parts.headers.insert(header::HOST, host);
     }
-    let response = match state.client.request(Request::from_parts(parts, body)).await {
+    let response = match state
+        .client()
+        .request(Request::from_parts(parts, body))
+        .await
+    {
         Ok(mut response)
             if tunnel_upgrade.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS =>
         {

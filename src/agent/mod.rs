@@ -8,9 +8,10 @@
 mod backoff;
 pub mod dial;
 mod forward;
+mod reload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
@@ -26,12 +27,45 @@ use crate::metrics::AgentMetrics;
 use crate::mux::MemoryBudget;
 use crate::transport::tls;
 
+pub use reload::Reloader;
+
 /// What the agent's tasks share.
 pub(crate) struct AgentState {
-    pub(crate) config: AgentConfig,
-    pub(crate) client: forward::UpstreamClient,
+    /// Replaced whole by a reload; each dial and each stream takes a snapshot.
+    config: RwLock<Arc<AgentConfig>>,
+    /// Rebuilt by a reload (the upstream CA may have changed).
+    client: RwLock<forward::UpstreamClient>,
     pub(crate) metrics: AgentMetrics,
     connected: AtomicBool,
+}
+
+impl AgentState {
+    pub(crate) fn config(&self) -> Arc<AgentConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn client(&self) -> forward::UpstreamClient {
+        self.client
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// The HTTP client for the upstream, trusting `upstream.ca_file` (read now).
+fn upstream_client(
+    upstream: &crate::config::UpstreamConfig,
+) -> Result<forward::UpstreamClient, tls::TlsError> {
+    let roots = match (&upstream.ca_file, upstream.plaintext) {
+        (Some(ca), false) => tls::roots(Some(ca))?,
+        _ => rustls::RootCertStore::empty(),
+    };
+    // hyper-rustls sets ALPN itself (and refuses a config that already has it).
+    let connector = tls::upstream_connector(tls::client_config(roots, &[]));
+    Ok(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// A configured agent whose health listener (if any) is bound.
@@ -54,27 +88,27 @@ pub enum StartError {
 impl Agent {
     /// Loads the upstream TLS settings and binds the health listener.
     pub async fn bind(config: AgentConfig) -> Result<Agent, StartError> {
-        let roots = match (&config.upstream.ca_file, config.upstream.plaintext) {
-            (Some(ca), false) => tls::roots(Some(ca))?,
-            _ => rustls::RootCertStore::empty(),
-        };
-        // hyper-rustls sets ALPN itself (and refuses a config that already has it).
-        let connector = tls::upstream_connector(tls::client_config(roots, &[]));
-        let client =
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+        let client = upstream_client(&config.upstream)?;
         let health = match config.health_listen {
             Some(addr) => Some(listen::bind("health", addr).await?),
             None => None,
         };
         Ok(Agent {
             state: Arc::new(AgentState {
-                config,
-                client,
+                config: RwLock::new(Arc::new(config)),
+                client: RwLock::new(client),
                 metrics: AgentMetrics::new(),
                 connected: AtomicBool::new(false),
             }),
             health,
         })
+    }
+
+    /// A handle that reloads this agent's config while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+        }
     }
 
     /// The bound health address.
@@ -89,7 +123,7 @@ impl Agent {
         let state = self.state;
         let tracker = TaskTracker::new();
         if let Some(listener) = self.health {
-            let header_read_timeout = state.config.limits.header_read_timeout;
+            let header_read_timeout = state.config().limits.header_read_timeout;
             let state = state.clone();
             let handler = move |request, _peer| health(state.clone(), request);
             let options = listen::ServeOptions {
@@ -105,15 +139,18 @@ impl Agent {
                 options,
             ));
         }
-        let budget = Arc::new(MemoryBudget::new(state.config.limits.process_buffer));
-        let mut backoff = backoff::Backoff::new(state.config.max_reconnect_interval);
+        let budget = Arc::new(MemoryBudget::new(state.config().limits.process_buffer));
+        let mut backoff = backoff::Backoff::new(state.config().max_reconnect_interval);
         let mut announced = false;
         loop {
+            // A reload's server, token and CA apply from the next dial on.
+            let config = state.config();
+            backoff.set_cap(config.max_reconnect_interval);
             let attempt = tokio::select! {
-                attempt = dial::dial(&state.config, budget.clone()) => attempt,
+                attempt = dial::dial(&config, budget.clone()) => attempt,
                 _ = shutdown.cancelled() => break,
             };
-            let server = &state.config.server_url;
+            let server = &config.server_url;
             if !std::mem::replace(&mut announced, true) {
                 // Ready after the first attempt, whatever its outcome: a server outage must not
                 // make systemd restart every agent in lock-step.
@@ -170,7 +207,7 @@ async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &Cancel
         handle,
         mut incoming,
     } = dialed.session;
-    tracing::info!(server = %state.config.server_url, protocol = version.as_str(), "tunnel up");
+    tracing::info!(server = %state.config().server_url, protocol = version.as_str(), "tunnel up");
     state.connected.store(true, Ordering::Release);
     state.metrics.connected.add(&[], 1.0);
     let streams = TaskTracker::new();
@@ -185,7 +222,7 @@ async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &Cancel
             _ = shutdown.cancelled() => {
                 // B17: take no new streams (v2 servers are told), let the ones in flight
                 // finish within the grace, then close.
-                let grace = state.config.limits.shutdown_grace;
+                let grace = state.config().limits.shutdown_grace;
                 handle.drain(grace);
                 drop(incoming);
                 streams.close();

@@ -7,6 +7,7 @@ use argh::FromArgs;
 use argocd_proxy::agent::Agent;
 use argocd_proxy::cli;
 use argocd_proxy::config::{AgentConfig, DEFAULT_AGENT_CONFIG};
+use argocd_proxy::reload;
 
 /// Dials out to argocd-proxy-server and forwards tunnelled requests to its Kubernetes API.
 #[derive(FromArgs)]
@@ -37,8 +38,12 @@ fn main() {
     if args.check_config {
         return println!("{}: ok", args.config.display());
     }
-    let warnings = config.warnings.clone();
-    cli::run(&warnings, |shutdown| async move {
+    let (runtime, warnings, watched) = (
+        config.runtime.clone(),
+        config.warnings.clone(),
+        config.watched.clone(),
+    );
+    cli::run(&runtime, &warnings, watched, |started| async move {
         let agent = match Agent::bind(config).await {
             Ok(agent) => agent,
             Err(error) => {
@@ -47,7 +52,13 @@ fn main() {
             }
         };
         tracing::info!(health = ?agent.health_addr(), "starting");
-        agent.run(shutdown).await;
+        let reloader = agent.reloader();
+        tokio::spawn(reload::serve(
+            started.reloads,
+            move || reloader.reload(),
+            started.shutdown.clone(),
+        ));
+        agent.run(started.shutdown).await;
         0
     })
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use argh::FromArgs;
 use argocd_proxy::cli;
 use argocd_proxy::config::{ServerConfig, DEFAULT_SERVER_CONFIG};
+use argocd_proxy::reload;
 use argocd_proxy::server::Server;
 
 /// Accepts argocd-proxy agents and routes Argo CD's /tunnel/<cluster-id>/ requests to them.
@@ -38,8 +39,12 @@ fn main() {
         let clusters = config.clusters.len();
         return println!("{}: ok ({clusters} clusters)", args.config.display());
     }
-    let warnings = config.warnings.clone();
-    cli::run(&warnings, |shutdown| async move {
+    let (runtime, warnings, watched) = (
+        config.runtime.clone(),
+        config.warnings.clone(),
+        config.watched.clone(),
+    );
+    cli::run(&runtime, &warnings, watched, |started| async move {
         let server = match Server::bind(config).await {
             Ok(server) => server,
             Err(error) => {
@@ -50,11 +55,20 @@ fn main() {
         let addrs = server.addrs();
         tracing::info!(public = %addrs.public, internal = %addrs.internal, ops = ?addrs.ops, "listening");
         // Ready once every listener is bound: readiness never waits for agents.
+        let ops = addrs
+            .ops
+            .map_or_else(String::new, |ops| format!(", ops {ops}"));
         argocd_proxy::systemd::ready(&format!(
-            "listening: public {}, internal {}",
+            "listening: public {}, internal {}{ops}",
             addrs.public, addrs.internal
         ));
-        server.run(shutdown).await;
+        let reloader = server.reloader();
+        tokio::spawn(reload::serve(
+            started.reloads,
+            move || reloader.reload(),
+            started.shutdown.clone(),
+        ));
+        server.run(started.shutdown).await;
         0
     })
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::limits::{LimitsConfig, RawLimits};
+use super::runtime::{RawLog, RuntimeConfig};
 use super::{parse, read, read_secret_file, resolve, Check, ConfigError, Secret};
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +25,10 @@ struct RawAgent {
     upstream: RawUpstream,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    config_poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +75,10 @@ pub struct AgentConfig {
     pub upstream: UpstreamConfig,
     /// Limits.
     pub limits: LimitsConfig,
+    /// Logging and reload.
+    pub runtime: RuntimeConfig,
+    /// The config file and every file it names: a change to any of them reloads.
+    pub watched: Vec<PathBuf>,
     /// Warnings to log once telemetry is up.
     pub warnings: Vec<String>,
 }
@@ -90,6 +99,10 @@ impl AgentConfig {
             message,
         };
         let mut warnings = Vec::new();
+        let runtime = raw
+            .log
+            .validate(raw.config_poll_interval)
+            .map_err(invalid)?;
         let scheme = raw
             .server_url
             .split_once("://")
@@ -114,10 +127,11 @@ impl AgentConfig {
                 )))
             }
         }
-        let token = match (raw.token_file, raw.token) {
+        let raw_token_file = raw.token_file.as_ref().map(|file| resolve(path, file));
+        let token = match (&raw_token_file, raw.token) {
             (Some(file), None) => match check {
                 Check::Syntax => Secret::new("unread".into()),
-                Check::Files => read_secret_file(&resolve(path, &file))
+                Check::Files => read_secret_file(file)
                     .map_err(|error| invalid(format!("token_file: {error}")))?,
             },
             (None, Some(token)) if !token.trim().is_empty() => {
@@ -175,6 +189,13 @@ impl AgentConfig {
             std::fs::metadata(file)
                 .map_err(|error| invalid(format!("server_ca {}: {error}", file.display())))?;
         }
+        let mut watched = vec![path.to_owned()];
+        if check == Check::Files {
+            // The upstream token is re-read per request anyway; these are read once per use.
+            watched.extend(raw_token_file.iter().cloned());
+            watched.extend(server_ca.iter().cloned());
+            watched.extend(ca_file.iter().cloned());
+        }
         Ok(Self {
             path: path.to_owned(),
             server_url: raw.server_url,
@@ -202,6 +223,8 @@ impl AgentConfig {
                 plaintext: upstream.plaintext,
             },
             limits: raw.limits.validate().map_err(invalid)?,
+            runtime,
+            watched,
             warnings,
         })
     }

@@ -8,11 +8,13 @@
 mod agent;
 mod duration;
 mod limits;
+mod runtime;
 mod server;
 
 pub use agent::{AgentConfig, UpstreamConfig};
 pub use duration::parse_duration;
 pub use limits::LimitsConfig;
+pub use runtime::{LogFormat, RuntimeConfig};
 pub use server::{ClusterConfig, Impersonation, ServerConfig, TokenHash};
 
 use std::fmt;

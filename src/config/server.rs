@@ -8,6 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::limits::{LimitsConfig, RawLimits};
+use super::runtime::{RawLog, RuntimeConfig};
 use super::{parse, read, read_secret_file, resolve, Check, ConfigError};
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +21,10 @@ struct RawServer {
     limits: RawLimits,
     #[serde(default)]
     cluster: Vec<RawCluster>,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    config_poll_interval: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +130,10 @@ pub struct ServerConfig {
     pub clusters: Vec<ClusterConfig>,
     /// Limits.
     pub limits: LimitsConfig,
+    /// Logging and reload.
+    pub runtime: RuntimeConfig,
+    /// The config file and every file it names: a change to any of them reloads.
+    pub watched: Vec<PathBuf>,
     /// Warnings to log once telemetry is up (e.g. plaintext tokens).
     pub warnings: Vec<String>,
 }
@@ -157,6 +166,11 @@ impl ServerConfig {
         let internal_listen = listen("internal", &raw.internal)?;
         let ops_listen = raw.ops.as_ref().map(|ops| listen("ops", ops)).transpose()?;
         let limits = raw.limits.validate().map_err(invalid)?;
+        let runtime = raw
+            .log
+            .validate(raw.config_poll_interval)
+            .map_err(invalid)?;
+        let mut watched = vec![path.to_owned()];
         let mut warnings = Vec::new();
         let mut clusters = Vec::new();
         let mut ids = HashSet::new();
@@ -184,6 +198,7 @@ impl ServerConfig {
                         let file = resolve(path, &file);
                         let secret = read_secret_file(&file)
                             .map_err(|error| invalid(format!("{at}: token_file: {error}")))?;
+                        watched.push(file);
                         Some(TokenHash::of(secret.expose().as_bytes()))
                     }
                 },
@@ -259,6 +274,8 @@ impl ServerConfig {
             ops_listen,
             clusters,
             limits,
+            runtime,
+            watched,
             warnings,
         })
     }

@@ -1,6 +1,7 @@
 //! Config rules, one inline TOML per rule, plus the shipped examples.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::server::DEFAULT_TARGET;
 use super::*;
@@ -207,6 +208,7 @@ fn accepted_keys(kind: &str, table: &str) -> Vec<String> {
         .or_else(|| error.split("expected ").nth(1))
         .unwrap_or_else(|| panic!("{kind} {table}: {error}"));
     list.split(',')
+        .flat_map(|keys| keys.split(" or "))
         .map(|key| key.trim().trim_matches('`').to_owned())
         .filter(|key| !key.is_empty())
         .collect()
@@ -227,9 +229,11 @@ fn every_accepted_key_is_documented() {
         ("server", "[ops]"),
         ("server", "[limits]"),
         ("server", "[[cluster]]"),
+        ("server", "[log]"),
         ("agent", ""),
         ("agent", "[upstream]"),
         ("agent", "[limits]"),
+        ("agent", "[log]"),
     ] {
         for key in accepted_keys(kind, table) {
             let documented = if table.is_empty() {
@@ -252,4 +256,33 @@ fn every_accepted_key_is_documented() {
         checked > 30,
         "only {checked} keys found: the probe is broken"
     );
+}
+
+#[test]
+fn log_and_poll_settings_are_validated() {
+    const SERVER: &str =
+        "[public]\nlisten = \"127.0.0.1:1\"\n[internal]\nlisten = \"127.0.0.1:2\"\n";
+    let load = |extra: &str| {
+        ServerConfig::from_toml(
+            Path::new("s.toml"),
+            &format!("{extra}\n{SERVER}"),
+            Check::Syntax,
+        )
+    };
+    let defaults = load("").unwrap().runtime;
+    assert_eq!(defaults.log_level, "info");
+    assert_eq!(defaults.log_format, crate::config::LogFormat::Auto);
+    assert_eq!(defaults.config_poll_interval, Some(Duration::from_secs(2)));
+    let off = load("config_poll_interval = \"0s\"").unwrap().runtime;
+    assert_eq!(off.config_poll_interval, None);
+    let error = load("config_poll_interval = \"10ms\"")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("at least 100ms"), "{error}");
+    let error = load("[log]\nlevel = \"loud=[\"").unwrap_err().to_string();
+    assert!(error.contains("[log] level"), "{error}");
+    let error = load("[log]\nformat = \"xml\"").unwrap_err().to_string();
+    assert!(error.contains("xml"), "{error}");
+    let chosen = load("[log]\nlevel = \"warn,argocd_proxy=debug\"\nformat = \"json\"").unwrap();
+    assert_eq!(chosen.runtime.log_format, crate::config::LogFormat::Json);
 }

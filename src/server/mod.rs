@@ -12,6 +12,7 @@ mod pool;
 mod public;
 mod ratelimit;
 pub mod registry;
+mod reload;
 mod route;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub use crate::listen::BindError;
 use crate::metrics::ServerMetrics;
 use crate::mux::negotiate::ServerIdentity;
 use crate::mux::MemoryBudget;
+pub use reload::Reloader;
 
 /// What every handler shares.
 pub(crate) struct ServerState {
@@ -113,6 +115,13 @@ impl Server {
                 close_tunnels: CancellationToken::new(),
             }),
         })
+    }
+
+    /// A handle that reloads this server's config while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+        }
     }
 
     /// The bound addresses.

@@ -12,7 +12,7 @@ use super::ServerState;
 use crate::config::TokenHash;
 use crate::http::{full, text_response, Body};
 use crate::mux::negotiate;
-use crate::mux::{Role, Session};
+use crate::mux::{Role, Session, SessionHandle};
 use crate::protocol::handshake;
 use crate::transport::websocket;
 
@@ -142,6 +142,22 @@ fn connect(state: Arc<ServerState>, mut request: Request<Incoming>) -> Response<
     response
 }
 
+/// Takes no new streams on `session` (v2 agents are told), lets those in flight finish
+/// within `grace`, then closes it.
+pub(crate) fn retire(state: &ServerState, session: SessionHandle, grace: std::time::Duration) {
+    session.drain(grace);
+    state.tracker.spawn(async move {
+        let deadline = tokio::time::Instant::now() + grace;
+        while session.stats().streams > 0
+            && tokio::time::Instant::now() < deadline
+            && !session.is_closed()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        session.close();
+    });
+}
+
 /// Registers the agent's tunnel for its cluster until the tunnel ends or the server stops.
 async fn serve_agent(
     state: Arc<ServerState>,
@@ -155,18 +171,7 @@ async fn serve_agent(
     tracing::info!(%cluster, protocol = version.as_str(), "agent connected");
     if let Some(old) = replaced {
         // The new agent takes new streams now; the old one finishes what it has, then goes.
-        let grace = state.limits().tunnel.open_timeout;
-        old.drain(grace);
-        state.tracker.spawn(async move {
-            let deadline = tokio::time::Instant::now() + grace;
-            while old.stats().streams > 0
-                && tokio::time::Instant::now() < deadline
-                && !old.is_closed()
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-            old.close();
-        });
+        retire(&state, old, state.limits().tunnel.open_timeout);
     }
     let end = tokio::select! {
         end = handle.closed() => end.to_string(),

@@ -5,6 +5,7 @@
 pub mod gopeer;
 pub mod kubeapi;
 pub mod middlebox;
+pub mod notify;
 pub mod pki;
 pub mod stack;
 

@@ -1,0 +1,171 @@
+//! Reload: what asks for one — SIGHUP, or a change in the config file or a file it names — and
+//! the sd_notify sequence around it (`RELOADING=1` + `MONOTONIC_USEC`, then `READY=1` with the
+//! outcome as `STATUS=`). What a reload changes is the server's or the agent's business.
+//!
+//! Files are polled by content, not watched with inotify: Kubernetes updates a mounted Secret
+//! or ConfigMap by swapping a symlink of the directory, which a watch on the file never sees,
+//! and editors replace files by rename. Polling a few small files every 2 s costs nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// Why a reload happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// SIGHUP (`systemctl reload`).
+    Signal,
+    /// This file's content changed (or it appeared or vanished).
+    Changed(PathBuf),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Signal => f.write_str("SIGHUP"),
+            Cause::Changed(path) => write!(f, "{} changed", path.display()),
+        }
+    }
+}
+
+/// The outcome of a successful reload.
+pub struct Applied {
+    /// The `STATUS=` line to show.
+    pub status: String,
+    /// The files to watch from now on (the new config's).
+    pub watched: Vec<PathBuf>,
+    /// The new poll interval (`None`: SIGHUP only).
+    pub poll: Option<Duration>,
+}
+
+/// Waits for the next reload request.
+pub struct Watch {
+    hangup: Signal,
+    files: Vec<(PathBuf, Option<[u8; 32]>)>,
+    poll: Option<Duration>,
+}
+
+impl Watch {
+    /// Starts listening for SIGHUP (from now on SIGHUP no longer terminates the process) and
+    /// remembers the current content of `files`.
+    pub fn new(files: Vec<PathBuf>, poll: Option<Duration>) -> std::io::Result<Self> {
+        let mut watch = Self {
+            hangup: signal(SignalKind::hangup())?,
+            files: Vec::new(),
+            poll,
+        };
+        watch.watch(files, poll);
+        Ok(watch)
+    }
+
+    /// Replaces the watched files (fingerprinted now) and the poll interval.
+    pub fn watch(&mut self, files: Vec<PathBuf>, poll: Option<Duration>) {
+        self.files = files
+            .into_iter()
+            .map(|path| {
+                let print = fingerprint(&path);
+                (path, print)
+            })
+            .collect();
+        self.poll = poll;
+    }
+
+    /// The next reason to reload.
+    pub async fn next(&mut self) -> Cause {
+        loop {
+            let tick = async {
+                match self.poll {
+                    Some(interval) => tokio::time::sleep(interval).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.hangup.recv() => return Cause::Signal,
+                _ = tick => {}
+            }
+            for (path, print) in &mut self.files {
+                let now = fingerprint(path);
+                if now != *print {
+                    *print = now;
+                    return Cause::Changed(path.clone());
+                }
+            }
+        }
+    }
+}
+
+fn fingerprint(path: &std::path::Path) -> Option<[u8; 32]> {
+    std::fs::read(path)
+        .ok()
+        .map(|content| Sha256::digest(content).into())
+}
+
+/// Serves reload requests until `shutdown`: each sends `RELOADING=1`, runs `reload`, and sends
+/// `READY=1` with the outcome. A failed reload keeps the running config and says why (log and
+/// `STATUS=`); its files are still re-fingerprinted, so a broken file is not retried until it
+/// changes again.
+pub async fn serve<R>(mut watch: Watch, mut reload: R, shutdown: CancellationToken)
+where
+    R: FnMut() -> Result<Applied, String>,
+{
+    loop {
+        let cause = tokio::select! {
+            cause = watch.next() => cause,
+            _ = shutdown.cancelled() => return,
+        };
+        crate::systemd::reloading();
+        tracing::info!(%cause, "reloading the config");
+        match reload() {
+            Ok(applied) => {
+                tracing::info!(status = %applied.status, "config reloaded");
+                watch.watch(applied.watched, applied.poll);
+                crate::systemd::ready(&applied.status);
+            }
+            Err(error) => {
+                tracing::error!(%error, "reload failed; keeping the running config");
+                crate::systemd::ready(&format!(
+                    "reload failed, keeping the running config: {error}"
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_changed_file_is_a_cause_and_an_unchanged_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("reload-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.toml"), dir.join("b.token"));
+        std::fs::write(&a, "one").unwrap();
+        std::fs::write(&b, "token").unwrap();
+        let mut watch =
+            Watch::new(vec![a.clone(), b.clone()], Some(Duration::from_millis(10))).unwrap();
+        // Rewriting the same bytes (a touch, a Secret resync) is not a change.
+        std::fs::write(&a, "one").unwrap();
+        std::fs::write(&b, "rotated").unwrap();
+        let cause = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("the change is seen");
+        assert_eq!(cause, Cause::Changed(b.clone()));
+        // A vanished file is a change too; the next poll after that is quiet.
+        std::fs::remove_file(&a).unwrap();
+        let cause = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("the removal is seen");
+        assert_eq!(cause, Cause::Changed(a));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), watch.next())
+                .await
+                .is_err(),
+            "nothing changed since"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,108 @@
+//! Applying a reloaded `server.toml` to a running server without dropping tunnels: clusters
+//! added take agents at once; a removed cluster's tunnel drains and closes (its token no
+//! longer authenticates); a rotated token applies to the next `/connect` while the connected
+//! agent stays; `[log] level` changes at once. Listener addresses, listener limits and
+//! `process_buffer` are fixed at start: a change is logged as needing a restart.
+
+use std::sync::Arc;
+
+use crate::config::{Check, ServerConfig};
+use crate::reload::Applied;
+
+use super::ServerState;
+
+/// Reloads the config of a running server.
+#[derive(Clone)]
+pub struct Reloader {
+    pub(super) state: Arc<ServerState>,
+}
+
+impl Reloader {
+    /// Reads the config file again and applies it, or says why not (the running config stays).
+    pub fn reload(&self) -> Result<Applied, String> {
+        let old = self.state.config();
+        let new = ServerConfig::load(&old.path, Check::Files).map_err(|error| error.to_string())?;
+        for warning in &new.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(self.apply(new))
+    }
+
+    /// Applies an already validated config.
+    pub fn apply(&self, new: ServerConfig) -> Applied {
+        let state = &self.state;
+        let old = state.config();
+        crate::telemetry::set_level(&new.runtime.log_level);
+        for note in restart_needed(&old, &new) {
+            tracing::warn!("{note} changed; it takes effect on restart");
+        }
+        for cluster in &new.clusters {
+            match old.clusters.iter().find(|before| before.id == cluster.id) {
+                None => tracing::info!(cluster = %cluster.id, "cluster added"),
+                Some(before) if before.token != cluster.token => tracing::info!(
+                    cluster = %cluster.id,
+                    "token changed; the connected agent stays, the next connection needs the new token"
+                ),
+                Some(_) => {}
+            }
+        }
+        let removed: Vec<String> = old
+            .clusters
+            .iter()
+            .filter(|before| !new.clusters.iter().any(|now| now.id == before.id))
+            .map(|cluster| cluster.id.clone())
+            .collect();
+        let grace = new.limits.tunnel.open_timeout;
+        let clusters = new.clusters.len();
+        let watched = new.watched.clone();
+        let poll = new.runtime.config_poll_interval;
+        // Swap first: from here on requests for a removed cluster get 404 and its agent's
+        // token no longer authenticates, so draining its tunnel cannot race a new stream in.
+        *state
+            .config
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(new);
+        for (cluster, session) in state.registry.sessions() {
+            if removed.contains(&cluster) {
+                tracing::info!(%cluster, "cluster removed; closing its tunnel");
+                super::public::retire(state, session, grace);
+            }
+        }
+        Applied {
+            status: format!(
+                "reloaded: {clusters} clusters, {} agents connected",
+                state.registry.connected()
+            ),
+            watched,
+            poll,
+        }
+    }
+}
+
+/// What a reload cannot change in a running server.
+fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
+    let mut fixed = Vec::new();
+    if old.public_listen != new.public_listen {
+        fixed.push("[public] listen");
+    }
+    if old.internal_listen != new.internal_listen {
+        fixed.push("[internal] listen");
+    }
+    if old.ops_listen != new.ops_listen {
+        fixed.push("[ops] listen");
+    }
+    let (before, after) = (&old.limits, &new.limits);
+    if before.max_request_header_bytes != after.max_request_header_bytes
+        || before.header_read_timeout != after.header_read_timeout
+        || before.max_connections_per_listener != after.max_connections_per_listener
+    {
+        fixed.push("a listener limit");
+    }
+    if before.process_buffer != after.process_buffer {
+        fixed.push("[limits] process_buffer");
+    }
+    if old.runtime.log_format != new.runtime.log_format {
+        fixed.push("[log] format");
+    }
+    fixed
+}

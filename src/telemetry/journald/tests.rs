@@ -1,0 +1,98 @@
+use std::collections::HashMap;
+
+use tracing_subscriber::layer::SubscriberExt;
+
+use super::*;
+
+/// Parses a native-protocol datagram back into fields (both the text and the binary form).
+fn parse(mut datagram: &[u8]) -> HashMap<String, String> {
+    let mut fields = HashMap::new();
+    while !datagram.is_empty() {
+        let line_end = datagram.iter().position(|&b| b == b'\n').expect("newline");
+        let line = &datagram[..line_end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            let (name, value) = (&line[..eq], &line[eq + 1..]);
+            fields.insert(
+                String::from_utf8(name.to_vec()).unwrap(),
+                String::from_utf8(value.to_vec()).unwrap(),
+            );
+            datagram = &datagram[line_end + 1..];
+        } else {
+            let name = String::from_utf8(line.to_vec()).unwrap();
+            let rest = &datagram[line_end + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            let value = String::from_utf8(rest[8..8 + len].to_vec()).unwrap();
+            assert_eq!(rest[8 + len], b'\n', "binary field ends with a newline");
+            fields.insert(name, value);
+            datagram = &rest[8 + len + 1..];
+        }
+    }
+    fields
+}
+
+/// Logs with a layer pointed at a real datagram socket and returns what journald would get.
+fn logged(log: impl FnOnce()) -> HashMap<String, String> {
+    let dir = std::env::temp_dir().join(format!("journald-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{:?}.sock", std::thread::current().id()));
+    let _ = std::fs::remove_file(&path);
+    let receiver = UnixDatagram::bind(&path).unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    let layer = JournaldLayer::new(path.clone(), "argocd-proxy-test".into());
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log);
+    let mut buffer = vec![0u8; 128 * 1024];
+    let len = receiver.recv(&mut buffer).expect("one datagram sent");
+    let _ = std::fs::remove_file(&path);
+    parse(&buffer[..len])
+}
+
+#[test]
+fn an_event_becomes_journal_fields() {
+    let fields = logged(|| tracing::warn!(cluster = "c1", stream = 7u32, "tunnel down"));
+    assert_eq!(fields["PRIORITY"], "4");
+    assert_eq!(fields["SYSLOG_IDENTIFIER"], "argocd-proxy-test");
+    assert_eq!(fields["CLUSTER"], "c1");
+    assert_eq!(fields["STREAM"], "7");
+    assert!(fields["TARGET"].starts_with("argocd_proxy"), "{fields:?}");
+    // journalctl shows only MESSAGE by default: it carries the fields too.
+    assert_eq!(fields["MESSAGE"], "tunnel down cluster=c1 stream=7");
+}
+
+#[test]
+fn levels_map_to_syslog_priorities() {
+    assert_eq!(logged(|| tracing::error!("x"))["PRIORITY"], "3");
+    assert_eq!(logged(|| tracing::info!("x"))["PRIORITY"], "6");
+    assert_eq!(logged(|| tracing::debug!("x"))["PRIORITY"], "7");
+}
+
+#[test]
+fn multiline_values_use_the_binary_form() {
+    let fields = logged(|| tracing::info!(body = "line one\nline two", "multi"));
+    assert_eq!(fields["BODY"], "line one\nline two");
+}
+
+#[test]
+fn field_names_cannot_forge_trusted_fields() {
+    let fields = logged(|| tracing::info!(priority = "0", _pid = 1, "x"));
+    assert_eq!(fields["PRIORITY"], "6");
+    assert_eq!(fields["F_PRIORITY"], "0");
+    assert_eq!(fields["F__PID"], "1");
+    assert!(!fields.contains_key("_PID"));
+}
+
+#[test]
+fn huge_values_are_cut_to_fit_a_datagram() {
+    let huge = "é".repeat(100_000);
+    let fields = logged(|| tracing::info!(body = %huge, "big"));
+    assert!(fields["BODY"].len() <= MAX_VALUE);
+    assert!(fields["BODY"].starts_with("éé"));
+}
+
+#[test]
+fn journal_stream_must_name_our_stderr() {
+    // The test harness's stderr is whatever it is; a made-up device:inode never matches.
+    std::env::set_var("JOURNAL_STREAM", "0:1");
+    assert!(!stderr_is_journal());
+    std::env::remove_var("JOURNAL_STREAM");
+    assert!(!stderr_is_journal());
+}

@@ -98,7 +98,11 @@ pub async fn dial(config: &AgentConfig, budget: Arc<MemoryBudget>) -> Result<Dia
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = if secure {
         let roots = tls::roots(config.server_ca.as_deref())?;
-        let client = tls::client_config(roots, &[b"http/1.1"]);
+        let identity = config
+            .client_identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()));
+        let client = tls::client_config_with_identity(roots, &[b"http/1.1"], identity)?;
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')

@@ -17,6 +17,10 @@ struct RawAgent {
     token_file: Option<PathBuf>,
     token: Option<String>,
     server_ca: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    proxy_url: Option<String>,
+    no_proxy: Option<Vec<String>>,
     #[serde(default)]
     allow_insecure_server: bool,
     health_listen: Option<String>,
@@ -67,6 +71,14 @@ pub struct AgentConfig {
     pub token: Secret,
     /// Verifies the server; `None` uses the built-in web PKI roots.
     pub server_ca: Option<PathBuf>,
+    /// The agent's client certificate and key (PEM) for a server that requires mTLS.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// The egress proxy (`http://[user:pass@]host:port`) reached with `CONNECT`; `None`: from
+    /// `$HTTPS_PROXY` / `$https_proxy` at dial time, else direct.
+    pub proxy_url: Option<Secret>,
+    /// Hosts dialled directly even with a proxy (`$NO_PROXY` when unset): exact names,
+    /// `.suffix` / `suffix` domain matches, `*`.
+    pub no_proxy: Option<Vec<String>>,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub health_listen: Option<SocketAddr>,
     /// Cap of the reconnect backoff. Default 60 s.
@@ -185,6 +197,31 @@ impl AgentConfig {
             }
         }
         let server_ca = raw.server_ca.map(|file| resolve(path, &file));
+        let client_identity = match (raw.client_cert, raw.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((resolve(path, &cert), resolve(path, &key))),
+            _ => return Err(invalid("client_cert and client_key go together".into())),
+        };
+        if let Some(proxy) = &raw.proxy_url {
+            let scheme = proxy.split_once("://").map(|(scheme, _)| scheme);
+            if !scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("http"))
+                || proxy.parse::<http::Uri>().is_err()
+            {
+                return Err(invalid(format!(
+                    "proxy_url must look like \"http://proxy.example.com:3128\" (CONNECT through an HTTP proxy)"
+                )));
+            }
+        }
+        if let (Check::Files, Some((cert, key))) = (check, &client_identity) {
+            for file in [cert, key] {
+                std::fs::metadata(file).map_err(|error| {
+                    invalid(format!(
+                        "client_cert/client_key {}: {error}",
+                        file.display()
+                    ))
+                })?;
+            }
+        }
         if let (Check::Files, Some(file)) = (check, &server_ca) {
             std::fs::metadata(file)
                 .map_err(|error| invalid(format!("server_ca {}: {error}", file.display())))?;
@@ -194,6 +231,9 @@ impl AgentConfig {
             // The upstream token is re-read per request anyway; these are read once per use.
             watched.extend(raw_token_file.iter().cloned());
             watched.extend(server_ca.iter().cloned());
+            if let Some((cert, key)) = &client_identity {
+                watched.extend([cert.clone(), key.clone()]);
+            }
             watched.extend(ca_file.iter().cloned());
         }
         Ok(Self {
@@ -201,6 +241,9 @@ impl AgentConfig {
             server_url: raw.server_url,
             token,
             server_ca,
+            client_identity,
+            proxy_url: raw.proxy_url.map(Secret::new),
+            no_proxy: raw.no_proxy,
             health_listen,
             max_reconnect_interval: match raw
                 .max_reconnect_interval

@@ -6,14 +6,18 @@
 //! `docs/configuration.md` documents every key and a test checks it against the examples.
 
 mod agent;
+mod callers;
 mod duration;
 mod limits;
+mod listener;
 mod runtime;
 mod server;
 
 pub use agent::{AgentConfig, UpstreamConfig};
+pub use callers::CallerConfig;
 pub use duration::parse_duration;
 pub use limits::LimitsConfig;
+pub use listener::ListenerTls;
 pub use runtime::{LogFormat, RuntimeConfig};
 pub use server::{ClusterConfig, Impersonation, ServerConfig, TokenHash};
 

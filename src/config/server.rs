@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::callers::{CallerConfig, RawCaller};
 use super::limits::{LimitsConfig, RawLimits};
+use super::listener::{ListenerTls, RawListener};
 use super::runtime::{RawLog, RuntimeConfig};
 use super::{parse, read, read_secret_file, resolve, Check, ConfigError};
 
@@ -22,15 +24,11 @@ struct RawServer {
     #[serde(default)]
     cluster: Vec<RawCluster>,
     #[serde(default)]
+    caller: Vec<RawCaller>,
+    #[serde(default)]
     log: RawLog,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     config_poll_interval: Option<std::time::Duration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +124,14 @@ pub struct ServerConfig {
     pub internal_listen: SocketAddr,
     /// `/healthz`, `/readyz`, `/metrics`; none when `[ops]` is absent.
     pub ops_listen: Option<SocketAddr>,
+    /// TLS (and mTLS) on the public listener.
+    pub public_tls: Option<ListenerTls>,
+    /// TLS (and mTLS) on the internal listener; HTTP/2 is offered by ALPN.
+    pub internal_tls: Option<ListenerTls>,
+    /// An agent's client certificate must carry its cluster id as a DNS name.
+    pub bind_client_cert: bool,
+    /// Who may call `/tunnel/`; empty: anyone who reaches the internal listener.
+    pub callers: Vec<CallerConfig>,
     /// Clusters, in file order.
     pub clusters: Vec<ClusterConfig>,
     /// Limits.
@@ -154,17 +160,20 @@ impl ServerConfig {
             path: path.to_owned(),
             message,
         };
-        let listen = |table: &str, listener: &RawListener| {
-            listener.listen.parse::<SocketAddr>().map_err(|_| {
-                invalid(format!(
-                    "[{table}] listen = \"{}\" is not an address like \"0.0.0.0:8443\"",
-                    listener.listen
-                ))
-            })
-        };
-        let public_listen = listen("public", &raw.public)?;
-        let internal_listen = listen("internal", &raw.internal)?;
-        let ops_listen = raw.ops.as_ref().map(|ops| listen("ops", ops)).transpose()?;
+        let public = raw
+            .public
+            .validate("public", path, check)
+            .map_err(invalid)?;
+        let internal = raw
+            .internal
+            .validate("internal", path, check)
+            .map_err(invalid)?;
+        let ops_listen = raw
+            .ops
+            .map(|ops| ops.validate("ops", path, check).map(|ops| ops.addr))
+            .transpose()
+            .map_err(invalid)?;
+        let (public_listen, internal_listen) = (public.addr, internal.addr);
         let limits = raw.limits.validate().map_err(invalid)?;
         let runtime = raw
             .log
@@ -256,6 +265,35 @@ impl ServerConfig {
                 target,
             });
         }
+        let mut callers = Vec::new();
+        for (index, caller) in raw.caller.into_iter().enumerate() {
+            let caller = caller
+                .validate(index, path, check, &ids, &mut watched, &mut warnings)
+                .map_err(invalid)?;
+            if caller.token.is_some_and(|token| !hashes.insert(token)) {
+                return Err(invalid(format!(
+                    "[[caller]] \"{}\": same token as another caller or an agent",
+                    caller.name
+                )));
+            }
+            if caller.cert_name.is_some()
+                && internal
+                    .tls
+                    .as_ref()
+                    .is_none_or(|tls| tls.client_ca.is_none())
+            {
+                return Err(invalid(format!(
+                    "[[caller]] \"{}\": cert_name needs [internal] client_ca (mTLS)",
+                    caller.name
+                )));
+            }
+            callers.push(caller);
+        }
+        for tls in public.tls.iter().chain(&internal.tls) {
+            if check == Check::Files {
+                watched.extend(tls.files().cloned());
+            }
+        }
         let mut addresses = vec![("public", public_listen), ("internal", internal_listen)];
         addresses.extend(ops_listen.map(|addr| ("ops", addr)));
         for (i, (name, addr)) in addresses.iter().enumerate() {
@@ -272,6 +310,10 @@ impl ServerConfig {
             public_listen,
             internal_listen,
             ops_listen,
+            public_tls: public.tls,
+            internal_tls: internal.tls,
+            bind_client_cert: public.bind_client_cert,
+            callers,
             clusters,
             limits,
             runtime,

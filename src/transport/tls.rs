@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 
@@ -31,6 +31,14 @@ pub enum TlsError {
     /// The host is not a valid DNS name or IP.
     #[error("invalid TLS server name {0:?}")]
     Name(String),
+    /// A certificate or key file could not be read or used.
+    #[error("{path}: {reason}")]
+    Identity {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -63,13 +71,54 @@ pub fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
 
 /// A client config trusting `roots`, TLS 1.2 and 1.3, with the given ALPN protocols.
 pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    client_config_with_identity(roots, alpn, None).expect("no identity files to read")
+}
+
+/// [`client_config`] presenting the certificate chain and key in `identity` (PEM files).
+pub fn client_config_with_identity(
+    roots: RootCertStore,
+    alpn: &[&[u8]],
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("ring supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(certificates(cert)?, private_key(key)?)
+            .map_err(|error| TlsError::Identity {
+                path: key.display().to_string(),
+                reason: error.to_string(),
+            })?,
+    };
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-    Arc::new(config)
+    Ok(Arc::new(config))
+}
+
+/// A PEM certificate chain, leaf first; at least one certificate.
+pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let error = |reason: String| TlsError::Identity {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(error("no certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// A PEM private key (PKCS#8, PKCS#1 or SEC1). The error never shows the key.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| TlsError::Identity {
+        path: path.display().to_string(),
+        reason: format!("no usable private key ({error})"),
+    })
 }
 
 /// Completes a TLS handshake over `tcp`, verifying `host`.

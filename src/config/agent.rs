@@ -207,9 +207,9 @@ impl AgentConfig {
             if !scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("http"))
                 || proxy.parse::<http::Uri>().is_err()
             {
-                return Err(invalid(format!(
-                    "proxy_url must look like \"http://proxy.example.com:3128\" (CONNECT through an HTTP proxy)"
-                )));
+                return Err(invalid(
+                    "proxy_url must look like \"http://proxy.example.com:3128\" (CONNECT through an HTTP proxy)".into(),
+                ));
             }
         }
         if let (Check::Files, Some((cert, key))) = (check, &client_identity) {

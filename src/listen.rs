@@ -1,5 +1,6 @@
-//! The accept loop every listener of both binaries uses: hyper HTTP/1.1 connections (with
-//! upgrades), one task each, tracked, and shut down gracefully when the token fires.
+//! The accept loop every listener of both binaries uses: plain or TLS (rustls, optional mTLS),
+//! hyper HTTP/1.1 connections with upgrades or HTTP/2 when ALPN chose it, one task each,
+//! tracked, and shut down gracefully when the token fires.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,15 +8,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use std::sync::Arc;
+
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http::Body;
+use crate::transport::tls_server::{ClientCert, TlsSlot};
 
 /// A listener bound to a port (possibly 0) whose address is known before serving.
 pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -38,20 +42,45 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
-/// Per-listener bounds on what a client can hold.
-#[derive(Debug, Clone)]
+/// Per-listener bounds on what a client can hold, and its TLS.
+#[derive(Clone)]
 pub struct ServeOptions {
-    /// Largest request head.
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2).
     pub max_header_bytes: usize,
-    /// Time a client has to send a whole request head (slow-header clients are dropped).
+    /// Time a client has to finish the TLS handshake, and to send a whole request head
+    /// (slow clients are dropped).
     pub header_read_timeout: Duration,
     /// Connections served at once; further clients wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Concurrent HTTP/2 streams one connection may open (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_h2_streams: u32,
+    /// TLS for new connections (swapped by a reload); `None`: plain HTTP/1.1.
+    pub tls: Option<Arc<TlsSlot>>,
+}
+
+/// Serves one connection; on shutdown, finishes the request in flight, then closes (the
+/// caller bounds the wait). A macro because hyper's HTTP/1.1-with-upgrades and HTTP/2
+/// connections share `graceful_shutdown` by name only, not by a trait.
+macro_rules! drive {
+    ($connection:expr, $shutdown:expr, $peer:expr) => {{
+        let mut connection = std::pin::pin!($connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = $shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, peer = %$peer, "connection ended with an error");
+        }
+    }};
 }
 
 /// Serves `listener` until `shutdown` fires, then lets open connections finish their current
 /// request (the caller bounds that wait via `tracker`). `handle` gets each request and the
-/// client's address.
+/// client's address; over TLS with a client certificate, the request's extensions carry a
+/// [`ClientCert`]. HTTP/2 is served when TLS negotiated it by ALPN.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handle: H,
@@ -62,7 +91,7 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("never closed"),
@@ -81,32 +110,86 @@ pub async fn serve<H, F>(
             _ = shutdown.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let handle = handle.clone();
-        let service = service_fn(move |request| {
-            let response = handle(request, peer);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let connection = http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(options.header_read_timeout)
-            .max_buf_size(options.max_header_bytes.max(8192))
-            .serve_connection(TokioIo::new(tcp), service)
-            .with_upgrades();
-        let shutdown = shutdown.clone();
+        let (handle, shutdown, options) = (handle.clone(), shutdown.clone(), options.clone());
         tracker.spawn(async move {
             let _slot = slot;
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = shutdown.cancelled() => {
-                    // Finish the request in flight, then close; the caller bounds the wait.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+            let Some(tls) = &options.tls else {
+                let service = service(handle, peer, None);
+                return drive!(http1(&options, TokioIo::new(tcp), service), shutdown, peer);
             };
-            if let Err(error) = result {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let stream =
+                match tokio::time::timeout(options.header_read_timeout, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        // Wrong CA, no client certificate, plaintext on a TLS port: the client's
+                        // problem, visible at debug level only (scanners would flood the log).
+                        return tracing::debug!(%error, %peer, "TLS handshake failed");
+                    }
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+            let (_, session) = stream.get_ref();
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            let cert = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| ClientCert(leaf.clone().into_owned()));
+            let service = service(handle, peer, cert);
+            let io = TokioIo::new(stream);
+            if h2 {
+                let connection = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(
+                        u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX),
+                    )
+                    .max_concurrent_streams(options.max_h2_streams)
+                    .serve_connection(io, service);
+                drive!(connection, shutdown, peer)
+            } else {
+                drive!(http1(&options, io, service), shutdown, peer)
             }
         });
     }
+}
+
+/// The request handler as a hyper service, adding the client certificate to each request.
+fn service<H, F>(
+    handle: H,
+    peer: SocketAddr,
+    cert: Option<ClientCert>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    service_fn(move |mut request: Request<Incoming>| {
+        if let Some(cert) = &cert {
+            request.extensions_mut().insert(cert.clone());
+        }
+        let response = handle(request, peer);
+        async move { Ok::<_, Infallible>(response.await) }
+    })
+}
+
+fn http1<I, S>(
+    options: &ServeOptions,
+    io: I,
+    service: S,
+) -> hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+{
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .serve_connection(io, service)
+        .with_upgrades()
 }

@@ -130,6 +130,8 @@ impl Agent {
                 max_header_bytes: 64 * 1024,
                 header_read_timeout,
                 max_connections: 256, // probes and a Prometheus scraper
+                max_h2_streams: 1,
+                tls: None,
             };
             tracker.spawn(listen::serve(
                 listener,

@@ -33,6 +33,7 @@ pub(crate) struct RawLimits {
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     header_read_timeout: Option<Duration>,
     max_connections_per_listener: Option<usize>,
+    max_h2_streams_per_connection: Option<u32>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     shutdown_grace: Option<Duration>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
@@ -54,6 +55,9 @@ pub struct LimitsConfig {
     pub header_read_timeout: Duration,
     /// Connections one listener serves at once. Default 10,000.
     pub max_connections_per_listener: usize,
+    /// Concurrent HTTP/2 streams one client connection may open (Argo CD's watches over one
+    /// connection to the internal listener). Default 1,000.
+    pub max_h2_streams_per_connection: u32,
     /// On SIGTERM, time requests in flight get to finish before tunnels close. Default 25 s
     /// (inside Kubernetes' default 30 s termination grace).
     pub shutdown_grace: Duration,
@@ -126,6 +130,11 @@ impl RawLimits {
                     return Err("[limits] shutdown_grace must be at most 1h".into())
                 }
                 grace => grace,
+            },
+            max_h2_streams_per_connection: match self.max_h2_streams_per_connection.unwrap_or(1000)
+            {
+                0 => return Err("[limits] max_h2_streams_per_connection must be > 0".into()),
+                max => max,
             },
             max_connections_per_listener: match self.max_connections_per_listener.unwrap_or(10_000)
             {

@@ -290,3 +290,68 @@ fn log_and_poll_settings_are_validated() {
     let chosen = load("[log]\nlevel = \"warn,argocd_proxy=debug\"\nformat = \"json\"").unwrap();
     assert_eq!(chosen.runtime.log_format, crate::config::LogFormat::Json);
 }
+
+#[test]
+fn tls_and_caller_rules_are_enforced_at_load() {
+    const OPS: &str = "[ops]\nlisten = \"127.0.0.1:3\"\n";
+    let load = |public: &str, internal: &str, rest: &str| {
+        let text = format!(
+            "[public]\nlisten = \"127.0.0.1:1\"\n{public}[internal]\nlisten = \"127.0.0.1:2\"\n{internal}{rest}\
+             [[cluster]]\nid = \"c1\"\ntoken = \"t1\"\n"
+        );
+        ServerConfig::from_toml(Path::new("s.toml"), &text, Check::Syntax)
+            .map_err(|e| e.to_string())
+    };
+    let pair = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+    let mtls = format!("{pair}client_ca = \"ca.pem\"\n");
+    let error =
+        |public: &str, internal: &str, rest: &str| load(public, internal, rest).unwrap_err();
+    assert!(error("tls_cert = \"c.pem\"\n", "", "").contains("go together"));
+    assert!(error("client_ca = \"ca.pem\"\n", "", "").contains("needs tls_cert"));
+    assert!(error(&format!("{pair}bind_client_cert = true\n"), "", "").contains("needs client_ca"));
+    assert!(
+        error("", &format!("{mtls}bind_client_cert = true\n"), "").contains("only for [public]")
+    );
+    assert!(
+        error("", "", &format!("{OPS}tls_cert = \"c\"\ntls_key = \"k\"\n"))
+            .contains("[ops] is plain")
+    );
+    let config = load(&format!("{mtls}bind_client_cert = true\n"), pair, "").unwrap();
+    assert!(config.bind_client_cert);
+    assert_eq!(config.public_tls.unwrap().cert, Path::new("c.pem"));
+    assert!(config.internal_tls.unwrap().client_ca.is_none());
+
+    let caller = |body: &str| format!("[[caller]]\nname = \"argocd\"\n{body}");
+    assert!(error("", "", &caller("clusters = [\"c1\"]\n")).contains("needs a token"));
+    assert!(error("", "", &caller("token = \"x\"\nclusters = []\n")).contains("is empty"));
+    assert!(
+        error("", "", &caller("token = \"x\"\nclusters = [\"c9\"]\n"))
+            .contains("not a [[cluster]]")
+    );
+    assert!(error(
+        "",
+        "",
+        &caller("token = \"x\"\nclusters = [\"*\", \"c1\"]\n")
+    )
+    .contains("stands alone"));
+    assert!(error("", "", &caller("token = \"t1\"\nclusters = [\"*\"]\n")).contains("same token"));
+    assert!(
+        error("", "", &caller("cert_name = \"a\"\nclusters = [\"*\"]\n"))
+            .contains("needs [internal] client_ca")
+    );
+    let config = load(
+        "",
+        &mtls,
+        &caller("cert_name = \"argocd\"\nclusters = [\"*\"]\n"),
+    )
+    .unwrap();
+    assert!(config.callers[0].allows("anything"));
+    // Secrets never appear in errors or Debug output.
+    let config = load(
+        "",
+        "",
+        &caller("token = \"s3cret-caller\"\nclusters = [\"c1\"]\n"),
+    )
+    .unwrap();
+    assert!(!format!("{config:?}").contains("s3cret-caller"));
+}

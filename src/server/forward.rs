@@ -1,6 +1,8 @@
 //! The internal listener: `/tunnel/{cluster-id}/{rest}` → that cluster's agent, and the one
 //! place where forwarding errors become HTTP statuses.
 
+use super::callers::Refusal;
+use crate::transport::tls_server::ClientCert;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,6 +32,12 @@ pub enum ForwardError {
     /// No such cluster in the config.
     #[error("unknown cluster")]
     UnknownCluster,
+    /// Callers are configured and this request carries no known credential.
+    #[error("caller not authenticated")]
+    Unauthenticated,
+    /// The caller may not reach this cluster.
+    #[error("caller {0:?} may not reach this cluster")]
+    Forbidden(String),
     /// The cluster's agent is not connected (and did not come back within `reconnect_wait`).
     #[error("agent not connected")]
     AgentOffline,
@@ -52,6 +60,14 @@ fn rescue(error: &ForwardError) -> Response<Body> {
     use ForwardError::*;
     match error {
         NotTunnel => status_response(StatusCode::NOT_FOUND, "NotFound", "not found"),
+        Unauthenticated => {
+            status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+        }
+        Forbidden(_) => status_response(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "forbidden: this caller may not reach this cluster",
+        ),
         EmptyId => status_response(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -158,6 +174,15 @@ async fn forward(
         RouteError::NotTunnel => ForwardError::NotTunnel,
         RouteError::EmptyId => ForwardError::EmptyId,
     })?;
+    let cert = request.extensions().get::<ClientCert>();
+    let callers = &state.config().callers;
+    if let Err(refusal) = super::callers::check(callers, request.headers(), cert, cluster_id) {
+        state.metrics.auth_failures.inc(&["tunnel"]);
+        return Err(match refusal {
+            Refusal::Unauthenticated => ForwardError::Unauthenticated,
+            Refusal::Forbidden(caller) => ForwardError::Forbidden(caller),
+        });
+    }
     let cluster = state
         .cluster(cluster_id)
         .ok_or(ForwardError::UnknownCluster)?;

@@ -6,6 +6,7 @@
 //! token fires. `public` handles `/connect` → negotiation → a mux session registered in the
 //! [`registry::Registry`]; `forward` routes each request to the registered session.
 
+mod callers;
 mod forward;
 mod ops;
 mod pool;
@@ -22,12 +23,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ClusterConfig, LimitsConfig, ServerConfig};
+use crate::config::{ClusterConfig, LimitsConfig, ListenerTls, ServerConfig};
 use crate::listen;
 pub use crate::listen::BindError;
 use crate::metrics::ServerMetrics;
 use crate::mux::negotiate::ServerIdentity;
 use crate::mux::MemoryBudget;
+use crate::transport::tls::TlsError;
+use crate::transport::tls_server::{self, TlsSlot};
 pub use reload::Reloader;
 
 /// What every handler shares.
@@ -43,6 +46,44 @@ pub(crate) struct ServerState {
     pub(crate) tracker: TaskTracker,
     /// Fired once requests in flight had their grace: agent sessions close.
     pub(crate) close_tunnels: CancellationToken,
+    /// The public listener's TLS, rotated by reloads.
+    pub(crate) public_tls: Option<Arc<TlsSlot>>,
+    /// The internal listener's TLS, rotated by reloads.
+    pub(crate) internal_tls: Option<Arc<TlsSlot>>,
+}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener cannot bind.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A listener's certificate, key or client CA cannot be loaded.
+    #[error("[{listener}] TLS: {source}")]
+    Tls {
+        /// `public` or `internal`.
+        listener: &'static str,
+        /// Why.
+        source: TlsError,
+    },
+}
+
+/// ALPN per listener: agents upgrade to WebSocket over HTTP/1.1; Argo CD may multiplex over h2.
+const PUBLIC_ALPN: &[&[u8]] = &[b"http/1.1"];
+const INTERNAL_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// The rustls config of a listener, from its files (read now).
+pub(crate) fn listener_tls(
+    listener: &'static str,
+    tls: &ListenerTls,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    let alpn = if listener == "public" {
+        PUBLIC_ALPN
+    } else {
+        INTERNAL_ALPN
+    };
+    tls_server::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref(), alpn)
+        .map_err(|source| StartError::Tls { listener, source })
 }
 
 impl ServerState {
@@ -87,7 +128,16 @@ pub struct Server {
 
 impl Server {
     /// Binds every listener; fails (naming the address) if any cannot be bound.
-    pub async fn bind(config: ServerConfig) -> Result<Server, BindError> {
+    pub async fn bind(config: ServerConfig) -> Result<Server, StartError> {
+        let slot = |listener, tls: &Option<ListenerTls>| {
+            tls.as_ref()
+                .map(|tls| {
+                    Ok::<_, StartError>(Arc::new(TlsSlot::new(listener_tls(listener, tls)?)))
+                })
+                .transpose()
+        };
+        let public_tls = slot("public", &config.public_tls)?;
+        let internal_tls = slot("internal", &config.internal_tls)?;
         let public = listen::bind("public", config.public_listen).await?;
         let internal = listen::bind("internal", config.internal_listen).await?;
         let ops = match config.ops_listen {
@@ -113,6 +163,8 @@ impl Server {
                 identity,
                 tracker: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
+                public_tls,
+                internal_tls,
             }),
         })
     }
@@ -144,15 +196,18 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let state = self.state;
         let limits = state.limits();
-        let options = || listen::ServeOptions {
+        let options = |tls: &Option<Arc<TlsSlot>>| listen::ServeOptions {
             max_header_bytes: limits.max_request_header_bytes,
             header_read_timeout: limits.header_read_timeout,
             max_connections: limits.max_connections_per_listener,
+            max_h2_streams: limits.max_h2_streams_per_connection,
+            tls: tls.clone(),
         };
         let connections = TaskTracker::new();
         let stop = CancellationToken::new();
         let mut servers = Vec::new();
         {
+            let serve_options = options(&state.public_tls);
             let state = state.clone();
             let handler = move |request, _peer| public::handle(state.clone(), request);
             let public = listen::serve(
@@ -160,11 +215,12 @@ impl Server {
                 handler,
                 stop.clone(),
                 connections.clone(),
-                options(),
+                serve_options,
             );
             servers.push(tokio::spawn(public));
         }
         {
+            let serve_options = options(&state.internal_tls);
             let state = state.clone();
             let handler = move |request, peer| forward::handle(state.clone(), request, peer);
             let internal = listen::serve(
@@ -172,7 +228,7 @@ impl Server {
                 handler,
                 stop.clone(),
                 connections.clone(),
-                options(),
+                serve_options,
             );
             servers.push(tokio::spawn(internal));
         }
@@ -184,7 +240,7 @@ impl Server {
                 handler,
                 stop.clone(),
                 connections.clone(),
-                options(),
+                options(&None),
             )));
         }
         shutdown.cancelled().await;

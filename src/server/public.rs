@@ -14,6 +14,7 @@ use crate::http::{full, text_response, Body};
 use crate::mux::negotiate;
 use crate::mux::{Role, Session, SessionHandle};
 use crate::protocol::handshake;
+use crate::transport::tls_server::ClientCert;
 use crate::transport::websocket;
 
 /// Routes one request on the public listener.
@@ -66,6 +67,18 @@ fn connect(state: Arc<ServerState>, mut request: Request<Incoming>) -> Response<
         return text_response(StatusCode::UNAUTHORIZED, "unauthorized\n");
     };
     let cluster = config.clusters[index].id.clone();
+    // The token names the cluster; with binding on, the certificate must name it too, so a
+    // leaked token alone (or one agent's certificate) cannot take over another cluster.
+    if config.bind_client_cert
+        && !request
+            .extensions()
+            .get::<ClientCert>()
+            .is_some_and(|cert| cert.names(&cluster))
+    {
+        state.metrics.auth_failures.inc(&["connect_cert"]);
+        tracing::warn!(%cluster, "agent's client certificate does not name its cluster");
+        return text_response(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    }
     let upgrade_ok = crate::http::wants_upgrade(headers)
         && headers
             .get(header::UPGRADE)

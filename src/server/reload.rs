@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::config::{Check, ServerConfig};
+use crate::config::{Check, ListenerTls, ServerConfig};
 use crate::reload::Applied;
+use crate::transport::tls_server::TlsSlot;
 
 use super::ServerState;
 
@@ -22,10 +23,22 @@ impl Reloader {
     pub fn reload(&self) -> Result<Applied, String> {
         let old = self.state.config();
         let new = ServerConfig::load(&old.path, Check::Files).map_err(|error| error.to_string())?;
+        // Certificates first: a bad new file fails the whole reload and keeps everything.
+        let public = rotated("public", &self.state.public_tls, &new.public_tls)?;
+        let internal = rotated("internal", &self.state.internal_tls, &new.internal_tls)?;
         for warning in &new.warnings {
             tracing::warn!("{warning}");
         }
-        Ok(self.apply(new))
+        let applied = self.apply(new);
+        for (slot, config) in [
+            (&self.state.public_tls, public),
+            (&self.state.internal_tls, internal),
+        ] {
+            if let (Some(slot), Some(config)) = (slot, config) {
+                slot.replace(config);
+            }
+        }
+        Ok(applied)
     }
 
     /// Applies an already validated config.
@@ -79,6 +92,21 @@ impl Reloader {
     }
 }
 
+/// The listener's new TLS config, read from the (possibly rotated) files; `None` when the
+/// listener has no TLS now or would switch between plain and TLS (that needs a restart).
+fn rotated(
+    listener: &'static str,
+    slot: &Option<Arc<TlsSlot>>,
+    tls: &Option<ListenerTls>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    match (slot, tls) {
+        (Some(_), Some(tls)) => super::listener_tls(listener, tls)
+            .map(Some)
+            .map_err(|error| error.to_string()),
+        _ => Ok(None),
+    }
+}
+
 /// What a reload cannot change in a running server.
 fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     let mut fixed = Vec::new();
@@ -90,6 +118,12 @@ fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     }
     if old.ops_listen != new.ops_listen {
         fixed.push("[ops] listen");
+    }
+    if old.public_tls.is_some() != new.public_tls.is_some() {
+        fixed.push("[public] TLS on/off");
+    }
+    if old.internal_tls.is_some() != new.internal_tls.is_some() {
+        fixed.push("[internal] TLS on/off");
     }
     let (before, after) = (&old.limits, &new.limits);
     if before.max_request_header_bytes != after.max_request_header_bytes

@@ -3,4 +3,5 @@
 //! (TLS joins it in `tls` with the server/agent work.)
 
 pub mod tls;
+pub mod tls_server;
 pub mod websocket;

@@ -41,6 +41,41 @@ impl TestCa {
         path
     }
 
+    /// Issues a leaf certificate for the DNS names `names` and writes `<stem>.crt` and
+    /// `<stem>.key` (PEM) into `dir`; `expired` dates it 2020–2021.
+    pub fn issue(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        expired: bool,
+    ) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(
+            names
+                .iter()
+                .map(|name| name.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or(stem),
+        );
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
     /// A server certificate for `names`, as a rustls server config.
     pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
         let params = CertificateParams::new(

@@ -23,6 +23,8 @@ pub const SA_TOKEN: &str = "sa-token-XYZ";
 /// A running server; stops when dropped.
 pub struct TestServer {
     pub addrs: BoundAddrs,
+    /// Reloads its config file (what SIGHUP or a file change does in the binary).
+    pub reloader: argocd_proxy::server::Reloader,
     /// Firing it is the server's SIGTERM.
     pub stop: CancellationToken,
     /// Ends when the server has shut down.
@@ -60,9 +62,15 @@ pub async fn server_from_toml(dir: &Path, toml: &str) -> TestServer {
     let config = ServerConfig::load(&path, Check::Files).expect("server config");
     let server = Server::bind(config).await.expect("bind");
     let addrs = server.addrs();
+    let reloader = server.reloader();
     let stop = CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));
-    TestServer { addrs, stop, task }
+    TestServer {
+        addrs,
+        reloader,
+        stop,
+        task,
+    }
 }
 
 /// How the agent authenticates upstream.

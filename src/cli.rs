@@ -88,3 +88,54 @@ where
     });
     std::process::exit(code);
 }
+
+/// `gen-token`: a new agent token (256 random bits, hex) and the `token_sha256` the server's
+/// `[[cluster]]` (or `[[caller]]`) entry needs, as TOML lines to paste.
+pub fn generate_token() -> Result<String, std::io::Error> {
+    let bytes = crate::host::random_bytes(32)?;
+    let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    Ok(token_lines(&token))
+}
+
+/// `hash-token`: the `token_sha256` of a token read from stdin (trimmed, as token files are).
+pub fn hash_token(input: &str) -> Result<String, String> {
+    let token = input.trim();
+    if token.is_empty() {
+        return Err("no token on stdin".into());
+    }
+    Ok(format!(
+        "token_sha256 = \"{}\"\n",
+        crate::config::TokenHash::of(token.as_bytes()).to_hex()
+    ))
+}
+
+fn token_lines(token: &str) -> String {
+    format!(
+        "# The agent's token: its token_file (e.g. /etc/argocd-proxy/agent.token, mode 0600), or the\n\
+         # agent chart's Secret. Shown once; only the hash below belongs on the server.\n\
+         token = \"{token}\"\n\
+         # The server's [[cluster]] entry for this agent:\n\
+         token_sha256 = \"{}\"\n",
+        crate::config::TokenHash::of(token.as_bytes()).to_hex()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_are_fresh_and_hash_to_what_the_server_expects() {
+        let (a, b) = (generate_token().unwrap(), generate_token().unwrap());
+        assert_ne!(a, b);
+        let token = a
+            .lines()
+            .find_map(|line| line.strip_prefix("token = \""))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .unwrap();
+        assert_eq!(token.len(), 64);
+        let hash = hash_token(&format!("{token}\n")).unwrap();
+        assert!(a.contains(hash.trim_end()), "{a}\n{hash}");
+        assert!(hash_token("  \n").is_err());
+    }
+}

@@ -1,6 +1,6 @@
 //! What the binaries ask of the host through raw syscalls (rustix, no `unsafe`): a
-//! file-descriptor soft limit big enough for thousands of connections, and the monotonic clock
-//! that sd_notify's `MONOTONIC_USEC` is read from.
+//! file-descriptor soft limit big enough for thousands of connections, the monotonic clock
+//! that sd_notify's `MONOTONIC_USEC` is read from, and random bytes for new tokens.
 
 use rustix::process::{getrlimit, setrlimit, Resource};
 
@@ -29,6 +29,18 @@ pub fn raise_nofile_limit() -> Result<u64, String> {
     Ok(hard)
 }
 
+/// `n` bytes from the kernel's CSPRNG (`getrandom(2)`, blocking only before the pool is
+/// initialised at boot).
+pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buffer = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        filled +=
+            rustix::rand::getrandom(&mut buffer[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(buffer)
+}
+
 /// `CLOCK_MONOTONIC` in microseconds, as systemd wants it next to `RELOADING=1`.
 pub fn monotonic_usec() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -47,6 +59,13 @@ mod tests {
         if let Some(hard) = limit.maximum {
             assert_eq!(raised, hard);
         }
+    }
+
+    #[test]
+    fn random_bytes_differ_and_fill_the_buffer() {
+        let (a, b) = (random_bytes(32).unwrap(), random_bytes(32).unwrap());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -24,7 +24,26 @@ struct Args {
     /// print the version and exit
     #[argh(switch)]
     version: bool,
+    #[argh(subcommand)]
+    command: Option<Command>,
 }
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    GenToken(GenToken),
+    HashToken(HashToken),
+}
+
+/// Generate a new agent token and print it with the token_sha256 for server.toml.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "gen-token")]
+struct GenToken {}
+
+/// Read a token on stdin and print its token_sha256 for server.toml.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "hash-token")]
+struct HashToken {}
 
 const PROGRAM: &str = "argocd-proxy-server";
 
@@ -32,6 +51,26 @@ fn main() {
     let args: Args = argh::from_env();
     if args.version {
         return println!("{PROGRAM} {}", env!("CARGO_PKG_VERSION"));
+    }
+    match args.command {
+        Some(Command::GenToken(_)) => match cli::generate_token() {
+            Ok(lines) => return print!("{lines}"),
+            Err(error) => {
+                eprintln!("{PROGRAM}: cannot read random bytes: {error}");
+                std::process::exit(cli::EX_START);
+            }
+        },
+        Some(Command::HashToken(_)) => {
+            let input = std::io::read_to_string(std::io::stdin()).unwrap_or_default();
+            match cli::hash_token(&input) {
+                Ok(line) => return print!("{line}"),
+                Err(error) => {
+                    eprintln!("{PROGRAM}: {error}");
+                    std::process::exit(cli::EX_USAGE);
+                }
+            }
+        }
+        None => {}
     }
     let check = cli::check_level(PROGRAM, args.check_config, args.syntax_only);
     let config = cli::config_or_exit(PROGRAM, ServerConfig::load(&args.config, check));

@@ -18,7 +18,8 @@
 //! - [`mux`]: many byte streams over one frame transport, with per-stream credits (v2), bounded
 //!   buffers, heartbeats and reset-vs-EOF semantics. Imports only `protocol`.
 //! - [`transport`]: the only modules importing the WebSocket and TLS crates: the WebSocket ⇄
-//!   frame adapter with both sides of the upgrade, and rustls client configurations.
+//!   frame adapter with both sides of the upgrade, rustls client and server configurations
+//!   (mTLS, rotation), and the agent's egress `CONNECT` through an HTTP proxy.
 //! - [`http`]: HTTP hygiene both binaries share (hop-by-hop stripping, `Status` bodies);
 //!   [`listen`]: the accept loop of every listener.
 //! - [`server`]: public `/connect` → negotiation → session in the registry; internal

@@ -1,6 +1,7 @@
-//! One tunnel attempt: TCP → TLS (unless `ws://` was allowed) → WebSocket upgrade with the
-//! token and the v2 offer → negotiation → a mux session. Each step is bounded by the handshake
-//! timeout and says which step failed.
+//! One tunnel attempt: TCP (to the server, or to an egress proxy and `CONNECT` through it) →
+//! TLS (unless `ws://` was allowed) → WebSocket upgrade with the token and the v2 offer →
+//! negotiation → a mux session. Each step is bounded by the handshake timeout and says which
+//! step failed.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::config::AgentConfig;
 use crate::mux::negotiate::{self, Negotiated};
 use crate::mux::{MemoryBudget, Role, Session};
-use crate::transport::{tls, websocket};
+use crate::transport::{proxy, tls, websocket};
 
 /// A connected byte stream, TLS or not.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -30,6 +31,9 @@ pub enum DialError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The egress proxy failed: a bad proxy URL, no connection, or a refused `CONNECT`.
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyError),
     /// TLS failed.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -86,15 +90,40 @@ pub async fn dial(config: &AgentConfig, budget: Arc<MemoryBudget>) -> Result<Dia
         .to_owned();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
     let addr = format!("{host}:{port}");
-    let tcp = bounded(timeout, "connect", async {
-        TcpStream::connect(&addr)
-            .await
-            .map_err(|source| DialError::Connect {
-                addr: addr.clone(),
-                source,
+    let tcp = match proxy::choose_with_env(
+        config.proxy_url.as_ref().map(|url| url.expose()),
+        config.no_proxy.as_deref(),
+        &host,
+    )? {
+        None => {
+            bounded(timeout, "connect", async {
+                TcpStream::connect(&addr)
+                    .await
+                    .map_err(|source| DialError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    })
             })
-    })
-    .await?;
+            .await?
+        }
+        Some(via) => {
+            tracing::info!(proxy = %via, server = %addr, "dialing the server through an egress proxy");
+            let tcp = bounded(timeout, "connect to proxy", async {
+                TcpStream::connect(via.addr()).await.map_err(|source| {
+                    proxy::ProxyError::Connect {
+                        proxy: via.to_string(),
+                        source,
+                    }
+                    .into()
+                })
+            })
+            .await?;
+            bounded(timeout, "proxy CONNECT", async {
+                Ok(proxy::connect(tcp, &via, &addr).await?)
+            })
+            .await?
+        }
+    };
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = if secure {
         let roots = tls::roots(config.server_ca.as_deref())?;

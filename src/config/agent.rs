@@ -203,14 +203,10 @@ impl AgentConfig {
             _ => return Err(invalid("client_cert and client_key go together".into())),
         };
         if let Some(proxy) = &raw.proxy_url {
-            let scheme = proxy.split_once("://").map(|(scheme, _)| scheme);
-            if !scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("http"))
-                || proxy.parse::<http::Uri>().is_err()
-            {
-                return Err(invalid(
-                    "proxy_url must look like \"http://proxy.example.com:3128\" (CONNECT through an HTTP proxy)".into(),
-                ));
-            }
+            // Exactly what a dial will accept; the error never echoes the URL (it may hold a
+            // password).
+            crate::transport::proxy::ProxyTarget::check_url(proxy)
+                .map_err(|error| invalid(error.to_string()))?;
         }
         if let (Check::Files, Some((cert, key))) = (check, &client_identity) {
             for file in [cert, key] {

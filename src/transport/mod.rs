@@ -1,7 +1,10 @@
 //! The only modules that import network-protocol crates. [`websocket`] adapts a WebSocket to
 //! the mux's frame transport and performs both sides of the upgrade with version negotiation.
-//! (TLS joins it in `tls` with the server/agent work.)
+//! [`tls`] builds rustls client configs (the agent's view of its server and upstream),
+//! [`tls_server`] the server listeners' (mTLS, rotation, client-certificate names), and
+//! [`proxy`] opens the agent's tunnel through an egress HTTP proxy (`CONNECT`).
 
+pub mod proxy;
 pub mod tls;
 pub mod tls_server;
 pub mod websocket;

@@ -1,24 +1,22 @@
 //! The internal listener: `/tunnel/{cluster-id}/{rest}` → that cluster's agent, and the one
 //! place where forwarding errors become HTTP statuses.
 
-use super::callers::Refusal;
-use crate::transport::tls_server::ClientCert;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Request, Response, StatusCode, Version as HttpVersion};
-use http_body_util::BodyExt;
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
-use super::pool::Pooled;
+use super::callers::Refusal;
+use super::relay::{relay, Route};
 use super::route::{route, RouteError};
 use super::ServerState;
 use crate::config::Impersonation;
-use crate::http::{append_forwarded_for, status_response, strip_hop_by_hop, wants_upgrade, Body};
+use crate::http::{status_response, Body};
 use crate::metrics::method_label;
 use crate::mux::MuxError;
 use crate::protocol::Version;
+use crate::transport::tls_server::ClientCert;
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -196,103 +194,22 @@ async fn forward(
         .wait_for(cluster_id, wait)
         .await
         .ok_or(ForwardError::AgentOffline)?;
-    // An upgrade (exec, attach, port-forward): relayed as a raw pipe once the upstream's 101
-    // is relayed; any other answer goes back as a normal response (clients fall back to SPDY).
-    let mut request = request;
-    let upgrade = match (
-        wants_upgrade(request.headers()),
-        request.headers().get(header::UPGRADE),
-    ) {
-        (true, Some(value)) => Some((value.clone(), hyper::upgrade::on(&mut request))),
-        (true, None) => return Err(ForwardError::Upgrade),
-        (false, _) => None,
-    };
-    let active = ActiveGuard::new(state.clone(), cluster_id);
-    // v1: the Go agent compares the Connect payload with its -target; v2 names the target.
     let target = match session.version() {
         Version::V1 => cluster.target.as_bytes().to_vec(),
         Version::V2 => b"kubernetes".to_vec(),
     };
-    // v2 requests reuse an idle keep-alive stream when there is one; upgrades take their
-    // stream for good, and v1 (Go agents) is one request per stream.
-    let pooling = session.version() == Version::V2 && upgrade.is_none();
-    let mut pooled = pooling
-        .then(|| state.pool.checkout(cluster_id, &session))
-        .flatten();
-    if let Some(idle) = pooled.as_mut() {
-        if idle.sender.ready().await.is_err() {
-            pooled = None;
-        }
-    }
-    let mut conn = match pooled {
-        Some(pooled) => pooled,
-        None => {
-            let stream = session.open(&target).await.map_err(ForwardError::Open)?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(ForwardError::Upstream)?;
-            state.tracker.spawn(async move {
-                if let Err(error) = connection.with_upgrades().await {
-                    tracing::debug!(%error, "tunnel stream connection ended with an error");
-                }
-            });
-            Pooled::new(sender, session.clone())
-        }
+    let policy = cluster.impersonation;
+    let route = Route {
+        cluster: cluster_id,
+        target: &cluster.target,
+        open_target: target,
+        // v2 requests reuse an idle keep-alive stream; v1 (Go agents) is one request per stream.
+        pooling: session.version() == Version::V2,
     };
-    let (mut parts, body) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::AUTHORIZATION);
-    parts.headers.remove(header::PROXY_AUTHORIZATION);
-    apply_impersonation(&mut parts.headers, cluster.impersonation);
-    append_forwarded_for(&mut parts.headers, client.ip());
-    if let Ok(host) = HeaderValue::from_str(&cluster.target) {
-        parts.headers.insert(header::HOST, host);
-    }
-    let client_upgrade = match upgrade {
-        Some((value, on_upgrade)) => {
-            crate::http::keep_upgrade(&mut parts.headers, value);
-            Some(on_upgrade)
-        }
-        // v2: keep-alive (HTTP/1.1's default). v1: one request per stream, as the Go agent
-        // expects.
-        None if pooling => None,
-        None => {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            None
-        }
-    };
-    parts.version = HttpVersion::HTTP_11;
-    parts.uri = rest.parse().map_err(|_| ForwardError::NotTunnel)?;
-    let outgoing = Request::from_parts(parts, body);
-    let mut response = conn
-        .sender
-        .send_request(outgoing)
-        .await
-        .map_err(ForwardError::Upstream)?;
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
-        (client_upgrade, response.status())
-    {
-        // The 101 goes back verbatim (every value of repeated headers, the accepted
-        // subprotocol); then the client's connection and the tunnel stream are spliced.
-        let stream_upgrade = hyper::upgrade::on(&mut response);
-        state.tracker.spawn(async move {
-            crate::http::splice(client_upgrade, stream_upgrade).await;
-            drop(active);
-        });
-        let (parts, _) = response.into_parts();
-        return Ok(Response::from_parts(parts, crate::http::full("")));
-    }
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    // The request stays "active" until its body ends (a watch lasts as long as it streams).
-    let body = Guarded {
-        body,
-        _active: active,
-        reuse: pooling.then(|| (state.clone(), cluster_id.to_owned(), conn)),
-    };
-    Ok(Response::from_parts(parts, body.boxed()))
+    relay(state, &session, route, request, client, &rest, |headers| {
+        apply_impersonation(headers, policy)
+    })
+    .await
 }
 
 /// Removes the `Impersonate-*` headers the cluster's policy does not let through. The agent's
@@ -314,69 +231,6 @@ fn apply_impersonation(headers: &mut http::HeaderMap, policy: Impersonation) {
         .collect();
     for name in strip {
         headers.remove(name);
-    }
-}
-
-/// A response body that holds a guard until it is finished or dropped.
-struct Guarded {
-    body: Incoming,
-    _active: ActiveGuard,
-    /// A pooled connection goes back when the body ended cleanly; dropped otherwise (an
-    /// abandoned response leaves the connection unusable, and dropping it closes the stream).
-    reuse: Option<(Arc<ServerState>, String, Pooled)>,
-}
-
-impl hyper::body::Body for Guarded {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for Guarded {
-    /// hyper stops polling a body once its length is reached, so "ended cleanly" is judged
-    /// here: a body that reports its end goes back to the pool, any other is dropped (closed).
-    fn drop(&mut self) {
-        if let Some((state, cluster, pooled)) = self.reuse.take() {
-            if hyper::body::Body::is_end_stream(&self.body) {
-                state.pool.checkin(&cluster, pooled);
-            }
-        }
-    }
-}
-
-/// `tunnel_active_connections{cluster}` for the life of one request.
-struct ActiveGuard {
-    state: Arc<ServerState>,
-    cluster: String,
-}
-
-impl ActiveGuard {
-    fn new(state: Arc<ServerState>, cluster: &str) -> Self {
-        state.metrics.active.add(&[cluster], 1.0);
-        Self {
-            state,
-            cluster: cluster.to_owned(),
-        }
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.state.metrics.active.add(&[&self.cluster], -1.0);
     }
 }
 

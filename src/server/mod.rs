@@ -12,6 +12,7 @@ mod ops;
 mod pool;
 mod public;
 mod ratelimit;
+mod relay;
 pub mod registry;
 mod reload;
 mod route;

@@ -163,6 +163,14 @@ pub struct ServerMetrics {
     pub bytes: Family,
     /// `tunnel_pending_opens{cluster}`: streams opened and not answered yet.
     pub pending_opens: Family,
+    /// `extension_requests_total{extension,cluster,code}`: requests on the extensions listener
+    /// (`extension` and `cluster` are `-` when the request named none that is configured).
+    pub extension_requests: Family,
+    /// `extension_request_duration_seconds_total{extension,cluster}`: time to the response
+    /// head, summed (divide by `extension_requests_total` for the mean).
+    pub extension_seconds: Family,
+    /// `extension_active_requests{extension}`: extension requests in flight.
+    pub extension_active: Family,
 }
 
 impl ServerMetrics {
@@ -225,6 +233,21 @@ impl ServerMetrics {
                 "Streams opened and not answered by the agent yet.",
                 &["cluster"],
             ),
+            extension_requests: Family::counter(
+                "extension_requests_total",
+                "Requests on the extensions listener.",
+                &["extension", "cluster", "code"],
+            ),
+            extension_seconds: Family::counter(
+                "extension_request_duration_seconds_total",
+                "Seconds to the response head of extension requests, summed.",
+                &["extension", "cluster"],
+            ),
+            extension_active: Family::gauge(
+                "extension_active_requests",
+                "Extension requests in flight.",
+                &["extension"],
+            ),
         }
     }
 
@@ -244,6 +267,9 @@ impl ServerMetrics {
             &self.credit_stalls,
             &self.bytes,
             &self.pending_opens,
+            &self.extension_requests,
+            &self.extension_seconds,
+            &self.extension_active,
         ] {
             family.render(&mut out);
         }

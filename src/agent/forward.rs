@@ -1,6 +1,7 @@
-//! Per tunnel stream: decide whether to serve it (the agent never dials an address from the
-//! wire), then serve HTTP/1.1 on it: each request gets the agent's own credentials and goes to
-//! the configured upstream over a pooled client; the response streams back.
+//! Per tunnel stream: decide where it goes — the Kubernetes API, or an extension backend this
+//! agent allows by name (the agent never dials an address from the wire) — then serve HTTP/1.1
+//! on it: each request gets the agent's own credentials for that destination and goes there
+//! over a pooled client; the response streams back.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 
+use super::destination::Destination;
 use super::AgentState;
 use crate::http::{status_response, strip_hop_by_hop, wants_upgrade, Body};
 use crate::mux::IncomingStream;
@@ -23,13 +25,19 @@ use crate::protocol::{ResetReason, Version};
 /// The pooled client to the upstream.
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
 
-/// The v2 target name of the Kubernetes API (extension backends get their own names later).
+/// The v2 target name of the Kubernetes API.
 pub const KUBERNETES: &[u8] = b"kubernetes";
+
+/// The v2 target prefix of an extension backend: `extension/<name>`.
+pub const EXTENSION_PREFIX: &[u8] = b"extension/";
 
 /// Serves one stream the server opened.
 pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, version: Version) {
     let config = state.config();
     let upstream = &config.upstream;
+    let destinations = state.destinations();
+    // Ok: where requests go; Err: why every request on this stream is refused (403).
+    let mut destination = Ok(destinations.kubernetes.clone());
     match version {
         // S6: a v1 Connect names an address; we serve our configured upstream whatever it says.
         Version::V1 if incoming.target() != upstream.target.as_bytes() => {
@@ -42,6 +50,19 @@ pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, vers
         }
         Version::V1 => {}
         Version::V2 if incoming.target() == KUBERNETES => {}
+        Version::V2 if incoming.target().starts_with(EXTENSION_PREFIX) => {
+            let name = String::from_utf8_lossy(&incoming.target()[EXTENSION_PREFIX.len()..]);
+            destination = match destinations.backends.get(&*name) {
+                Some(backend) => Ok(backend.clone()),
+                None => {
+                    tracing::warn!(backend = %name, "the server asked for an extension backend this agent does not allow");
+                    state.metrics.upstream_errors.inc(&["backend_not_allowed"]);
+                    Err(format!(
+                        "extension backend \"{name}\" is not allowed by this cluster's agent"
+                    ))
+                }
+            };
+        }
         Version::V2 => {
             state.metrics.upstream_errors.inc(&["unknown_target"]);
             return incoming.refuse(ResetReason::Refused, "target not configured on this agent");
@@ -52,8 +73,14 @@ pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, vers
     let service = {
         let state = state.clone();
         service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(forward(state, request).await) }
+            let (state, destination) = (state.clone(), destination.clone());
+            async move {
+                let response = match destination {
+                    Ok(destination) => forward(state, destination, request).await,
+                    Err(why) => status_response(StatusCode::FORBIDDEN, "Forbidden", &why),
+                };
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let result = http1::Builder::new()
@@ -67,7 +94,11 @@ pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, vers
     }
 }
 
-async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Response<Body> {
+async fn forward(
+    state: Arc<AgentState>,
+    destination: Arc<Destination>,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let upgrade = match (
         wants_upgrade(request.headers()),
@@ -88,8 +119,7 @@ async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Resp
         .get("impersonate-user")
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let config = state.config();
-    let upstream = &config.upstream;
+    let upstream = &destination;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(header::PROXY_AUTHORIZATION);
@@ -108,7 +138,10 @@ async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Resp
                 return status_response(
                     StatusCode::BAD_GATEWAY,
                     "ServiceUnavailable",
-                    "the cluster agent cannot read its credentials",
+                    &format!(
+                        "the cluster agent cannot read its credentials for {}",
+                        upstream.label
+                    ),
                 );
             }
         };
@@ -136,11 +169,14 @@ async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Resp
             "only origin-form requests are forwarded",
         );
     }
+    for (name, value) in &upstream.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
     let scheme = if upstream.plaintext { "http" } else { "https" };
     let uri = Uri::builder()
         .scheme(scheme)
         .authority(upstream.target.as_str())
-        .path_and_query(path.as_str())
+        .path_and_query(format!("{}{path}", upstream.path_prefix))
         .build();
     let Ok(uri) = uri else {
         return status_response(
@@ -153,8 +189,8 @@ async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Resp
     if let Ok(host) = HeaderValue::from_str(&upstream.target) {
         parts.headers.insert(header::HOST, host);
     }
-    let response = match state
-        .client()
+    let response = match upstream
+        .client
         .request(Request::from_parts(parts, body))
         .await
     {
@@ -178,7 +214,7 @@ async fn forward(state: Arc<AgentState>, mut request: Request<Incoming>) -> Resp
             status_response(
                 StatusCode::BAD_GATEWAY,
                 "ServiceUnavailable",
-                "the cluster agent could not reach its Kubernetes API",
+                &format!("the cluster agent could not reach {}", upstream.label),
             )
         }
     };

@@ -6,6 +6,7 @@
 //! `/metrics` on `health_listen`.
 
 mod backoff;
+mod destination;
 pub mod dial;
 mod forward;
 mod reload;
@@ -16,7 +17,6 @@ use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,8 +33,9 @@ pub use reload::Reloader;
 pub(crate) struct AgentState {
     /// Replaced whole by a reload; each dial and each stream takes a snapshot.
     config: RwLock<Arc<AgentConfig>>,
-    /// Rebuilt by a reload (the upstream CA may have changed).
-    client: RwLock<forward::UpstreamClient>,
+    /// The Kubernetes API and the extension backends, rebuilt by a reload (a CA may have
+    /// changed).
+    destinations: RwLock<Arc<destination::Destinations>>,
     pub(crate) metrics: AgentMetrics,
     connected: AtomicBool,
 }
@@ -47,25 +48,12 @@ impl AgentState {
             .clone()
     }
 
-    pub(crate) fn client(&self) -> forward::UpstreamClient {
-        self.client
+    pub(crate) fn destinations(&self) -> Arc<destination::Destinations> {
+        self.destinations
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
-}
-
-/// The HTTP client for the upstream, trusting `upstream.ca_file` (read now).
-fn upstream_client(
-    upstream: &crate::config::UpstreamConfig,
-) -> Result<forward::UpstreamClient, tls::TlsError> {
-    let roots = match (&upstream.ca_file, upstream.plaintext) {
-        (Some(ca), false) => tls::roots(Some(ca))?,
-        _ => rustls::RootCertStore::empty(),
-    };
-    // hyper-rustls sets ALPN itself (and refuses a config that already has it).
-    let connector = tls::upstream_connector(tls::client_config(roots, &[]));
-    Ok(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// A configured agent whose health listener (if any) is bound.
@@ -88,7 +76,7 @@ pub enum StartError {
 impl Agent {
     /// Loads the upstream TLS settings and binds the health listener.
     pub async fn bind(config: AgentConfig) -> Result<Agent, StartError> {
-        let client = upstream_client(&config.upstream)?;
+        let destinations = destination::Destinations::build(&config)?;
         let health = match config.health_listen {
             Some(addr) => Some(listen::bind("health", addr).await?),
             None => None,
@@ -96,7 +84,7 @@ impl Agent {
         Ok(Agent {
             state: Arc::new(AgentState {
                 config: RwLock::new(Arc::new(config)),
-                client: RwLock::new(client),
+                destinations: RwLock::new(Arc::new(destinations)),
                 metrics: AgentMetrics::new(),
                 connected: AtomicBool::new(false),
             }),

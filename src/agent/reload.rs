@@ -24,8 +24,8 @@ impl Reloader {
         let old = state.config();
         let new = AgentConfig::load(&old.path, Check::Files).map_err(|error| error.to_string())?;
         // Build everything that can fail before changing anything.
-        let client = super::upstream_client(&new.upstream)
-            .map_err(|error| format!("[upstream] ca_file: {error}"))?;
+        let destinations = super::destination::Destinations::build(&new)
+            .map_err(|error| format!("cannot load a CA: {error}"))?;
         for warning in &new.warnings {
             tracing::warn!("{warning}");
         }
@@ -51,9 +51,9 @@ impl Reloader {
         let watched = new.watched.clone();
         let poll = new.runtime.config_poll_interval;
         *state
-            .client
+            .destinations
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = client;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(destinations);
         *state
             .config
             .write()

@@ -96,7 +96,10 @@ fn main() {
         // Ready once every listener is bound: readiness never waits for agents.
         let ops = addrs
             .ops
-            .map_or_else(String::new, |ops| format!(", ops {ops}"));
+            .map_or_else(String::new, |ops| format!(", ops {ops}"))
+            + &addrs
+                .extensions
+                .map_or_else(String::new, |addr| format!(", extensions {addr}"));
         argocd_proxy::systemd::ready(&format!(
             "listening: public {}, internal {}{ops}",
             addrs.public, addrs.internal

@@ -30,6 +30,8 @@ struct RawAgent {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    backend: Vec<super::backends::RawBackend>,
+    #[serde(default)]
     log: RawLog,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     config_poll_interval: Option<Duration>,
@@ -85,6 +87,8 @@ pub struct AgentConfig {
     pub max_reconnect_interval: Duration,
     /// The upstream.
     pub upstream: UpstreamConfig,
+    /// Argo CD extension backends the server may reach by name.
+    pub backends: Vec<super::backends::BackendConfig>,
     /// Limits.
     pub limits: LimitsConfig,
     /// Logging and reload.
@@ -222,7 +226,15 @@ impl AgentConfig {
             std::fs::metadata(file)
                 .map_err(|error| invalid(format!("server_ca {}: {error}", file.display())))?;
         }
+        let backends = super::backends::validate(raw.backend, path, check).map_err(invalid)?;
         let mut watched = vec![path.to_owned()];
+        if check == Check::Files {
+            watched.extend(
+                backends
+                    .iter()
+                    .filter_map(|backend| backend.ca_file.clone()),
+            );
+        }
         if check == Check::Files {
             // The upstream token is re-read per request anyway; these are read once per use.
             watched.extend(raw_token_file.iter().cloned());
@@ -261,6 +273,7 @@ impl AgentConfig {
                 token_file,
                 plaintext: upstream.plaintext,
             },
+            backends,
             limits: raw.limits.validate().map_err(invalid)?,
             runtime,
             watched,

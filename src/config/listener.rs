@@ -44,6 +44,22 @@ pub(crate) struct Listener {
 }
 
 impl RawListener {
+    /// A listener table whose keys live in a bigger table (`[extensions]`).
+    pub(crate) fn plain_or_tls(
+        listen: String,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            listen,
+            tls_cert,
+            tls_key,
+            client_ca,
+            bind_client_cert: None,
+        }
+    }
+
     /// Validates `[table]`; `tls_allowed` is false for `[ops]` (probes need no certificates),
     /// and only `[public]` may bind client certificates to clusters.
     pub(crate) fn validate(

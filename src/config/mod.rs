@@ -6,16 +6,20 @@
 //! `docs/configuration.md` documents every key and a test checks it against the examples.
 
 mod agent;
+mod backends;
 mod callers;
 mod duration;
+mod extensions;
 mod limits;
 mod listener;
 mod runtime;
 mod server;
 
 pub use agent::{AgentConfig, UpstreamConfig};
+pub use backends::BackendConfig;
 pub use callers::CallerConfig;
 pub use duration::parse_duration;
+pub use extensions::{ExtensionConfig, ExtensionsConfig};
 pub use limits::LimitsConfig;
 pub use listener::ListenerTls;
 pub use runtime::{LogFormat, RuntimeConfig};

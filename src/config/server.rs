@@ -8,6 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::callers::{CallerConfig, RawCaller};
+use super::extensions::{ExtensionsConfig, RawExtension, RawExtensions};
 use super::limits::{LimitsConfig, RawLimits};
 use super::listener::{ListenerTls, RawListener};
 use super::runtime::{RawLog, RuntimeConfig};
@@ -25,6 +26,9 @@ struct RawServer {
     cluster: Vec<RawCluster>,
     #[serde(default)]
     caller: Vec<RawCaller>,
+    extensions: Option<RawExtensions>,
+    #[serde(default)]
+    extension: Vec<RawExtension>,
     #[serde(default)]
     log: RawLog,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
@@ -132,6 +136,8 @@ pub struct ServerConfig {
     pub bind_client_cert: bool,
     /// Who may call `/tunnel/`; empty: anyone who reaches the internal listener.
     pub callers: Vec<CallerConfig>,
+    /// Argo CD proxy extensions through the tunnels; `None` without `[extensions]`.
+    pub extensions: Option<ExtensionsConfig>,
     /// Clusters, in file order.
     pub clusters: Vec<ClusterConfig>,
     /// Limits.
@@ -289,13 +295,48 @@ impl ServerConfig {
             }
             callers.push(caller);
         }
-        for tls in public.tls.iter().chain(&internal.tls) {
+        let extensions = match raw.extensions {
+            Some(table) => Some(
+                table
+                    .validate(
+                        raw.extension,
+                        path,
+                        check,
+                        &ids,
+                        &mut watched,
+                        &mut warnings,
+                    )
+                    .map_err(invalid)?,
+            ),
+            None if !raw.extension.is_empty() => {
+                return Err(invalid(
+                    "[[extension]] entries need an [extensions] listener".into(),
+                ))
+            }
+            None => None,
+        };
+        if let Some(secret) = extensions.as_ref().and_then(|extensions| extensions.secret) {
+            if !hashes.insert(secret) {
+                return Err(invalid(
+                    "[extensions] secret is the same as an agent's or a caller's token".into(),
+                ));
+            }
+        }
+        let extensions_tls = extensions
+            .as_ref()
+            .and_then(|extensions| extensions.tls.as_ref());
+        for tls in public.tls.iter().chain(&internal.tls).chain(extensions_tls) {
             if check == Check::Files {
                 watched.extend(tls.files().cloned());
             }
         }
         let mut addresses = vec![("public", public_listen), ("internal", internal_listen)];
         addresses.extend(ops_listen.map(|addr| ("ops", addr)));
+        addresses.extend(
+            extensions
+                .as_ref()
+                .map(|extensions| ("extensions", extensions.listen)),
+        );
         for (i, (name, addr)) in addresses.iter().enumerate() {
             for (other, other_addr) in &addresses[i + 1..] {
                 if addr == other_addr && addr.port() != 0 {
@@ -314,6 +355,7 @@ impl ServerConfig {
             internal_tls: internal.tls,
             bind_client_cert: public.bind_client_cert,
             callers,
+            extensions,
             clusters,
             limits,
             runtime,

@@ -190,6 +190,7 @@ fn accepted_keys(kind: &str, table: &str) -> Vec<String> {
         ("server", "[[cluster]]") => format!("{LISTENERS}[[cluster]]\nid = \"a\"\nzz_not_a_key = 1\n"),
         ("server", "[[caller]]") => format!("{LISTENERS}[[caller]]\nname = \"a\"\nzz_not_a_key = 1\n"),
         ("server", "[internal]") => format!("{LISTENERS}zz_not_a_key = 1\n"),
+        ("server", "[[extension]]") => format!("{LISTENERS}[[extension]]\nname = \"a\"\nzz_not_a_key = 1\n"),
         ("server", table) => format!("{LISTENERS}{table}\nzz_not_a_key = 1\n"),
         ("agent", "") => format!("zz_not_a_key = 1\n{AGENT}[upstream]\n"),
         ("agent", "[upstream]") => format!("{AGENT}[upstream]\nzz_not_a_key = 1\n"),
@@ -234,10 +235,13 @@ fn every_accepted_key_is_documented() {
         ("server", "[limits]"),
         ("server", "[[cluster]]"),
         ("server", "[log]"),
+        ("server", "[extensions]"),
+        ("server", "[[extension]]"),
         ("agent", ""),
         ("agent", "[upstream]"),
         ("agent", "[limits]"),
         ("agent", "[log]"),
+        ("agent", "[[backend]]"),
     ] {
         for key in accepted_keys(kind, table) {
             let documented = if table.is_empty() {

@@ -36,6 +36,18 @@ pub enum ForwardError {
     /// The caller may not reach this cluster.
     #[error("caller {0:?} may not reach this cluster")]
     Forbidden(String),
+    /// A request on the extensions listener without its routing headers (or with repeats).
+    #[error("missing or repeated header {0}")]
+    ExtensionHeader(String),
+    /// The extension is unknown, or may not reach this cluster (deny by default).
+    #[error("extension may not reach this cluster")]
+    ExtensionForbidden,
+    /// The extension's concurrency or rate limit is reached.
+    #[error("extension busy")]
+    ExtensionBusy,
+    /// The cluster's agent speaks v1 (a Go agent): it has no extension backends.
+    #[error("the agent does not serve extensions")]
+    ExtensionUnsupported,
     /// The cluster's agent is not connected (and did not come back within `reconnect_wait`).
     #[error("agent not connected")]
     AgentOffline,
@@ -54,7 +66,7 @@ pub enum ForwardError {
 }
 
 /// The single error → status table (DESIGN.md §4). Every body is a Kubernetes `Status`.
-fn rescue(error: &ForwardError) -> Response<Body> {
+pub(crate) fn rescue(error: &ForwardError) -> Response<Body> {
     use ForwardError::*;
     match error {
         NotTunnel => status_response(StatusCode::NOT_FOUND, "NotFound", "not found"),
@@ -97,6 +109,32 @@ fn rescue(error: &ForwardError) -> Response<Body> {
             response
         }
         // Rejected at once, never queued (B13); nothing reached the agent.
+        ExtensionHeader(name) => status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("exactly one {name} header is required"),
+        ),
+        ExtensionForbidden => status_response(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "forbidden: this extension may not reach this cluster",
+        ),
+        ExtensionUnsupported => status_response(
+            StatusCode::BAD_GATEWAY,
+            "ServiceUnavailable",
+            "this cluster's agent does not serve extensions (a v1 agent)",
+        ),
+        ExtensionBusy => {
+            let mut response = status_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "this extension's request limit is reached; retry",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
         RateLimited => {
             let mut response = status_response(
                 StatusCode::TOO_MANY_REQUESTS,

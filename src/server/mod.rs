@@ -7,6 +7,7 @@
 //! [`registry::Registry`]; `forward` routes each request to the registered session.
 
 mod callers;
+mod extensions;
 mod forward;
 mod ops;
 mod pool;
@@ -51,6 +52,10 @@ pub(crate) struct ServerState {
     pub(crate) public_tls: Option<Arc<TlsSlot>>,
     /// The internal listener's TLS, rotated by reloads.
     pub(crate) internal_tls: Option<Arc<TlsSlot>>,
+    /// The extensions listener's TLS, rotated by reloads.
+    pub(crate) extensions_tls: Option<Arc<TlsSlot>>,
+    /// Concurrency slots per extension.
+    pub(crate) extension_slots: extensions::Slots,
 }
 
 /// Why the server cannot start.
@@ -78,10 +83,11 @@ pub(crate) fn listener_tls(
     listener: &'static str,
     tls: &ListenerTls,
 ) -> Result<Arc<rustls::ServerConfig>, StartError> {
-    let alpn = if listener == "public" {
-        PUBLIC_ALPN
-    } else {
+    // Extensions: Argo CD's extension proxy speaks HTTP/1.1 to backends.
+    let alpn = if listener == "internal" {
         INTERNAL_ALPN
+    } else {
+        PUBLIC_ALPN
     };
     tls_server::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref(), alpn)
         .map_err(|source| StartError::Tls { listener, source })
@@ -117,6 +123,8 @@ pub struct BoundAddrs {
     pub internal: SocketAddr,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub ops: Option<SocketAddr>,
+    /// Argo CD's proxy extensions, when `[extensions]` is configured.
+    pub extensions: Option<SocketAddr>,
 }
 
 /// A bound, not yet serving, server.
@@ -124,6 +132,7 @@ pub struct Server {
     public: TcpListener,
     internal: TcpListener,
     ops: Option<TcpListener>,
+    extensions: Option<TcpListener>,
     state: Arc<ServerState>,
 }
 
@@ -141,6 +150,17 @@ impl Server {
         let internal_tls = slot("internal", &config.internal_tls)?;
         let public = listen::bind("public", config.public_listen).await?;
         let internal = listen::bind("internal", config.internal_listen).await?;
+        let extensions_tls = slot(
+            "extensions",
+            &config
+                .extensions
+                .as_ref()
+                .and_then(|extensions| extensions.tls.clone()),
+        )?;
+        let extensions = match &config.extensions {
+            Some(settings) => Some(listen::bind("extensions", settings.listen).await?),
+            None => None,
+        };
         let ops = match config.ops_listen {
             Some(addr) => Some(listen::bind("ops", addr).await?),
             None => None,
@@ -154,6 +174,7 @@ impl Server {
             public,
             internal,
             ops,
+            extensions,
             state: Arc::new(ServerState {
                 config: RwLock::new(Arc::new(config)),
                 registry: Arc::new(registry::Registry::default()),
@@ -166,6 +187,8 @@ impl Server {
                 close_tunnels: CancellationToken::new(),
                 public_tls,
                 internal_tls,
+                extensions_tls,
+                extension_slots: extensions::Slots::default(),
             }),
         })
     }
@@ -188,6 +211,7 @@ impl Server {
             public: addr(&self.public),
             internal: addr(&self.internal),
             ops: self.ops.as_ref().map(addr),
+            extensions: self.extensions.as_ref().map(addr),
         }
     }
 
@@ -242,6 +266,18 @@ impl Server {
                 stop.clone(),
                 connections.clone(),
                 options(&None),
+            )));
+        }
+        if let Some(listener) = self.extensions {
+            let serve_options = options(&state.extensions_tls);
+            let state = state.clone();
+            let handler = move |request, peer| extensions::handle(state.clone(), request, peer);
+            servers.push(tokio::spawn(listen::serve(
+                listener,
+                handler,
+                stop.clone(),
+                connections.clone(),
+                serve_options,
             )));
         }
         shutdown.cancelled().await;

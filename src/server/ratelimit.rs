@@ -22,7 +22,13 @@ struct Bucket {
 impl RateLimiter {
     /// Takes a token for `cluster` if its limit allows; always true without a limit.
     pub fn allow(&self, cluster: &ClusterConfig) -> bool {
-        let Some((rate, burst)) = cluster.rate_limit else {
+        self.allow_key(&cluster.id, cluster.rate_limit)
+    }
+
+    /// Takes a token from the bucket `key` (a cluster id, `extension:<name>`) under `limit`
+    /// (rate per second, burst); always true without a limit.
+    pub fn allow_key(&self, key: &str, limit: Option<(u32, u32)>) -> bool {
+        let Some((rate, burst)) = limit else {
             return true;
         };
         let now = Instant::now();
@@ -30,7 +36,7 @@ impl RateLimiter {
             .buckets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let bucket = buckets.entry(cluster.id.clone()).or_insert(Bucket {
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
             tokens: f64::from(burst),
             last: now,
         });

@@ -26,6 +26,15 @@ impl Reloader {
         // Certificates first: a bad new file fails the whole reload and keeps everything.
         let public = rotated("public", &self.state.public_tls, &new.public_tls)?;
         let internal = rotated("internal", &self.state.internal_tls, &new.internal_tls)?;
+        let new_extensions_tls = new
+            .extensions
+            .as_ref()
+            .and_then(|extensions| extensions.tls.clone());
+        let extensions = rotated(
+            "extensions",
+            &self.state.extensions_tls,
+            &new_extensions_tls,
+        )?;
         for warning in &new.warnings {
             tracing::warn!("{warning}");
         }
@@ -33,6 +42,7 @@ impl Reloader {
         for (slot, config) in [
             (&self.state.public_tls, public),
             (&self.state.internal_tls, internal),
+            (&self.state.extensions_tls, extensions),
         ] {
             if let (Some(slot), Some(config)) = (slot, config) {
                 slot.replace(config);
@@ -124,6 +134,15 @@ fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     }
     if old.internal_tls.is_some() != new.internal_tls.is_some() {
         fixed.push("[internal] TLS on/off");
+    }
+    let extensions = |config: &ServerConfig| {
+        config
+            .extensions
+            .as_ref()
+            .map(|extensions| (extensions.listen, extensions.tls.is_some()))
+    };
+    if extensions(old) != extensions(new) {
+        fixed.push("[extensions] listen or TLS on/off");
     }
     let (before, after) = (&old.limits, &new.limits);
     if before.max_request_header_bytes != after.max_request_header_bytes

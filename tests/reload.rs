@@ -150,6 +150,10 @@ async fn server_reload_adds_removes_and_rotates_without_dropping_other_tunnels()
     .await;
     wait_routed(ops, "c1").await;
     wait_routed(ops, "c2").await;
+    server
+        .notify
+        .until("STATUS=2 agents connected (2 clusters configured)")
+        .await;
     let (mut c1_events, c1_watch) = open_watch(internal, "c1");
     watches_open(&kube, 1).await;
 

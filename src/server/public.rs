@@ -155,6 +155,15 @@ fn connect(state: Arc<ServerState>, mut request: Request<Incoming>) -> Response<
     response
 }
 
+/// `systemctl status` shows how many agents are connected.
+fn agents_status(state: &ServerState) {
+    let connected = state.registry.connected();
+    let clusters = state.config().clusters.len();
+    crate::systemd::status(&format!(
+        "{connected} agents connected ({clusters} clusters configured)"
+    ));
+}
+
 /// Takes no new streams on `session` (v2 agents are told), lets those in flight finish
 /// within `grace`, then closes it.
 pub(crate) fn retire(state: &ServerState, session: SessionHandle, grace: std::time::Duration) {
@@ -182,6 +191,7 @@ async fn serve_agent(
     drop(incoming); // agents never open streams towards the server
     let (guard, replaced) = state.registry.register(&cluster, handle.clone());
     tracing::info!(%cluster, protocol = version.as_str(), "agent connected");
+    agents_status(&state);
     if let Some(old) = replaced {
         // The new agent takes new streams now; the old one finishes what it has, then goes.
         retire(&state, old, state.limits().tunnel.open_timeout);
@@ -195,6 +205,7 @@ async fn serve_agent(
     };
     drop(guard);
     tracing::info!(%cluster, reason = %end, "agent disconnected");
+    agents_status(&state);
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod middlebox;
 pub mod notify;
 pub mod pki;
 pub mod stack;
+pub mod wan;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,99 @@
+//! Round trips over a WAN, counted at a userspace delay relay between agent and server (25 ms
+//! each way), not timed: with our agent (v2) a request is one crossing each way — a new stream
+//! opens without waiting for the agent, and later requests reuse a pooled stream; with a v1
+//! peer (negotiation stripped by a middlebox, as a Go agent would be) it is two (Connect →
+//! Connected, then the request).
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::kubeapi::FakeKubeApi;
+use support::stack::{agent_from_toml, get, server, wait_routed, TestServer};
+use support::wan::{Turns, Wan};
+use support::{listener, middlebox, within, TempDir};
+
+const ONE_WAY: Duration = Duration::from_millis(25);
+
+fn agent_toml(server: std::net::SocketAddr, upstream: std::net::SocketAddr) -> String {
+    format!(
+        "server_url = \"ws://{server}/connect\"\nallow_insecure_server = true\ntoken_file = \"agent.token\"\n\
+         health_listen = \"127.0.0.1:0\"\n[upstream]\ntarget = \"{upstream}\"\nplaintext = true\ninject_token = false\n"
+    )
+}
+
+/// Turns the relay saw while one request went through the tunnel, after the line went quiet.
+async fn request_turns(server: &TestServer, wan: &Wan) -> Turns {
+    quiet(wan).await;
+    wan.new_exchange();
+    let before = wan.turns();
+    let (status, _, _) = get(server.addrs.internal, "/tunnel/c1/api", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    // The response has come back through the relay; frames after it (a v1 Close) may still
+    // be on their way, so only count what the response needed: wait for quiet again.
+    quiet(wan).await;
+    let after = wan.turns();
+    Turns {
+        up: after.up - before.up,
+        down: after.down - before.down,
+    }
+}
+
+/// Waits until no byte crossed the relay for three one-way delays.
+async fn quiet(wan: &Wan) {
+    within("the WAN goes quiet", async {
+        loop {
+            let bytes = wan.bytes();
+            tokio::time::sleep(ONE_WAY * 3).await;
+            if wan.bytes() == bytes {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_v2_request_crosses_the_wan_once_each_way() {
+    let dir = TempDir::new();
+    let kube = FakeKubeApi::start(None).await;
+    let server = server(&dir.0, &[("c1", "agent-token", &kube.addr.to_string())]).await;
+    let wan = Wan::start(server.addrs.public, ONE_WAY).await;
+    std::fs::write(dir.0.join("agent.token"), "agent-token").unwrap();
+    let _agent = agent_from_toml(&dir.0, "a", &agent_toml(wan.addr, kube.addr)).await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    // First request: a new stream, opened without waiting for the agent.
+    assert_eq!(
+        request_turns(&server, &wan).await,
+        Turns { up: 1, down: 1 },
+        "fresh stream"
+    );
+    // Then a pooled keep-alive stream.
+    assert_eq!(
+        request_turns(&server, &wan).await,
+        Turns { up: 1, down: 1 },
+        "pooled stream"
+    );
+}
+
+#[tokio::test]
+async fn a_v1_request_crosses_the_wan_twice_each_way() {
+    let dir = TempDir::new();
+    let kube = FakeKubeApi::start(None).await;
+    let server = server(&dir.0, &[("c1", "agent-token", &kube.addr.to_string())]).await;
+    let wan = Wan::start(server.addrs.public, ONE_WAY).await;
+    // agent → (strips the v2 echo, so the agent falls back to v1) → WAN → server.
+    let (strip, strip_addr) = listener().await;
+    tokio::spawn(middlebox::strip_echo(strip, wan.addr));
+    std::fs::write(dir.0.join("agent.token"), "agent-token").unwrap();
+    let _agent = agent_from_toml(&dir.0, "a", &agent_toml(strip_addr, kube.addr)).await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    let turns = request_turns(&server, &wan).await;
+    // Connect ↓, Connected ↑, request ↓, response ↑ — and v1's Close frames after the
+    // response may add one more turn each way; never fewer than two.
+    assert!(
+        (2..=3).contains(&turns.up) && (2..=3).contains(&turns.down),
+        "{turns:?}"
+    );
+}

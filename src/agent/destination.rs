@@ -27,8 +27,21 @@ pub(crate) struct Destination {
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// Prepended to the path.
     pub(crate) path_prefix: String,
-    /// The pooled client.
+    /// The pooled client: HTTP/2 when the destination offers it by ALPN, else HTTP/1.1.
     pub(crate) client: UpstreamClient,
+    /// HTTP/1.1 only, for upgrade requests (exec, attach, port-forward).
+    pub(crate) upgrade_client: UpstreamClient,
+}
+
+impl Destination {
+    /// The client for a request: upgrades need HTTP/1.1.
+    pub(crate) fn client_for(&self, upgrade: bool) -> &UpstreamClient {
+        if upgrade {
+            &self.upgrade_client
+        } else {
+            &self.client
+        }
+    }
 }
 
 /// The Kubernetes API and the extension backends.
@@ -47,7 +60,8 @@ impl Destinations {
             token_file: config.upstream.token_file.clone(),
             headers: Vec::new(),
             path_prefix: String::new(),
-            client: upstream_client(&config.upstream)?,
+            client: upstream_client(&config.upstream, true)?,
+            upgrade_client: upstream_client(&config.upstream, false)?,
         });
         let mut backends = HashMap::new();
         for backend in &config.backends {
@@ -65,7 +79,8 @@ impl Destinations {
                     token_file: backend.token_file.clone(),
                     headers: backend.headers.clone(),
                     path_prefix: backend.path_prefix.clone(),
-                    client: client(roots),
+                    client: client(roots.clone(), true),
+                    upgrade_client: client(roots, false),
                 }),
             );
         }
@@ -77,16 +92,18 @@ impl Destinations {
 }
 
 /// The HTTP client for the upstream, trusting `upstream.ca_file` (read now).
-fn upstream_client(upstream: &UpstreamConfig) -> Result<UpstreamClient, TlsError> {
+fn upstream_client(upstream: &UpstreamConfig, h2: bool) -> Result<UpstreamClient, TlsError> {
     let roots = match (&upstream.ca_file, upstream.plaintext) {
         (Some(ca), false) => tls::roots(Some(ca))?,
         _ => rustls::RootCertStore::empty(),
     };
-    Ok(client(roots))
+    Ok(client(roots, h2))
 }
 
-fn client(roots: rustls::RootCertStore) -> UpstreamClient {
+fn client(roots: rustls::RootCertStore, h2: bool) -> UpstreamClient {
     // hyper-rustls sets ALPN itself (and refuses a config that already has it).
-    let connector = tls::upstream_connector(tls::client_config(roots, &[]));
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector)
+    let connector = tls::upstream_connector(tls::client_config(roots, &[]), h2);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
 }

@@ -190,7 +190,7 @@ async fn forward(
         parts.headers.insert(header::HOST, host);
     }
     let response = match upstream
-        .client
+        .client_for(tunnel_upgrade.is_some())
         .request(Request::from_parts(parts, body))
         .await
     {

@@ -139,16 +139,22 @@ pub async fn connect(
 }
 
 /// The agent's pooled HTTP client connector for its upstream: https with `config`, or http.
+/// With `h2`, TLS offers HTTP/2 by ALPN (one connection multiplexes every request); without,
+/// HTTP/1.1 only (upgrades — exec, port-forward — exist only there).
 pub fn upstream_connector(
     config: Arc<ClientConfig>,
+    h2: bool,
 ) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-    hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*config).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
+        .https_or_http();
+    if h2 {
+        builder.enable_all_versions().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    }
 }

@@ -1,0 +1,160 @@
+//! The agent talks HTTP/2 to a TLS upstream that offers it by ALPN (as the Kubernetes API
+//! does): many requests share one pooled connection. Upgrades (exec, port-forward) still go
+//! over HTTP/1.1, the only version that has them.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::pki::TestCa;
+use support::stack::{agent_from_toml, get, server, wait_routed};
+use support::{listener, within, TempDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A TLS upstream offering h2 and http/1.1; answers with the request's HTTP version, accepts
+/// any upgrade with a 101 and then echoes. Returns its address and its connection count.
+async fn upstream(config: Arc<rustls::ServerConfig>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (listener, addr) = listener().await;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let service = service_fn(
+                    |mut request: http::Request<hyper::body::Incoming>| async move {
+                        if request.headers().contains_key(http::header::UPGRADE) {
+                            let upgrade = hyper::upgrade::on(&mut request);
+                            tokio::spawn(async move {
+                                let Ok(upgraded) = upgrade.await else { return };
+                                let mut io = TokioIo::new(upgraded);
+                                let mut buffer = [0u8; 64];
+                                while let Ok(len) = io.read(&mut buffer).await {
+                                    if len == 0 || io.write_all(&buffer[..len]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                            let response = http::Response::builder()
+                                .status(StatusCode::SWITCHING_PROTOCOLS)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "test-echo")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap();
+                            return Ok::<_, Infallible>(response);
+                        }
+                        let version = format!("{:?}", request.version());
+                        Ok(http::Response::new(Full::new(Bytes::from(version))))
+                    },
+                );
+                let io = TokioIo::new(tls);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .with_upgrades()
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
+    let dir = TempDir::new();
+    let ca = TestCa::new("api CA");
+    let (api, connections) = upstream(ca.server_config(&["localhost"])).await;
+    let target = format!("localhost:{}", api.port());
+    let server = server(&dir.0, &[("c1", "agent-token", &target)]).await;
+    std::fs::write(dir.0.join("agent.token"), "agent-token").unwrap();
+    let _agent = agent_from_toml(
+        &dir.0,
+        "a",
+        &format!(
+            "server_url = \"ws://{}/connect\"\nallow_insecure_server = true\ntoken_file = \"agent.token\"\n\
+             health_listen = \"127.0.0.1:0\"\n[upstream]\ntarget = \"{target}\"\nca_file = \"{}\"\ninject_token = false\n",
+            server.addrs.public,
+            ca.write(&dir.0, "ca.pem").display()
+        ),
+    )
+    .await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    let internal = server.addrs.internal;
+
+    let (status, _, body) = get(internal, "/tunnel/c1/version", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body, "HTTP/2.0",
+        "the agent negotiated HTTP/2 with the upstream"
+    );
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            tokio::spawn(async move { get(internal, &format!("/tunnel/c1/api/{i}"), &[]).await })
+        })
+        .collect();
+    for request in requests {
+        let (status, _, body) = within("request", request).await.unwrap();
+        assert_eq!((status, body), (StatusCode::OK, Bytes::from("HTTP/2.0")));
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "every request on one pooled connection"
+    );
+
+    // An upgrade through the tunnel reaches the upstream over HTTP/1.1 and is spliced.
+    let mut tcp = tokio::net::TcpStream::connect(internal).await.unwrap();
+    tcp.write_all(b"GET /tunnel/c1/exec HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test-echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    within("101 through the tunnel", async {
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                tcp.read(&mut byte).await.unwrap(),
+                1,
+                "connection closed: {}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(byte[0]);
+        }
+    })
+    .await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    within("echo over the upgraded stream", tcp.read_exact(&mut echoed))
+        .await
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the upgrade took its own HTTP/1.1 connection"
+    );
+}

@@ -88,7 +88,26 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.rbac.clusterAdmin (or .Values.rbac.rules .Values.rbac.extraRules .Values.rbac.impersonation.enabled) }}
 {{- fail "rbac.clusterAdmin binds the built-in cluster-admin role, which already allows everything: leave rbac.rules, rbac.extraRules and rbac.impersonation unset" }}
 {{- end }}
+{{- $backends := dict }}
+{{- range $i, $b := .Values.backends }}
+{{- if hasKey $backends $b.name }}{{ fail (printf "backends: name %q appears twice" $b.name) }}{{ end }}
+{{- $_ := set $backends $b.name true }}
+{{- if and $b.caSecret (not $b.tls) }}{{ fail (printf "backends[%d] (%s): caSecret needs tls: true (ca_file is the CA of an HTTPS backend)" $i $b.name) }}{{ end }}
+{{- range $k, $v := $b.headers }}
+{{- if has (lower $k) (list "authorization" "proxy-authorization" "cookie") }}{{ fail (printf "backends[%d] (%s): header %s would put a credential into the agent's ConfigMap: use tokenSecret (mounted, token_file)" $i $b.name $k) }}{{ end }}
+{{- end }}
+{{- end }}
 {{- if and .Values.rbac.clusterWide .Values.rbac.namespaces }}
 {{- fail "rbac.namespaces is only used with rbac.clusterWide=false" }}
 {{- end }}
+{{- end }}
+
+{{/* The port of a backend's target (host:port, IPv6 in brackets). */}}
+{{- define "argocd-proxy-agent.targetPort" -}}
+{{- regexFind ":[0-9]+$" . | trimPrefix ":" }}
+{{- end }}
+
+{{/* Does any backend mount a Secret (→ the backends volume)? */}}
+{{- define "argocd-proxy-agent.hasBackendSecrets" -}}
+{{- range .Values.backends }}{{ if or .caSecret .tokenSecret }}true{{ end }}{{ end }}
 {{- end }}

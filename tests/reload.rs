@@ -120,7 +120,7 @@ async fn server_reload_adds_removes_and_rotates_without_dropping_other_tunnels()
         ("c2.token", "two"),
         ("c3.token", "three"),
     ] {
-        std::fs::write(dir.0.join(file), token).unwrap();
+        support::write_atomic(&dir.0.join(file), token);
     }
     let (mut server, ready) = start_process(
         SERVER,
@@ -158,12 +158,11 @@ async fn server_reload_adds_removes_and_rotates_without_dropping_other_tunnels()
     watches_open(&kube, 1).await;
 
     // One edit: c1's token rotated (a new file), c2 removed, c3 added.
-    std::fs::write(dir.0.join("c1-rotated.token"), "one-rotated").unwrap();
-    std::fs::write(
-        dir.0.join("server.toml"),
+    support::write_atomic(&dir.0.join("c1-rotated.token"), "one-rotated");
+    support::write_atomic(
+        &dir.0.join("server.toml"),
         server_toml(&[("c1", "c1-rotated.token"), ("c3", "c3.token")]),
-    )
-    .unwrap();
+    );
     let status = server.notify.reload_done().await;
     assert!(status.starts_with("reloaded: 2 clusters"), "{status}");
 
@@ -192,7 +191,7 @@ async fn agent_reload_moves_new_requests_to_the_new_upstream() {
         FakeKubeApi::start(None).await,
         FakeKubeApi::start(None).await,
     );
-    std::fs::write(dir.0.join("c1.token"), "one").unwrap();
+    support::write_atomic(&dir.0.join("c1.token"), "one");
     let (_server, ready) = start_process(
         SERVER,
         &dir.0,
@@ -215,12 +214,13 @@ async fn agent_reload_moves_new_requests_to_the_new_upstream() {
     wait_routed(ops, "c1").await;
     let (mut events, watch) = open_watch(internal, "c1");
     watches_open(&old_kube, 1).await;
+    // A request before the reload leaves an idle pooled stream that the next one reuses.
+    assert_eq!(get(internal, "/tunnel/c1/api", &[]).await.0, 200);
 
-    std::fs::write(
-        dir.0.join("agent.toml"),
+    support::write_atomic(
+        &dir.0.join("agent.toml"),
         agent_toml(public, "c1.token", new_kube.addr),
-    )
-    .unwrap();
+    );
     let status = agent.notify.reload_done().await;
     assert!(status.starts_with("reloaded; tunnel up to"), "{status}");
 

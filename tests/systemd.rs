@@ -45,7 +45,7 @@ async fn server_lifecycle_start_reloads_and_stop() {
     assert_eq!(cluster_status("c2").await, 502);
 
     // A valid edit of the file: the poll sees it and reloads.
-    std::fs::write(&config, server_toml(&["c1", "c2"])).unwrap();
+    support::write_atomic(&config, server_toml(&["c1", "c2"]));
     let status = notify.reload_done().await;
     assert!(status.contains("reloaded: 2 clusters"), "{status}");
     assert_eq!(cluster_status("c2").await, 503, "c2 added by the reload");
@@ -56,7 +56,7 @@ async fn server_lifecycle_start_reloads_and_stop() {
 
     // An invalid config by editing the file: kept the running one, and says why.
     let broken = server_toml(&["c1", "c2"]).replacen("127.0.0.1:0", "nonsense", 1);
-    std::fs::write(&config, broken).unwrap();
+    support::write_atomic(&config, broken);
     let status = notify.reload_done().await;
     assert!(
         status.starts_with("reload failed, keeping the running config"),
@@ -70,7 +70,7 @@ async fn server_lifecycle_start_reloads_and_stop() {
     assert!(status.starts_with("reload failed"), "{status}");
 
     // A valid edit removing c2.
-    std::fs::write(&config, server_toml(&["c1"])).unwrap();
+    support::write_atomic(&config, server_toml(&["c1"]));
     let status = notify.reload_done().await;
     assert!(status.contains("reloaded: 1 clusters"), "{status}");
     assert_eq!(cluster_status("c2").await, 502, "c2 removed by the reload");
@@ -91,14 +91,14 @@ async fn agent_lifecycle_without_a_server() {
         .unwrap()
         .local_addr()
         .unwrap();
-    std::fs::write(dir.0.join("agent.token"), "t1").unwrap();
+    support::write_atomic(&dir.0.join("agent.token"), "t1");
     let config = dir.0.join("agent.toml");
     let toml = format!(
         "server_url = \"ws://{closed}/connect\"\nallow_insecure_server = true\ntoken_file = \"agent.token\"\n\
          config_poll_interval = \"100ms\"\n\
          [upstream]\ntarget = \"127.0.0.1:1\"\nplaintext = true\ninject_token = false\n"
     );
-    std::fs::write(&config, &toml).unwrap();
+    support::write_atomic(&config, &toml);
     let agent = start(AGENT, &config, &notify);
     notify.until("READY=1").await;
     let status = status_of(&notify.until("STATUS=reconnecting in").await);
@@ -113,12 +113,12 @@ async fn agent_lifecycle_without_a_server() {
     );
 
     // Rotating the token file reloads too (it is watched with the config).
-    std::fs::write(dir.0.join("agent.token"), "t2").unwrap();
+    support::write_atomic(&dir.0.join("agent.token"), "t2");
     let status = notify.reload_done().await;
     assert!(status.starts_with("reloaded;"), "{status}");
 
     // A config that breaks a rule (plaintext without the opt-in), by editing the file.
-    std::fs::write(&config, toml.replace("allow_insecure_server = true\n", "")).unwrap();
+    support::write_atomic(&config, toml.replace("allow_insecure_server = true\n", ""));
     let status = notify.reload_done().await;
     assert!(
         status.starts_with("reload failed, keeping the running config"),

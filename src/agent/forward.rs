@@ -31,49 +31,62 @@ pub const KUBERNETES: &[u8] = b"kubernetes";
 /// The v2 target prefix of an extension backend: `extension/<name>`.
 pub const EXTENSION_PREFIX: &[u8] = b"extension/";
 
+/// What a stream was opened for; resolved to a [`Destination`] per request, so a reload's
+/// upstream or backend change reaches pooled keep-alive streams too.
+#[derive(Clone)]
+enum Target {
+    Kubernetes,
+    Backend(String),
+}
+
+impl Target {
+    /// The current destination, or why requests on this stream are refused (403).
+    fn resolve(&self, state: &AgentState) -> Result<Arc<Destination>, String> {
+        let destinations = state.destinations();
+        match self {
+            Target::Kubernetes => Ok(destinations.kubernetes.clone()),
+            Target::Backend(name) => destinations.backends.get(name).cloned().ok_or_else(|| {
+                tracing::warn!(backend = %name, "the server asked for an extension backend this agent does not allow");
+                state.metrics.upstream_errors.inc(&["backend_not_allowed"]);
+                format!("extension backend \"{name}\" is not allowed by this cluster's agent")
+            }),
+        }
+    }
+}
+
 /// Serves one stream the server opened.
 pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, version: Version) {
     let config = state.config();
     let upstream = &config.upstream;
-    let destinations = state.destinations();
-    // Ok: where requests go; Err: why every request on this stream is refused (403).
-    let mut destination = Ok(destinations.kubernetes.clone());
-    match version {
+    let target = match version {
         // S6: a v1 Connect names an address; we serve our configured upstream whatever it says.
-        Version::V1 if incoming.target() != upstream.target.as_bytes() => {
-            tracing::warn!(
-                requested = %String::from_utf8_lossy(incoming.target()),
-                configured = %upstream.target,
-                "server asked for a different target; serving the configured upstream"
-            );
-            state.metrics.upstream_errors.inc(&["target_mismatch"]);
+        Version::V1 => {
+            if incoming.target() != upstream.target.as_bytes() {
+                tracing::warn!(
+                    requested = %String::from_utf8_lossy(incoming.target()),
+                    configured = %upstream.target,
+                    "server asked for a different target; serving the configured upstream"
+                );
+                state.metrics.upstream_errors.inc(&["target_mismatch"]);
+            }
+            Target::Kubernetes
         }
-        Version::V1 => {}
-        Version::V2 if incoming.target() == KUBERNETES => {}
-        Version::V2 if incoming.target().starts_with(EXTENSION_PREFIX) => {
-            let name = String::from_utf8_lossy(&incoming.target()[EXTENSION_PREFIX.len()..]);
-            destination = match destinations.backends.get(&*name) {
-                Some(backend) => Ok(backend.clone()),
-                None => {
-                    tracing::warn!(backend = %name, "the server asked for an extension backend this agent does not allow");
-                    state.metrics.upstream_errors.inc(&["backend_not_allowed"]);
-                    Err(format!(
-                        "extension backend \"{name}\" is not allowed by this cluster's agent"
-                    ))
-                }
-            };
-        }
+        Version::V2 if incoming.target() == KUBERNETES => Target::Kubernetes,
+        Version::V2 if incoming.target().starts_with(EXTENSION_PREFIX) => Target::Backend(
+            String::from_utf8_lossy(&incoming.target()[EXTENSION_PREFIX.len()..]).into_owned(),
+        ),
         Version::V2 => {
             state.metrics.upstream_errors.inc(&["unknown_target"]);
             return incoming.refuse(ResetReason::Refused, "target not configured on this agent");
         }
-    }
+    };
     let stream = incoming.accept();
     state.metrics.upstream_requests.inc(&[]);
     let service = {
         let state = state.clone();
         service_fn(move |request| {
-            let (state, destination) = (state.clone(), destination.clone());
+            let state = state.clone();
+            let destination = target.resolve(&state);
             async move {
                 let response = match destination {
                     Ok(destination) => forward(state, destination, request).await,

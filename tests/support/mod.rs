@@ -30,6 +30,14 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
         .unwrap_or_else(|_| panic!("timed out after 20 s: {what}"))
 }
 
+/// Replaces a file the way editors and Kubernetes volume updates do (write aside, rename), so a
+/// poller never reads it half-written.
+pub fn write_atomic(path: &std::path::Path, content: impl AsRef<[u8]>) {
+    let aside = path.with_extension("tmp-write");
+    std::fs::write(&aside, content).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
 /// A listener on an ephemeral loopback port.
 pub async fn listener() -> (TcpListener, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

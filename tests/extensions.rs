@@ -166,12 +166,11 @@ fn json(body: &Bytes) -> serde_json::Value {
 #[tokio::test]
 async fn an_argo_cd_request_reaches_the_allowed_backend_in_its_cluster() {
     let setup = setup().await;
-    let (status, _, body) = get(
-        setup.extensions,
-        "/metrics?window=5m",
-        &argo_cd_headers(SECRET, "metrics", "c1"),
-    )
-    .await;
+    // Argo CD strips these; if one slipped through, it must still not cross the tunnel.
+    let mut sent = argo_cd_headers(SECRET, "metrics", "c1");
+    sent.push(("cookie", "argocd.token=session-jwt"));
+    sent.push(("authorization", "Bearer user-token"));
+    let (status, _, body) = get(setup.extensions, "/metrics?window=5m", &sent).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let echo = json(&body);
     assert_eq!(echo["backend"], "c1-metrics");
@@ -296,6 +295,18 @@ async fn injected_headers_cannot_reach_another_cluster() {
     forged.push(("x-argocd-proxy-cluster", "c2"));
     assert_eq!(
         get(setup.extensions, "/metrics", &forged).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn upgrades_are_refused_on_the_extensions_listener() {
+    let setup = setup().await;
+    let mut headers = argo_cd_headers(SECRET, "kubewatch", "c1");
+    headers.push(("connection", "upgrade"));
+    headers.push(("upgrade", "websocket"));
+    assert_eq!(
+        get(setup.extensions, "/api", &headers).await.0,
         StatusCode::BAD_REQUEST
     );
 }

@@ -174,7 +174,7 @@ impl RawExtensions {
                 (Some(0), _) | (_, Some(0)) => {
                     return Err(format!("{at}: rate_limit and rate_burst must be > 0"))
                 }
-                (Some(rate), burst) => Some((rate, burst.unwrap_or(rate + 1))),
+                (Some(rate), burst) => Some((rate, burst.unwrap_or(rate.saturating_add(1)))),
                 (None, Some(_)) => return Err(format!("{at}: rate_burst needs rate_limit")),
             };
             extensions.push(ExtensionConfig {

@@ -258,7 +258,7 @@ impl ServerConfig {
                         "{at}: rate_limit and rate_burst must be > 0"
                     )))
                 }
-                (Some(rate), burst) => Some((rate, burst.unwrap_or(rate + 1))),
+                (Some(rate), burst) => Some((rate, burst.unwrap_or(rate.saturating_add(1)))),
                 (None, Some(_)) => {
                     return Err(invalid(format!("{at}: rate_burst needs rate_limit")))
                 }

@@ -61,6 +61,12 @@ pub async fn handle(
     let (mut extension, mut cluster) = ("-".to_owned(), "-".to_owned());
     let response = match forward(&state, request, client, &mut extension, &mut cluster).await {
         Ok(response) => response,
+        // Unauthenticated noise stays at debug (the metric counts it); refusals of Argo CD's
+        // own requests are worth an info line.
+        Err(error @ ForwardError::Unauthenticated) => {
+            tracing::debug!(%error, "extension request refused");
+            rescue(&error)
+        }
         Err(error) => {
             tracing::info!(%extension, %cluster, %error, "extension request refused");
             rescue(&error)
@@ -96,6 +102,11 @@ async fn forward(
     if authenticate(&[settings.secret], presented).is_none() {
         state.metrics.auth_failures.inc(&["extensions"]);
         return Err(ForwardError::Unauthenticated);
+    }
+    // Argo CD's extension proxy cannot carry upgrades from the UI, and an upgraded pipe would
+    // outlive the extension's concurrency slot: refused.
+    if crate::http::wants_upgrade(headers) {
+        return Err(ForwardError::ExtensionUpgrade);
     }
     let name = single(headers, &settings.extension_header)?;
     let cluster_id = single(headers, &settings.cluster_header)?;

@@ -45,6 +45,9 @@ pub enum ForwardError {
     /// The extension's concurrency or rate limit is reached.
     #[error("extension busy")]
     ExtensionBusy,
+    /// An upgrade (WebSocket…) on the extensions listener.
+    #[error("upgrades are not supported for extensions")]
+    ExtensionUpgrade,
     /// The cluster's agent speaks v1 (a Go agent): it has no extension backends.
     #[error("the agent does not serve extensions")]
     ExtensionUnsupported,
@@ -113,6 +116,11 @@ pub(crate) fn rescue(error: &ForwardError) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             "BadRequest",
             &format!("exactly one {name} header is required"),
+        ),
+        ExtensionUpgrade => status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "upgrades are not supported for extensions",
         ),
         ExtensionForbidden => status_response(
             StatusCode::FORBIDDEN,

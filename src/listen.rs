@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod idle;
+
 use crate::http::Body;
 use crate::transport::tls_server::{ClientCert, TlsSlot};
 
@@ -114,7 +116,7 @@ pub async fn serve<H, F>(
         tracker.spawn(async move {
             let _slot = slot;
             let Some(tls) = &options.tls else {
-                let service = service(handle, peer, None);
+                let service = service(handle, peer, None, None);
                 return drive!(http1(&options, TokioIo::new(tcp), service), shutdown, peer);
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
@@ -135,29 +137,44 @@ pub async fn serve<H, F>(
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .map(|leaf| ClientCert(leaf.clone().into_owned()));
-            let service = service(handle, peer, cert);
             let io = TokioIo::new(stream);
             if h2 {
+                let activity = idle::Activity::new();
+                let service = service(handle, peer, cert, Some(activity.clone()));
                 let connection = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .max_header_list_size(
                         u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX),
                     )
                     .max_concurrent_streams(options.max_h2_streams)
+                    // A peer's unread response data stays bounded per stream (h2's default
+                    // is ~400 KiB, outside the tunnel's memory budget).
+                    .max_send_buf_size(H2_SEND_BUFFER)
                     .serve_connection(io, service);
-                drive!(connection, shutdown, peer)
+                tokio::select! {
+                    () = async { drive!(connection, shutdown, peer) } => {}
+                    () = idle::idle_for(&activity, options.header_read_timeout) => {
+                        tracing::debug!(%peer, "idle HTTP/2 connection closed");
+                    }
+                }
             } else {
+                let service = service(handle, peer, cert, None);
                 drive!(http1(&options, io, service), shutdown, peer)
             }
         });
     }
 }
 
-/// The request handler as a hyper service, adding the client certificate to each request.
+/// Response bytes HTTP/2 buffers per stream for a slow reader.
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
+/// The request handler as a hyper service, adding the client certificate to each request and,
+/// with `activity`, counting each request in flight until its response body ends.
 fn service<H, F>(
     handle: H,
     peer: SocketAddr,
     cert: Option<ClientCert>,
+    activity: Option<Arc<idle::Activity>>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
@@ -172,8 +189,22 @@ where
         if let Some(cert) = &cert {
             request.extensions_mut().insert(cert.clone());
         }
+        let in_flight = activity.as_ref().map(|activity| activity.start());
         let response = handle(request, peer);
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let response = response.await;
+            let Some(in_flight) = in_flight else {
+                return Ok::<_, Infallible>(response);
+            };
+            Ok(response.map(|body| {
+                use http_body_util::BodyExt;
+                body.map_frame(move |frame| {
+                    let _ = &in_flight;
+                    frame
+                })
+                .boxed()
+            }))
+        }
     })
 }
 

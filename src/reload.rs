@@ -20,6 +20,9 @@ pub enum Cause {
     Signal,
     /// This file's content changed (or it appeared or vanished).
     Changed(PathBuf),
+    /// The last reload failed; try again (a file it named may have appeared since: Kubernetes
+    /// updates a ConfigMap and a Secret volume independently).
+    Retry,
 }
 
 impl std::fmt::Display for Cause {
@@ -27,6 +30,7 @@ impl std::fmt::Display for Cause {
         match self {
             Cause::Signal => f.write_str("SIGHUP"),
             Cause::Changed(path) => write!(f, "{} changed", path.display()),
+            Cause::Retry => f.write_str("retry after a failed reload"),
         }
     }
 }
@@ -46,6 +50,8 @@ pub struct Watch {
     hangup: Signal,
     files: Vec<(PathBuf, Option<[u8; 32]>)>,
     poll: Option<Duration>,
+    /// The last reload failed: each poll tick retries until one succeeds.
+    retry: bool,
 }
 
 impl Watch {
@@ -56,6 +62,7 @@ impl Watch {
             hangup: signal(SignalKind::hangup())?,
             files: Vec::new(),
             poll,
+            retry: false,
         };
         watch.watch(files, poll);
         Ok(watch)
@@ -93,6 +100,9 @@ impl Watch {
                     return Cause::Changed(path.clone());
                 }
             }
+            if self.retry {
+                return Cause::Retry;
+            }
         }
     }
 }
@@ -105,30 +115,47 @@ fn fingerprint(path: &std::path::Path) -> Option<[u8; 32]> {
 
 /// Serves reload requests until `shutdown`: each sends `RELOADING=1`, runs `reload`, and sends
 /// `READY=1` with the outcome. A failed reload keeps the running config and says why (log and
-/// `STATUS=`); its files are still re-fingerprinted, so a broken file is not retried until it
-/// changes again.
+/// `STATUS=`), then is retried quietly on every poll tick — a file the new config names may
+/// still be on its way — and reported again only when the reason changes or it succeeds.
 pub async fn serve<R>(mut watch: Watch, mut reload: R, shutdown: CancellationToken)
 where
     R: FnMut() -> Result<Applied, String>,
 {
+    let mut last_error: Option<String> = None;
     loop {
         let cause = tokio::select! {
             cause = watch.next() => cause,
             _ = shutdown.cancelled() => return,
         };
-        crate::systemd::reloading();
-        tracing::info!(%cause, "reloading the config");
+        let quiet = cause == Cause::Retry;
+        if !quiet {
+            crate::systemd::reloading();
+            tracing::info!(%cause, "reloading the config");
+        }
         match reload() {
             Ok(applied) => {
-                tracing::info!(status = %applied.status, "config reloaded");
+                if quiet {
+                    // The retry worked: tell systemd a reload happened.
+                    crate::systemd::reloading();
+                }
+                tracing::info!(status = %applied.status, %cause, "config reloaded");
+                watch.retry = false;
+                last_error = None;
                 watch.watch(applied.watched, applied.poll);
                 crate::systemd::ready(&applied.status);
             }
             Err(error) => {
-                tracing::error!(%error, "reload failed; keeping the running config");
-                crate::systemd::ready(&format!(
-                    "reload failed, keeping the running config: {error}"
-                ));
+                watch.retry = true;
+                if !quiet || last_error.as_ref() != Some(&error) {
+                    tracing::error!(%error, "reload failed; keeping the running config");
+                    let status = format!("reload failed, keeping the running config: {error}");
+                    if quiet {
+                        crate::systemd::status(&status);
+                    } else {
+                        crate::systemd::ready(&status);
+                    }
+                }
+                last_error = Some(error);
             }
         }
     }

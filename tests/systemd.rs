@@ -69,6 +69,18 @@ async fn server_lifecycle_start_reloads_and_stop() {
     let status = notify.reload_done().await;
     assert!(status.starts_with("reload failed"), "{status}");
 
+    // A config naming a token file that is not there yet fails; the file arriving later (a
+    // Secret volume updates apart from its ConfigMap) is picked up by the retry.
+    support::write_atomic(&config, server_toml(&["c1", "c2", "c3"]));
+    let status = notify.reload_done().await;
+    assert!(
+        status.starts_with("reload failed") && status.contains("c3.token"),
+        "{status}"
+    );
+    support::write_atomic(&dir.0.join("c3.token"), "token-c3");
+    let status = notify.reload_done().await;
+    assert!(status.contains("reloaded: 3 clusters"), "{status}");
+
     // A valid edit removing c2.
     support::write_atomic(&config, server_toml(&["c1"]));
     let status = notify.reload_done().await;

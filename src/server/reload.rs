@@ -23,6 +23,13 @@ impl Reloader {
     pub fn reload(&self) -> Result<Applied, String> {
         let old = self.state.config();
         let new = ServerConfig::load(&old.path, Check::Files).map_err(|error| error.to_string())?;
+        // Security settings that depend on TLS (client certificates, cert-bound callers) must
+        // not take effect on a listener that cannot carry them: such a change is refused.
+        if let Some(listener) = tls_switched(&old, &new) {
+            return Err(format!(
+                "{listener} TLS turned on or off: that needs a restart (the running config stays)"
+            ));
+        }
         // Certificates first: a bad new file fails the whole reload and keeps everything.
         let public = rotated("public", &self.state.public_tls, &new.public_tls)?;
         let internal = rotated("internal", &self.state.internal_tls, &new.internal_tls)?;
@@ -51,8 +58,8 @@ impl Reloader {
         Ok(applied)
     }
 
-    /// Applies an already validated config.
-    pub fn apply(&self, new: ServerConfig) -> Applied {
+    /// Applies an already validated config (certificates are rotated by [`Self::reload`]).
+    pub(crate) fn apply(&self, new: ServerConfig) -> Applied {
         let state = &self.state;
         let old = state.config();
         crate::telemetry::set_level(&new.runtime.log_level);
@@ -117,6 +124,21 @@ fn rotated(
     }
 }
 
+/// The listener whose TLS would be switched on or off by `new`, if any.
+fn tls_switched(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str> {
+    let extensions_tls =
+        |config: &ServerConfig| config.extensions.as_ref().map(|e| e.tls.is_some());
+    if old.public_tls.is_some() != new.public_tls.is_some() {
+        Some("[public]")
+    } else if old.internal_tls.is_some() != new.internal_tls.is_some() {
+        Some("[internal]")
+    } else if extensions_tls(old).is_some_and(|on| Some(on) != extensions_tls(new)) {
+        Some("[extensions]")
+    } else {
+        None
+    }
+}
+
 /// What a reload cannot change in a running server.
 fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     let mut fixed = Vec::new();
@@ -129,20 +151,9 @@ fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     if old.ops_listen != new.ops_listen {
         fixed.push("[ops] listen");
     }
-    if old.public_tls.is_some() != new.public_tls.is_some() {
-        fixed.push("[public] TLS on/off");
-    }
-    if old.internal_tls.is_some() != new.internal_tls.is_some() {
-        fixed.push("[internal] TLS on/off");
-    }
-    let extensions = |config: &ServerConfig| {
-        config
-            .extensions
-            .as_ref()
-            .map(|extensions| (extensions.listen, extensions.tls.is_some()))
-    };
+    let extensions = |config: &ServerConfig| config.extensions.as_ref().map(|e| e.listen);
     if extensions(old) != extensions(new) {
-        fixed.push("[extensions] listen or TLS on/off");
+        fixed.push("[extensions] listen (or the listener itself)");
     }
     let (before, after) = (&old.limits, &new.limits);
     if before.max_request_header_bytes != after.max_request_header_bytes
@@ -153,6 +164,12 @@ fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     }
     if before.process_buffer != after.process_buffer {
         fixed.push("[limits] process_buffer");
+    }
+    if before.max_h2_streams_per_connection != after.max_h2_streams_per_connection {
+        fixed.push("[limits] max_h2_streams_per_connection");
+    }
+    if before.shutdown_grace != after.shutdown_grace {
+        fixed.push("[limits] shutdown_grace");
     }
     if old.runtime.log_format != new.runtime.log_format {
         fixed.push("[log] format");

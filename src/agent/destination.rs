@@ -29,14 +29,15 @@ pub(crate) struct Destination {
     pub(crate) path_prefix: String,
     /// The pooled client: HTTP/2 when the destination offers it by ALPN, else HTTP/1.1.
     pub(crate) client: UpstreamClient,
-    /// HTTP/1.1 only, for upgrade requests (exec, attach, port-forward).
+    /// HTTP/1.1 only, for upgrade requests (exec, attach, port-forward) and long-lived ones
+    /// (watches, followed logs).
     pub(crate) upgrade_client: UpstreamClient,
 }
 
 impl Destination {
-    /// The client for a request: upgrades need HTTP/1.1.
-    pub(crate) fn client_for(&self, upgrade: bool) -> &UpstreamClient {
-        if upgrade {
+    /// The client for a request: upgrades need HTTP/1.1; long-lived requests take it too.
+    pub(crate) fn client_for(&self, http1: bool) -> &UpstreamClient {
+        if http1 {
             &self.upgrade_client
         } else {
             &self.client

@@ -203,7 +203,7 @@ async fn forward(
         parts.headers.insert(header::HOST, host);
     }
     let response = match upstream
-        .client_for(tunnel_upgrade.is_some())
+        .client_for(tunnel_upgrade.is_some() || long_lived(&path))
         .request(Request::from_parts(parts, body))
         .await
     {
@@ -241,4 +241,42 @@ async fn forward(
         "proxied"
     );
     response
+}
+
+/// Watches and followed logs stay open for minutes: they go over HTTP/1.1 connections of their
+/// own, so they never fill the one HTTP/2 connection's stream limit (the API server's
+/// `--http2-max-streams-per-connection`) and stall short requests behind it — hyper opens no
+/// second HTTP/2 connection when the first is full.
+fn long_lived(path: &str) -> bool {
+    let Some((_, query)) = path.split_once('?') else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        matches!(
+            pair.split_once('=').unwrap_or((pair, "")),
+            ("watch" | "follow", "true" | "1")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn watches_and_followed_logs_are_long_lived() {
+        for path in [
+            "/api/v1/pods?watch=1",
+            "/api/v1/pods?limit=5&watch=true",
+            "/api/v1/namespaces/a/pods/b/log?follow=true",
+        ] {
+            assert!(super::long_lived(path), "{path}");
+        }
+        for path in [
+            "/api/v1/pods",
+            "/api/v1/pods?watch=false",
+            "/api/v1/pods?watcher=1",
+            "/log?follow=0",
+        ] {
+            assert!(!super::long_lived(path), "{path}");
+        }
+    }
 }

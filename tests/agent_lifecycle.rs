@@ -5,7 +5,7 @@ mod support;
 
 use http::StatusCode;
 use support::kubeapi::FakeKubeApi;
-use support::stack::{agent, get, server, try_get, wait_routed, Inject};
+use support::stack::{agent, agent_from_toml, get, server, try_get, wait_routed, Inject};
 use support::{listener, middlebox, within, TempDir};
 use tokio::io::AsyncReadExt;
 
@@ -138,4 +138,32 @@ async fn agent_honours_retry_after_on_connect() {
         gap >= std::time::Duration::from_millis(1900),
         "retried after {gap:?}"
     );
+}
+
+/// An idle keep-alive stream (the server pools them after a request) is not a request in
+/// flight: SIGTERM closes it at once instead of waiting out the whole shutdown grace.
+#[tokio::test]
+async fn agent_stops_at_once_with_only_idle_pooled_streams() {
+    let dir = TempDir::new();
+    let kube = FakeKubeApi::start(None).await;
+    let server = server(&dir.0, &[("c1", "agent-token", &kube.addr.to_string())]).await;
+    std::fs::write(dir.0.join("agent.token"), "agent-token").unwrap();
+    // A grace longer than `within`'s bound: waiting it out fails the test.
+    let agent = agent_from_toml(
+        &dir.0,
+        "a",
+        &format!(
+            "server_url = \"ws://{}/connect\"\nallow_insecure_server = true\ntoken_file = \"agent.token\"\n\
+             health_listen = \"127.0.0.1:0\"\n[upstream]\ntarget = \"{}\"\nplaintext = true\ninject_token = false\n\
+             [limits]\nshutdown_grace = \"60s\"\n",
+            server.addrs.public, kube.addr
+        ),
+    )
+    .await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    assert_eq!(
+        get(server.addrs.internal, "/tunnel/c1/api", &[]).await.0,
+        StatusCode::OK
+    );
+    agent.shutdown().await;
 }

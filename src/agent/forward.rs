@@ -55,7 +55,16 @@ impl Target {
 }
 
 /// Serves one stream the server opened.
-pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, version: Version) {
+///
+/// On `shutdown` the stream's HTTP connection finishes the request in flight and closes; an
+/// idle keep-alive stream (the server pools them) closes at once, so it never holds the
+/// agent's shutdown for the whole grace.
+pub async fn serve_stream(
+    state: Arc<AgentState>,
+    incoming: IncomingStream,
+    version: Version,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let config = state.config();
     let upstream = &config.upstream;
     let target = match version {
@@ -96,12 +105,19 @@ pub async fn serve_stream(state: Arc<AgentState>, incoming: IncomingStream, vers
             }
         })
     };
-    let result = http1::Builder::new()
+    let connection = http1::Builder::new()
         // v1 streams carry exactly one request (the Go server sends `Connection: close`).
         .keep_alive(version == Version::V2)
         .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(error) = result {
         tracing::debug!(%error, "tunnel stream ended with an error");
     }

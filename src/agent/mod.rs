@@ -205,7 +205,12 @@ async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &Cancel
         tokio::select! {
             next = incoming.accept() => match next {
                 Some(stream) => {
-                    streams.spawn(forward::serve_stream(state.clone(), stream, version));
+                    streams.spawn(forward::serve_stream(
+                        state.clone(),
+                        stream,
+                        version,
+                        shutdown.clone(),
+                    ));
                 }
                 None => break,
             },

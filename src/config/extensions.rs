@@ -67,9 +67,12 @@ pub struct ExtensionConfig {
     pub clusters: Option<Vec<String>>,
     /// Requests in flight at once, all clusters together; more get 429. Default 16.
     pub max_concurrent: usize,
-    /// Requests per second and burst; past it 429. `None`: no rate limit.
+    /// Requests per second and burst; past it 429. Default 100/s, burst 200.
     pub rate_limit: Option<(u32, u32)>,
 }
+
+/// The default `[[extension]]` rate: requests per second, burst.
+pub const DEFAULT_RATE: (u32, u32) = (100, 200);
 
 impl ExtensionConfig {
     /// Whether this extension may reach `cluster`.
@@ -170,11 +173,13 @@ impl RawExtensions {
                 max => max,
             };
             let rate_limit = match (raw.rate_limit, raw.rate_burst) {
-                (None, None) => None,
+                // On by default: extension traffic shares the cluster's tunnel and the server's
+                // one core with Argo CD's own, and a UI extension has no need for more.
+                (None, None) => Some(DEFAULT_RATE),
                 (Some(0), _) | (_, Some(0)) => {
                     return Err(format!("{at}: rate_limit and rate_burst must be > 0"))
                 }
-                (Some(rate), burst) => Some((rate, burst.unwrap_or(rate.saturating_add(1)))),
+                (Some(rate), burst) => Some((rate, burst.unwrap_or(rate.saturating_mul(2)))),
                 (None, Some(_)) => return Err(format!("{at}: rate_burst needs rate_limit")),
             };
             extensions.push(ExtensionConfig {

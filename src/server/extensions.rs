@@ -126,12 +126,16 @@ async fn forward(
         &format!("extension:{}", extension.name),
         extension.rate_limit,
     ) {
-        return Err(ForwardError::ExtensionBusy);
+        return Err(busy().await);
     }
     let permit = state
         .extension_slots
         .try_take(extension)
-        .ok_or(ForwardError::ExtensionBusy)?;
+        .ok_or(ForwardError::ExtensionBusy);
+    let permit = match permit {
+        Ok(permit) => permit,
+        Err(_) => return Err(busy().await),
+    };
     let identity = |name: &str| {
         headers
             .get(name)
@@ -191,6 +195,16 @@ async fn forward(
         frame
     });
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// How long a refusal for being over an extension's limits waits before it is sent: a client
+/// retrying in a tight loop then costs a few hundred cheap answers per second, not the core
+/// that Argo CD's own traffic to the clusters needs.
+pub const BUSY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+async fn busy() -> ForwardError {
+    tokio::time::sleep(BUSY_DELAY).await;
+    ForwardError::ExtensionBusy
 }
 
 /// Exactly one value of `name`: two would leave which one counts to the proxies in between.

@@ -40,12 +40,14 @@ async fn request_turns(server: &TestServer, wan: &Wan) -> Turns {
     }
 }
 
-/// Waits until no byte crossed the relay for three one-way delays.
+/// Waits until no byte crossed the relay for eight one-way delays (a late window update on a
+/// loaded machine must not land in the next exchange). Heartbeats are 10 s apart, far beyond
+/// a test's few exchanges.
 async fn quiet(wan: &Wan) {
     within("the WAN goes quiet", async {
         loop {
             let bytes = wan.bytes();
-            tokio::time::sleep(ONE_WAY * 3).await;
+            tokio::time::sleep(ONE_WAY * 8).await;
             if wan.bytes() == bytes {
                 return;
             }

@@ -188,9 +188,12 @@ async fn forward(
             }
         }
     }
-    // Only origin-form paths go upstream, to the configured authority: no `*`, no absolute
-    // URI, no CONNECT (the agent never dials an address that came through the tunnel).
-    if parts.method == http::Method::CONNECT || !path.starts_with('/') {
+    // Only paths go upstream, always to the configured authority (an absolute-form target's
+    // authority was dropped above with the rest of the URI): no `*`, no CONNECT — the agent
+    // never dials an address that came through the tunnel. Under a `path_prefix`, dot
+    // segments are refused too: a backend that normalises `/api/../x` would serve outside it.
+    let escapes_prefix = !upstream.path_prefix.is_empty() && has_dot_segment(&path);
+    if parts.method == http::Method::CONNECT || !path.starts_with('/') || escapes_prefix {
         state.metrics.upstream_errors.inc(&["bad_request"]);
         return status_response(
             StatusCode::BAD_REQUEST,
@@ -275,8 +278,27 @@ fn long_lived(path: &str) -> bool {
     })
 }
 
+/// Whether a path has a `.` or `..` segment, also percent-encoded (`%2e`, `%2E`).
+fn has_dot_segment(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dot_segments_are_found_encoded_or_not() {
+        for path in ["/..", "/a/../b", "/a/./b", "/%2e%2E/x", "/a/.%2e?x=1"] {
+            assert!(super::has_dot_segment(path), "{path}");
+        }
+        for path in ["/", "/a/b", "/a..b/c", "/.well-known/x", "/a?x=/../"] {
+            assert!(!super::has_dot_segment(path), "{path}");
+        }
+    }
+
     #[test]
     fn watches_and_followed_logs_are_long_lived() {
         for path in [

@@ -82,6 +82,15 @@ impl RawCaller {
         if token == Some(TokenHash::of(b"")) {
             return Err(format!("{at}: token_sha256 is the hash of an empty token"));
         }
+        if let Some(name) = self
+            .cert_name
+            .as_deref()
+            .filter(|name| !super::is_dns_name(name))
+        {
+            return Err(format!(
+                "{at}: cert_name \"{name}\" is not a DNS name a certificate can carry"
+            ));
+        }
         if !token_configured && self.cert_name.is_none() {
             return Err(format!(
                 "{at}: needs a token (token_sha256, token_file or token) or cert_name"

@@ -105,9 +105,19 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|error| ConfigError::Parse {
-        path: path.to_owned(),
-        message: error.to_string().trim_end().to_owned(),
+    // toml's Display quotes the offending source line, which may hold a secret (a mistyped
+    // key on a `token = "…"` line): only the position and the message are kept.
+    toml::from_str(text).map_err(|error| {
+        let at = error.span().map_or_else(String::new, |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("{at}{}", error.message().trim_end()),
+        }
     })
 }
 
@@ -120,6 +130,20 @@ pub(crate) fn read_secret_file(path: &Path) -> Result<Secret, String> {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(Secret(token.to_owned()))
+}
+
+/// Whether `name` can be a DNS subjectAltName a certificate is matched against (RFC 1123
+/// labels): otherwise a certificate could never name it, and binding would lock it out.
+pub(crate) fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Resolves a path against `$CREDENTIALS_DIRECTORY` when it is relative and systemd passed

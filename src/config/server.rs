@@ -271,6 +271,17 @@ impl ServerConfig {
                 target,
             });
         }
+        if public.bind_client_cert {
+            if let Some(cluster) = clusters
+                .iter()
+                .find(|cluster| !super::is_dns_name(&cluster.id))
+            {
+                return Err(invalid(format!(
+                    "[public] bind_client_cert: cluster id \"{}\" is not a DNS name, so no certificate could name it",
+                    cluster.id
+                )));
+            }
+        }
         let mut callers = Vec::new();
         for (index, caller) in raw.caller.into_iter().enumerate() {
             let caller = caller

@@ -343,6 +343,12 @@ fn tls_and_caller_rules_are_enforced_at_load() {
         error("", "", &caller("cert_name = \"a\"\nclusters = [\"*\"]\n"))
             .contains("needs [internal] client_ca")
     );
+    assert!(error(
+        "",
+        &mtls,
+        &caller("cert_name = \"bad_name\"\nclusters = [\"*\"]\n")
+    )
+    .contains("not a DNS name"));
     let config = load(
         "",
         &mtls,
@@ -358,4 +364,18 @@ fn tls_and_caller_rules_are_enforced_at_load() {
     )
     .unwrap();
     assert!(!format!("{config:?}").contains("s3cret-caller"));
+}
+
+#[test]
+fn parse_errors_name_the_place_but_never_quote_the_line() {
+    let text = "[public]\nlisten = \"127.0.0.1:1\"\n[internal]\nlisten = \"127.0.0.1:2\"\n\
+                [[cluster]]\nid = \"c1\"\ntokne = \"s3cret-token-value\"\n";
+    let error = ServerConfig::from_toml(Path::new("s.toml"), text, Check::Syntax)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("s.toml: line 7, column 1: unknown field `tokne`"),
+        "{error}"
+    );
+    assert!(!error.contains("s3cret"), "{error}");
 }

@@ -171,6 +171,8 @@ pub struct ServerMetrics {
     pub extension_seconds: Family,
     /// `extension_active_requests{extension}`: extension requests in flight.
     pub extension_active: Family,
+    /// `tunnel_heartbeat_rtt_seconds{cluster}`: Ping → Pong time of the last heartbeat.
+    pub rtt: Family,
 }
 
 impl ServerMetrics {
@@ -248,6 +250,11 @@ impl ServerMetrics {
                 "Extension requests in flight.",
                 &["extension"],
             ),
+            rtt: Family::gauge(
+                "tunnel_heartbeat_rtt_seconds",
+                "Ping to Pong time of the tunnel's last heartbeat.",
+                &["cluster"],
+            ),
         }
     }
 
@@ -270,6 +277,7 @@ impl ServerMetrics {
             &self.extension_requests,
             &self.extension_seconds,
             &self.extension_active,
+            &self.rtt,
         ] {
             family.render(&mut out);
         }
@@ -293,6 +301,8 @@ pub struct AgentMetrics {
     pub upstream_requests: Family,
     /// `agent_upstream_errors_total{reason}`.
     pub upstream_errors: Family,
+    /// `agent_tunnel_heartbeat_rtt_seconds`: Ping → Pong time of the tunnel's last heartbeat.
+    pub rtt: Family,
 }
 
 impl AgentMetrics {
@@ -314,6 +324,11 @@ impl AgentMetrics {
                 "Requests forwarded to the upstream.",
                 &[],
             ),
+            rtt: Family::gauge(
+                "agent_tunnel_heartbeat_rtt_seconds",
+                "Ping to Pong time of the tunnel's last heartbeat.",
+                &[],
+            ),
             upstream_errors: Family::counter(
                 "agent_upstream_errors_total",
                 "Requests that failed at the agent, by reason.",
@@ -330,6 +345,7 @@ impl AgentMetrics {
             &self.reconnects,
             &self.upstream_requests,
             &self.upstream_errors,
+            &self.rtt,
         ] {
             family.render(&mut out);
         }

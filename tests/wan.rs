@@ -99,3 +99,47 @@ async fn a_v1_request_crosses_the_wan_twice_each_way() {
         "{turns:?}"
     );
 }
+
+/// The heartbeat measures the tunnel's round trip: through 25 ms each way it is at least 50 ms.
+#[tokio::test]
+async fn the_heartbeat_reports_the_round_trip() {
+    let dir = TempDir::new();
+    let kube = FakeKubeApi::start(None).await;
+    std::fs::write(dir.0.join("c1.token"), "agent-token").unwrap();
+    let server = support::stack::server_from_toml(
+        &dir.0,
+        &format!(
+            "{}[limits]\nheartbeat_interval = \"200ms\"\n[[cluster]]\nid = \"c1\"\ntoken_file = \"c1.token\"\n",
+            support::stack::LISTENERS
+        ),
+    )
+    .await;
+    let wan = Wan::start(server.addrs.public, ONE_WAY).await;
+    std::fs::write(dir.0.join("agent.token"), "agent-token").unwrap();
+    let toml = agent_toml(wan.addr, kube.addr) + "[limits]\nheartbeat_interval = \"200ms\"\n";
+    let agent = agent_from_toml(&dir.0, "a", &toml).await;
+    let ops = server.addrs.ops.unwrap();
+    wait_routed(ops, "c1").await;
+    // Both ends ping: the server's gauge per cluster, the agent's for its one tunnel.
+    for (addr, series) in [
+        (ops, "tunnel_heartbeat_rtt_seconds{cluster=\"c1\"} "),
+        (agent.health, "agent_tunnel_heartbeat_rtt_seconds "),
+    ] {
+        let rtt = within("a heartbeat answered", async {
+            loop {
+                let metrics = get(addr, "/metrics", &[]).await.2;
+                let metrics = String::from_utf8_lossy(&metrics).into_owned();
+                // An unlabelled gauge reads 0 until the first Pong.
+                let value = metrics.lines().find_map(|line| line.strip_prefix(series));
+                if let Some(rtt) = value.map(|value| value.parse::<f64>().unwrap()) {
+                    if rtt > 0.0 {
+                        return rtt;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!((0.050..5.0).contains(&rtt), "{series}{rtt}");
+    }
+}

@@ -38,6 +38,8 @@ pub(crate) struct AgentState {
     destinations: RwLock<Arc<destination::Destinations>>,
     pub(crate) metrics: AgentMetrics,
     connected: AtomicBool,
+    /// The tunnel's session while it is up (its heartbeat round trip is read at scrape time).
+    session: std::sync::Mutex<Option<crate::mux::SessionHandle>>,
 }
 
 impl AgentState {
@@ -87,6 +89,7 @@ impl Agent {
                 destinations: RwLock::new(Arc::new(destinations)),
                 metrics: AgentMetrics::new(),
                 connected: AtomicBool::new(false),
+                session: std::sync::Mutex::new(None),
             }),
             health,
         })
@@ -199,6 +202,7 @@ async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &Cancel
     } = dialed.session;
     tracing::info!(server = %state.config().server_url, protocol = version.as_str(), "tunnel up");
     state.connected.store(true, Ordering::Release);
+    *lock(&state.session) = Some(handle.clone());
     state.metrics.connected.add(&[], 1.0);
     let streams = TaskTracker::new();
     loop {
@@ -231,6 +235,7 @@ async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &Cancel
     }
     let end = handle.closed().await;
     state.connected.store(false, Ordering::Release);
+    *lock(&state.session) = None;
     state.metrics.connected.add(&[], -1.0);
     tracing::warn!(reason = %end, "tunnel down");
 }
@@ -240,7 +245,21 @@ async fn health(state: Arc<AgentState>, request: Request<Incoming>) -> Response<
         "/healthz" => text_response(StatusCode::OK, "ok"),
         "/readyz" if state.connected.load(Ordering::Acquire) => text_response(StatusCode::OK, "ok"),
         "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "not connected\n"),
-        "/metrics" => crate::http::metrics_response(state.metrics.render()),
+        "/metrics" => {
+            if let Some(rtt) = lock(&state.session)
+                .as_ref()
+                .and_then(|session| session.stats().rtt)
+            {
+                state.metrics.rtt.set(&[], rtt.as_secs_f64());
+            }
+            crate::http::metrics_response(state.metrics.render())
+        }
         _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -53,6 +53,7 @@ pub(crate) async fn read_loop<R>(
                             Version::V2 => Frame::Ping { payload },
                         };
                         shared.push_control(&mut state, ping);
+                        state.ping_sent = Some(now);
                     }
                     next_ping += limits.heartbeat_interval;
                 }

@@ -38,7 +38,13 @@ impl Shared {
                 state.pong_due = Some(payload);
                 self.writer_wake.notify_one();
             }
-            Frame::Pong { .. } => state.last_pong = Instant::now(),
+            Frame::Pong { .. } => {
+                let now = Instant::now();
+                if let Some(sent) = state.ping_sent.take() {
+                    state.rtt = Some(now.duration_since(sent));
+                }
+                state.last_pong = now;
+            }
             Frame::Connect { id, target } => self.on_connect(state, id, target),
             Frame::Connected { id } => self.on_connected(state, id),
             Frame::Data { id, payload } => self.on_data(state, id, payload),

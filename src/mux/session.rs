@@ -74,6 +74,8 @@ pub struct SessionStats {
     pub queued_send: usize,
     /// Opens not answered yet.
     pub pending_opens: usize,
+    /// Heartbeat round trip of the last Ping answered.
+    pub rtt: Option<std::time::Duration>,
     /// Event counters.
     pub counters: Counters,
 }
@@ -120,6 +122,8 @@ impl Session {
                 peer_draining: false,
                 session_used: 0,
                 last_pong: Instant::now(),
+                ping_sent: None,
+                rtt: None,
                 incoming: (config.role == Role::Agent).then_some(incoming_tx),
                 counters: Counters::default(),
             }),
@@ -287,6 +291,7 @@ impl SessionHandle {
                 .values()
                 .filter(|slot| slot.open_waiter.is_some() || slot.open_deadline.is_some())
                 .count(),
+            rtt: state.rtt,
             counters: state.counters.clone(),
         }
     }

@@ -208,6 +208,11 @@ pub(crate) struct State {
     /// Receive bytes held (v1) or reserved (v2) by this session.
     pub session_used: usize,
     pub last_pong: Instant,
+    /// When the Ping now awaiting its Pong was queued.
+    pub ping_sent: Option<Instant>,
+    /// Ping → Pong time of the last heartbeat (measured while data flows, since the Pong
+    /// overtakes queued data on the peer's side).
+    pub rtt: Option<std::time::Duration>,
     pub incoming: Option<mpsc::UnboundedSender<super::IncomingStream>>,
     pub counters: Counters,
 }

@@ -25,6 +25,9 @@ pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Resp
                 let stats = session.stats();
                 let counters = &stats.counters;
                 metrics.streams.set(&[&cluster], stats.streams as f64);
+                if let Some(rtt) = stats.rtt {
+                    metrics.rtt.set(&[&cluster], rtt.as_secs_f64());
+                }
                 metrics.buffered.set(&[&cluster], stats.buffered as f64);
                 for ((direction, reason), count) in &counters.resets_by_reason {
                     metrics

@@ -358,3 +358,30 @@ impl Default for AgentMetrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::*;
+
+    /// docs/metrics.md lists every series either binary exports.
+    #[test]
+    fn every_series_is_documented() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"),
+        )
+        .unwrap();
+        let text = ServerMetrics::new().render() + &AgentMetrics::new().render();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        assert!(names.len() > 20, "{names:?}");
+        for name in names {
+            assert!(
+                doc.contains(&format!("| `{name}` |")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+    }
+}

@@ -50,17 +50,7 @@ pub(crate) fn validate(
     let mut backends = Vec::new();
     for (index, backend) in raw.into_iter().enumerate() {
         let at = format!("[[backend]] #{} (name \"{}\")", index + 1, backend.name);
-        let valid_name = !backend.name.is_empty()
-            && backend
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid_name {
-            return Err(format!("{at}: name must match ^[A-Za-z0-9_-]+$"));
-        }
-        if !names.insert(backend.name.clone()) {
-            return Err(format!("{at}: duplicate name"));
-        }
+        super::common::extension_name(&at, &backend.name, &mut names)?;
         if backend.target.parse::<http::uri::Authority>().is_err() || !backend.target.contains(':')
         {
             return Err(format!("{at}: target must be host:port"));

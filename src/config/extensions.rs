@@ -5,13 +5,13 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::common::{self, ClusterScope, Hashed, Reading, SecretSource};
 use super::listener::{ListenerTls, RawListener};
 use super::server::TokenHash;
-use super::{read_secret_file, resolve, Check};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,8 +63,8 @@ pub struct ExtensionsConfig {
 pub struct ExtensionConfig {
     /// Argo CD's extension name (`^[A-Za-z0-9_-]+$`), also the agent's `[[backend]] name`.
     pub name: String,
-    /// Cluster ids it may reach; `None`: all (`["*"]`).
-    pub clusters: Option<Vec<String>>,
+    /// The clusters it may reach.
+    pub clusters: ClusterScope,
     /// Requests in flight at once, all clusters together; more get 429. Default 16.
     pub max_concurrent: usize,
     /// Requests per second and burst; past it 429. Default 100/s, burst 200.
@@ -77,9 +77,7 @@ pub const DEFAULT_RATE: (u32, u32) = (100, 200);
 impl ExtensionConfig {
     /// Whether this extension may reach `cluster`.
     pub fn allows(&self, cluster: &str) -> bool {
-        self.clusters
-            .as_ref()
-            .is_none_or(|ids| ids.iter().any(|id| id == cluster))
+        self.clusters.allows(cluster)
     }
 }
 
@@ -94,94 +92,42 @@ fn header(
 }
 
 impl RawExtensions {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn validate(
         self,
         raw_extensions: Vec<RawExtension>,
-        config_path: &Path,
-        check: Check,
         cluster_ids: &HashSet<String>,
-        watched: &mut Vec<PathBuf>,
-        warnings: &mut Vec<String>,
+        reading: &mut Reading<'_>,
     ) -> Result<ExtensionsConfig, String> {
+        let (config_path, check) = (reading.config_path, reading.check);
         let listener =
             RawListener::plain_or_tls(self.listen, self.tls_cert, self.tls_key, self.client_ca)
                 .validate("extensions", config_path, check)?;
-        let secret = match (self.secret_sha256, self.secret_file, self.secret) {
-            (Some(hex), None, None) => Some(
-                TokenHash::from_hex(&hex)
-                    .ok_or("[extensions] secret_sha256 must be 64 hex digits")?,
-            ),
-            (None, Some(file), None) => match check {
-                Check::Syntax => None,
-                Check::Files => {
-                    let file = resolve(config_path, &file);
-                    let secret = read_secret_file(&file)
-                        .map_err(|error| format!("[extensions] secret_file: {error}"))?;
-                    watched.push(file);
-                    Some(TokenHash::of(secret.expose().as_bytes()))
-                }
-            },
-            (None, None, Some(secret)) if !secret.trim().is_empty() => {
-                warnings.push("[extensions]: plaintext `secret`; prefer secret_sha256 or secret_file".into());
-                Some(TokenHash::of(secret.trim().as_bytes()))
-            }
-            (None, None, Some(_)) => return Err("[extensions] secret is empty".into()),
-            (None, None, None) => {
-                return Err("[extensions] needs secret_sha256, secret_file or secret: Argo CD must authenticate".into())
-            }
-            _ => return Err("[extensions] set only one of secret_sha256, secret_file or secret".into()),
-        };
-        if secret == Some(TokenHash::of(b"")) {
-            return Err("[extensions] secret_sha256 is the hash of an empty secret".into());
+        let secret = SecretSource {
+            sha256: self.secret_sha256,
+            file: self.secret_file,
+            plain: self.secret,
+        }
+        .hash("[extensions]", "secret", reading)?;
+        if secret == Hashed::Missing {
+            return Err(
+                "[extensions] needs secret_sha256, secret_file or secret: Argo CD must authenticate"
+                    .into(),
+            );
         }
         let mut names = HashSet::new();
         let mut extensions = Vec::new();
         for (index, raw) in raw_extensions.into_iter().enumerate() {
             let at = format!("[[extension]] #{} (name \"{}\")", index + 1, raw.name);
-            let valid_name = !raw.name.is_empty()
-                && raw
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid_name {
-                return Err(format!(
-                    "{at}: name must match ^[A-Za-z0-9_-]+$ (Argo CD's rule)"
-                ));
-            }
-            if !names.insert(raw.name.clone()) {
-                return Err(format!("{at}: duplicate name"));
-            }
-            let clusters = if raw.clusters.iter().any(|id| id == "*") {
-                if raw.clusters.len() > 1 {
-                    return Err(format!("{at}: clusters = [\"*\"] stands alone"));
-                }
-                None
-            } else {
-                if raw.clusters.is_empty() {
-                    return Err(format!("{at}: clusters is empty (use [\"*\"] for all)"));
-                }
-                if let Some(unknown) = raw.clusters.iter().find(|id| !cluster_ids.contains(*id)) {
-                    return Err(format!(
-                        "{at}: clusters names \"{unknown}\", which is not a [[cluster]] id"
-                    ));
-                }
-                Some(raw.clusters)
-            };
+            super::common::extension_name(&at, &raw.name, &mut names)?;
+            let clusters = ClusterScope::parse(&at, raw.clusters, cluster_ids)?;
             let max_concurrent = match raw.max_concurrent.unwrap_or(16) {
                 0 => return Err(format!("{at}: max_concurrent must be > 0")),
                 max => max,
             };
-            let rate_limit = match (raw.rate_limit, raw.rate_burst) {
-                // On by default: extension traffic shares the cluster's tunnel and the server's
-                // one core with Argo CD's own, and a UI extension has no need for more.
-                (None, None) => Some(DEFAULT_RATE),
-                (Some(0), _) | (_, Some(0)) => {
-                    return Err(format!("{at}: rate_limit and rate_burst must be > 0"))
-                }
-                (Some(rate), burst) => Some((rate, burst.unwrap_or(rate.saturating_mul(2)))),
-                (None, Some(_)) => return Err(format!("{at}: rate_burst needs rate_limit")),
-            };
+            // On by default: extension traffic shares the cluster's tunnel and the server's
+            // one core with Argo CD's own, and a UI extension has no need for more.
+            let rate_limit =
+                common::rate(&at, raw.rate_limit, raw.rate_burst, 2, Some(DEFAULT_RATE))?;
             extensions.push(ExtensionConfig {
                 name: raw.name,
                 clusters,
@@ -192,7 +138,7 @@ impl RawExtensions {
         Ok(ExtensionsConfig {
             listen: listener.addr,
             tls: listener.tls,
-            secret,
+            secret: secret.hash(),
             secret_header: header(self.secret_header, "x-argocd-proxy-secret", "secret_header")?,
             extension_header: header(
                 self.extension_header,

@@ -13,11 +13,13 @@ mod extensions;
 mod limits;
 mod listener;
 mod runtime;
+mod common;
 mod server;
 
 pub use agent::{AgentConfig, UpstreamConfig};
 pub use backends::BackendConfig;
 pub use callers::CallerConfig;
+pub use common::ClusterScope;
 pub use duration::parse_duration;
 pub use extensions::{ExtensionConfig, ExtensionsConfig};
 pub use limits::LimitsConfig;

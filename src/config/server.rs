@@ -8,11 +8,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::callers::{CallerConfig, RawCaller};
+use super::common::{self, Hashed, Reading, SecretSource};
 use super::extensions::{ExtensionsConfig, RawExtension, RawExtensions};
 use super::limits::{LimitsConfig, RawLimits};
 use super::listener::{ListenerTls, RawListener};
 use super::runtime::{RawLog, RuntimeConfig};
-use super::{parse, read, read_secret_file, resolve, Check, ConfigError};
+use super::{parse, read, Check, ConfigError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +188,12 @@ impl ServerConfig {
             .map_err(invalid)?;
         let mut watched = vec![path.to_owned()];
         let mut warnings = Vec::new();
+        let mut reading = Reading {
+            config_path: path,
+            check,
+            watched: &mut watched,
+            warnings: &mut warnings,
+        };
         let mut clusters = Vec::new();
         let mut ids = HashSet::new();
         let mut hashes = HashSet::new();
@@ -200,46 +207,19 @@ impl ServerConfig {
             if !ids.insert(cluster.id.clone()) {
                 return Err(invalid(format!("{at}: duplicate cluster id")));
             }
-            let token = match (cluster.token_sha256, cluster.token_file, cluster.token) {
-                (Some(hex), None, None) => {
-                    Some(TokenHash::from_hex(&hex).ok_or_else(|| {
-                        invalid(format!("{at}: token_sha256 must be 64 hex digits"))
-                    })?)
-                }
-                (None, Some(file), None) => match check {
-                    // Rendered configs are checked without their secrets mounted.
-                    Check::Syntax => None,
-                    Check::Files => {
-                        let file = resolve(path, &file);
-                        let secret = read_secret_file(&file)
-                            .map_err(|error| invalid(format!("{at}: token_file: {error}")))?;
-                        watched.push(file);
-                        Some(TokenHash::of(secret.expose().as_bytes()))
-                    }
-                },
-                (None, None, Some(token)) => {
-                    if token.trim().is_empty() {
-                        return Err(invalid(format!("{at}: token is empty")));
-                    }
-                    warnings.push(format!("{at}: plaintext `token` in the config file; prefer token_sha256 or token_file"));
-                    Some(TokenHash::of(token.trim().as_bytes()))
-                }
-                (None, None, None) => {
-                    return Err(invalid(format!(
-                        "{at}: needs one of token_sha256, token_file or token"
-                    )))
-                }
-                _ => {
-                    return Err(invalid(format!(
-                        "{at}: set only one of token_sha256, token_file or token"
-                    )))
-                }
-            };
-            if token == Some(TokenHash::of(b"")) {
+            let hashed = SecretSource {
+                sha256: cluster.token_sha256,
+                file: cluster.token_file,
+                plain: cluster.token,
+            }
+            .hash(&at, "token", &mut reading)
+            .map_err(&invalid)?;
+            if hashed == Hashed::Missing {
                 return Err(invalid(format!(
-                    "{at}: token_sha256 is the hash of an empty token"
+                    "{at}: needs one of token_sha256, token_file or token"
                 )));
             }
+            let token = hashed.hash();
             if token.is_some_and(|token| !hashes.insert(token)) {
                 return Err(invalid(format!(
                     "{at}: same token as another cluster; each cluster needs its own"
@@ -251,18 +231,8 @@ impl ServerConfig {
                     "{at}: target must be a host:port without spaces"
                 )));
             }
-            let rate_limit = match (cluster.rate_limit, cluster.rate_burst) {
-                (None, None) => None,
-                (Some(0), _) | (_, Some(0)) => {
-                    return Err(invalid(format!(
-                        "{at}: rate_limit and rate_burst must be > 0"
-                    )))
-                }
-                (Some(rate), burst) => Some((rate, burst.unwrap_or(rate.saturating_add(1)))),
-                (None, Some(_)) => {
-                    return Err(invalid(format!("{at}: rate_burst needs rate_limit")))
-                }
-            };
+            let rate_limit = common::rate(&at, cluster.rate_limit, cluster.rate_burst, 1, None)
+                .map_err(&invalid)?;
             clusters.push(ClusterConfig {
                 id: cluster.id,
                 token,
@@ -285,7 +255,7 @@ impl ServerConfig {
         let mut callers = Vec::new();
         for (index, caller) in raw.caller.into_iter().enumerate() {
             let caller = caller
-                .validate(index, path, check, &ids, &mut watched, &mut warnings)
+                .validate(index, &ids, &mut reading)
                 .map_err(invalid)?;
             if caller.token.is_some_and(|token| !hashes.insert(token)) {
                 return Err(invalid(format!(
@@ -309,14 +279,7 @@ impl ServerConfig {
         let extensions = match raw.extensions {
             Some(table) => Some(
                 table
-                    .validate(
-                        raw.extension,
-                        path,
-                        check,
-                        &ids,
-                        &mut watched,
-                        &mut warnings,
-                    )
+                    .validate(raw.extension, &ids, &mut reading)
                     .map_err(invalid)?,
             ),
             None if !raw.extension.is_empty() => {

@@ -57,13 +57,16 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClusterScope;
 
     fn caller(name: &str, token: &str, clusters: Option<&[&str]>) -> CallerConfig {
         CallerConfig {
             name: name.into(),
             token: Some(TokenHash::of(token.as_bytes())),
             cert_name: None,
-            clusters: clusters.map(|ids| ids.iter().map(|id| id.to_string()).collect()),
+            clusters: clusters.map_or(ClusterScope::All, |ids| {
+                ClusterScope::Only(ids.iter().map(|id| id.to_string()).collect())
+            }),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use http::{header, HeaderMap};
 
-use super::public::authenticate;
+use super::auth::authenticate;
 use crate::config::{CallerConfig, TokenHash};
 use crate::transport::tls_server::ClientCert;
 

@@ -16,8 +16,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::auth::authenticate;
 use super::forward::{rescue, ForwardError};
-use super::public::authenticate;
 use super::relay::{relay, Route};
 use super::ServerState;
 use crate::config::ExtensionConfig;

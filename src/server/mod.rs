@@ -6,6 +6,7 @@
 //! token fires. `public` handles `/connect` → negotiation → a mux session registered in the
 //! [`registry::Registry`]; `forward` routes each request to the registered session.
 
+mod auth;
 mod callers;
 mod extensions;
 mod forward;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use subtle::ConstantTimeEq;
 
+use super::auth::authenticate;
 use super::ServerState;
 use crate::config::TokenHash;
 use crate::http::{full, text_response, Body};
@@ -24,28 +24,6 @@ pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Resp
         "/healthz" => text_response(StatusCode::OK, "ok"),
         _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
-}
-
-/// The index of the cluster whose token hashes to the presented one. Every cluster is
-/// compared in constant time, with no early exit, so timing says nothing about which matched.
-/// A cluster without a token (a syntax-only config) never matches.
-pub fn authenticate(tokens: &[Option<TokenHash>], presented: &[u8]) -> Option<usize> {
-    if presented.is_empty() {
-        return None;
-    }
-    let hash = TokenHash::of(presented);
-    let mut found = None;
-    for (index, token) in tokens.iter().enumerate() {
-        // The same work for every entry, present or not.
-        let (candidate, present) = match token {
-            Some(token) => (token.0, true),
-            None => ([0u8; 32], false),
-        };
-        if bool::from(candidate.ct_eq(&hash.0)) && present {
-            found = Some(index);
-        }
-    }
-    found
 }
 
 fn connect(state: Arc<ServerState>, mut request: Request<Incoming>) -> Response<Body> {
@@ -211,26 +189,4 @@ async fn serve_agent(
     drop(guard);
     tracing::info!(%cluster, reason = %end, "agent disconnected");
     agents_status(&state);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authentication_checks_every_cluster() {
-        // A syntax-only cluster (no token) sits among them and never matches.
-        let tokens = [
-            Some(TokenHash::of(b"a")),
-            None,
-            Some(TokenHash::of(b"b")),
-            Some(TokenHash::of(b"c")),
-        ];
-        assert_eq!(authenticate(&tokens, b"b"), Some(2));
-        assert_eq!(authenticate(&tokens, b"c"), Some(3));
-        assert_eq!(authenticate(&tokens, b"d"), None);
-        // S3: an empty presented token never matches, even a cluster whose token hashes "".
-        let empty = [Some(TokenHash::of(b""))];
-        assert_eq!(authenticate(&empty, b""), None);
-    }
 }

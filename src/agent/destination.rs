@@ -7,11 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
-use hyper_util::rt::TokioExecutor;
 
-use super::forward::UpstreamClient;
-use crate::config::{AgentConfig, UpstreamConfig};
-use crate::transport::tls::{self, TlsError};
+use crate::config::AgentConfig;
+use crate::transport::tls::{self, TlsError, Trust, UpstreamClient};
 
 /// One place requests go.
 pub(crate) struct Destination {
@@ -54,22 +52,28 @@ pub(crate) struct Destinations {
 impl Destinations {
     /// Builds every client (reading the CA files now).
     pub(crate) fn build(config: &AgentConfig) -> Result<Self, TlsError> {
+        let upstream = &config.upstream;
+        let trust = match (&upstream.ca_file, upstream.plaintext) {
+            (Some(ca), false) => Trust::Ca(ca),
+            (None, false) => Trust::WebPki,
+            (_, true) => Trust::Plaintext,
+        };
         let kubernetes = Arc::new(Destination {
             label: "its Kubernetes API".into(),
-            target: config.upstream.target.clone(),
-            plaintext: config.upstream.plaintext,
-            token_file: config.upstream.token_file.clone(),
+            target: upstream.target.clone(),
+            plaintext: upstream.plaintext,
+            token_file: upstream.token_file.clone(),
             headers: Vec::new(),
             path_prefix: String::new(),
-            client: upstream_client(&config.upstream, true)?,
-            upgrade_client: upstream_client(&config.upstream, false)?,
+            client: tls::upstream_client(trust, true)?,
+            upgrade_client: tls::upstream_client(trust, false)?,
         });
         let mut backends = HashMap::new();
         for backend in &config.backends {
-            let roots = if backend.tls {
-                tls::roots(backend.ca_file.as_deref())?
-            } else {
-                rustls::RootCertStore::empty()
+            let trust = match (backend.tls, &backend.ca_file) {
+                (true, Some(ca)) => Trust::Ca(ca),
+                (true, None) => Trust::WebPki,
+                (false, _) => Trust::Plaintext,
             };
             backends.insert(
                 backend.name.clone(),
@@ -80,8 +84,8 @@ impl Destinations {
                     token_file: backend.token_file.clone(),
                     headers: backend.headers.clone(),
                     path_prefix: backend.path_prefix.clone(),
-                    client: client(roots.clone(), true),
-                    upgrade_client: client(roots, false),
+                    client: tls::upstream_client(trust, true)?,
+                    upgrade_client: tls::upstream_client(trust, false)?,
                 }),
             );
         }
@@ -90,21 +94,4 @@ impl Destinations {
             backends,
         })
     }
-}
-
-/// The HTTP client for the upstream, trusting `upstream.ca_file` (read now).
-fn upstream_client(upstream: &UpstreamConfig, h2: bool) -> Result<UpstreamClient, TlsError> {
-    let roots = match (&upstream.ca_file, upstream.plaintext) {
-        (Some(ca), false) => tls::roots(Some(ca))?,
-        _ => rustls::RootCertStore::empty(),
-    };
-    Ok(client(roots, h2))
-}
-
-fn client(roots: rustls::RootCertStore, h2: bool) -> UpstreamClient {
-    // hyper-rustls sets ALPN itself (and refuses a config that already has it).
-    let connector = tls::upstream_connector(tls::client_config(roots, &[]), h2);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
 }

@@ -12,8 +12,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 
 use super::destination::Destination;
@@ -21,9 +19,6 @@ use super::AgentState;
 use crate::http::{status_response, strip_hop_by_hop, wants_upgrade, Body};
 use crate::mux::IncomingStream;
 use crate::protocol::{ResetReason, Version};
-
-/// The pooled client to the upstream.
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
 
 /// The v2 target name of the Kubernetes API.
 pub const KUBERNETES: &[u8] = b"kubernetes";

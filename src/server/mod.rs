@@ -83,7 +83,7 @@ const INTERNAL_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 pub(crate) fn listener_tls(
     listener: &'static str,
     tls: &ListenerTls,
-) -> Result<Arc<rustls::ServerConfig>, StartError> {
+) -> Result<tls_server::ServerTlsConfig, StartError> {
     // Extensions: Argo CD's extension proxy speaks HTTP/1.1 to backends.
     let alpn = if listener == "internal" {
         INTERNAL_ALPN

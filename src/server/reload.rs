@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{Check, ListenerTls, ServerConfig};
 use crate::reload::Applied;
-use crate::transport::tls_server::TlsSlot;
+use crate::transport::tls_server::{ServerTlsConfig, TlsSlot};
 
 use super::ServerState;
 
@@ -115,7 +115,7 @@ fn rotated(
     listener: &'static str,
     slot: &Option<Arc<TlsSlot>>,
     tls: &Option<ListenerTls>,
-) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+) -> Result<Option<ServerTlsConfig>, String> {
     match (slot, tls) {
         (Some(_), Some(tls)) => super::listener_tls(listener, tls)
             .map(Some)

@@ -138,6 +138,39 @@ pub async fn connect(
         })
 }
 
+/// The agent's pooled HTTP client to one upstream.
+pub type UpstreamClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    hyper::body::Incoming,
+>;
+
+/// What an upstream's certificate is verified against.
+#[derive(Debug, Clone, Copy)]
+pub enum Trust<'a> {
+    /// Plain HTTP: no TLS.
+    Plaintext,
+    /// The compiled-in web PKI roots.
+    WebPki,
+    /// A PEM CA bundle (read now).
+    Ca(&'a Path),
+}
+
+/// A pooled client for an upstream; `h2` offers HTTP/2 by ALPN (see [`upstream_connector`]).
+pub fn upstream_client(trust: Trust<'_>, h2: bool) -> Result<UpstreamClient, TlsError> {
+    let roots = match trust {
+        Trust::Plaintext => RootCertStore::empty(),
+        Trust::WebPki => roots(None)?,
+        Trust::Ca(path) => roots(Some(path))?,
+    };
+    // hyper-rustls sets ALPN itself (and refuses a config that already has it).
+    let connector = upstream_connector(client_config(roots, &[]), h2);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(connector),
+    )
+}
+
 /// The agent's pooled HTTP client connector for its upstream: https with `config`, or http.
 /// With `h2`, TLS offers HTTP/2 by ALPN (one connection multiplexes every request); without,
 /// HTTP/1.1 only (upgrades — exec, port-forward — exist only there).

@@ -12,6 +12,9 @@ use rustls::ServerConfig;
 
 use super::tls::{certificates, private_key, roots, TlsError};
 
+/// A listener's TLS configuration.
+pub type ServerTlsConfig = Arc<ServerConfig>;
+
 /// Builds a server config from PEM files; `client_ca` makes a client certificate signed by it
 /// mandatory.
 pub fn server_config(

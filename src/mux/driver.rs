@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 use super::error::{SessionEnd, StreamError};
 use super::state::{Outbound, Shared, State};
-use crate::protocol::{self, Frame, ResetReason, Version};
+use super::Role;
+use crate::protocol::{self, Frame, ResetReason, StreamId, Version};
 
 /// Bytes of Data the writer hands the transport before it flushes and looks at the queues again.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -26,6 +27,7 @@ pub(crate) async fn read_loop<R>(
 {
     let limits = &shared.config.limits;
     let mut next_ping = Instant::now() + limits.heartbeat_interval;
+    let mut beats: u32 = 0;
     let started = Instant::now();
     shared.lock().last_pong = started;
     loop {
@@ -54,6 +56,10 @@ pub(crate) async fn read_loop<R>(
                         };
                         shared.push_control(&mut state, ping);
                         state.ping_sent = Some(now);
+                        beats += 1;
+                        if beats % LIVE_IDS_EVERY == 0 {
+                            send_live_ids(&shared, &mut state);
+                        }
                     }
                     next_ping += limits.heartbeat_interval;
                 }
@@ -70,6 +76,29 @@ pub(crate) async fn read_loop<R>(
             return;
         }
     }
+}
+
+/// Every this many heartbeats (a minute by default) a v2 server lists its live streams.
+const LIVE_IDS_EVERY: u32 = 6;
+
+/// Server, v2: lists every stream it holds, so the agent drops any it holds that the server
+/// forgot (a lost close must never leak a stream). It goes in the data queue, behind every
+/// Connect, Fin and Close already queued, so the agent has seen those first: a stream it
+/// holds and this list lacks is one the server no longer has.
+fn send_live_ids(shared: &Shared, state: &mut State) {
+    if shared.config.role != Role::Server || shared.config.version != Version::V2 {
+        return;
+    }
+    let mut ids: Vec<_> = state.streams.keys().copied().collect();
+    ids.sort_unstable();
+    state.data.push_back(
+        Frame::LiveIds {
+            up_to: StreamId::MAX,
+            ids,
+        }
+        .into(),
+    );
+    shared.writer_wake.notify_one();
 }
 
 fn next_open_deadline(shared: &Shared) -> Option<Instant> {

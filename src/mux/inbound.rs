@@ -295,15 +295,8 @@ impl Shared {
                 ResetReason::Protocol,
             );
         }
-        for id in listed {
-            if !state.streams.contains_key(&id) {
-                let frame = Frame::Reset {
-                    id,
-                    reason: ResetReason::Cancelled,
-                    message: Bytes::new(),
-                };
-                self.push_control(state, frame);
-            }
-        }
+        // A listed id we no longer have needs no answer: our Close or Reset for it is already
+        // on its way to the server, ahead of anything we send now. Answering with a Reset
+        // could cut a stream the server still reads after our Fin (its buffered tail).
     }
 }

@@ -105,3 +105,64 @@ async fn slow_reader_gets_the_whole_body_within_the_window() {
     );
     assert_eq!(metric(&text, "tunnel_pending_opens{cluster=\"c1\"}"), 0.0);
 }
+
+/// A reader that stops (a stalled watch, a paused download) holds only its own stream's
+/// window: a concurrent request on the same tunnel completes meanwhile, and the stalled one
+/// still gets its whole body once it reads again.
+#[tokio::test]
+async fn a_stalled_reader_does_not_hold_up_a_concurrent_request() {
+    const STALLED: usize = 64 * 1024 * 1024;
+    const LIST: usize = 8 * 1024 * 1024;
+    let dir = TempDir::new();
+    let upstream = support::pattern_upstream().await;
+    let target = upstream.to_string();
+    let server = server(&dir.0, &[("c1", "agent-token", &target)]).await;
+    let _agent = agent(
+        &dir.0,
+        "a1",
+        server.addrs.public,
+        "agent-token",
+        &target,
+        Inject::Nothing,
+    )
+    .await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+
+    let mut stalled = tokio::net::TcpStream::connect(server.addrs.internal)
+        .await
+        .unwrap();
+    stalled
+        .write_all(format!("GET /tunnel/c1/bytes/{STALLED} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    within("the stalled response starts", async {
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stalled.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+    })
+    .await;
+    // Stop reading; the concurrent request must still complete, intact.
+    let (status, _, body) = get(
+        server.addrs.internal,
+        &format!("/tunnel/c1/bytes/{LIST}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body == pattern(7, LIST),
+        "the concurrent body arrived intact"
+    );
+    // The stalled one resumes and is whole.
+    let mut rest = vec![0u8; STALLED];
+    within("the stalled body, once read", stalled.read_exact(&mut rest))
+        .await
+        .unwrap();
+    assert!(
+        rest == pattern(7, STALLED),
+        "the stalled body arrived intact"
+    );
+}

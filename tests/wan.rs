@@ -143,3 +143,38 @@ async fn the_heartbeat_reports_the_round_trip() {
         assert!((0.050..5.0).contains(&rtt), "{series}{rtt}");
     }
 }
+
+/// A bulk download over the WAN keeps the pipe full: the agent's bytes in flight across the
+/// 25 ms delay grow well past the initial 64 KiB window (windows auto-tune), and never past
+/// the largest window (flow control holds). Measured at the relay, not timed.
+#[tokio::test]
+async fn bulk_over_the_wan_fills_the_window_and_never_exceeds_it() {
+    const BODY: usize = 48 * 1024 * 1024;
+    let dir = TempDir::new();
+    let upstream = support::pattern_upstream().await;
+    let server = server(&dir.0, &[("c1", "agent-token", &upstream.to_string())]).await;
+    let wan = Wan::start(server.addrs.public, ONE_WAY).await;
+    std::fs::write(dir.0.join("agent.token"), "agent-token").unwrap();
+    let _agent = agent_from_toml(&dir.0, "a", &agent_toml(wan.addr, upstream)).await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    let (status, _, body) = support::stack::get(
+        server.addrs.internal,
+        &format!("/tunnel/c1/bytes/{BODY}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == support::pattern(7, BODY), "the body arrived intact");
+    let in_flight = wan.max_in_flight(support::wan::Way::Up);
+    let limits = argocd_proxy::mux::Limits::default();
+    assert!(
+        in_flight >= 16 * u64::from(limits.stream_window),
+        "the window grew: at most {in_flight} bytes were in flight"
+    );
+    // The largest window plus frame and WebSocket headers.
+    let ceiling = u64::from(limits.max_stream_window) * 105 / 100;
+    assert!(
+        in_flight <= ceiling,
+        "{in_flight} bytes in flight, above the window"
+    );
+}

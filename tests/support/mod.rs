@@ -168,3 +168,46 @@ pub fn kubectl(server: &str, home: &TempDir, args: &[&str]) -> std::process::Com
         .args(args);
     command
 }
+
+/// An upstream answering `GET /bytes/<n>` with `n` bytes of `pattern(7, n)` on every connection
+/// (keep-alive), for bulk and concurrency tests.
+pub async fn pattern_upstream() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (listener, addr) = listener().await;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = tcp.into_split();
+                let mut lines = tokio::io::BufReader::new(read);
+                loop {
+                    let mut request_line = String::new();
+                    if lines.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut header = String::new();
+                        if lines.read_line(&mut header).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                    }
+                    let len: usize = request_line
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|path| path.strip_prefix("/bytes/"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                    if write.write_all(head.as_bytes()).await.is_err()
+                        || write.write_all(&pattern(7, len)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}

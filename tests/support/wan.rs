@@ -36,6 +36,9 @@ struct Log {
     last: Option<Way>,
     turns: Turns,
     bytes: u64,
+    /// Bytes read from one side and not yet written to the other, per way (Up, Down).
+    in_flight: [u64; 2],
+    max_in_flight: [u64; 2],
 }
 
 /// The running relay.
@@ -90,6 +93,12 @@ impl Wan {
         self.log.lock().unwrap().last = None;
     }
 
+    /// The most bytes that were ever in the relay at once going `way`: with no bandwidth
+    /// limit, that is what the sender had in flight over the delay.
+    pub fn max_in_flight(&self, way: Way) -> u64 {
+        self.log.lock().unwrap().max_in_flight[way as usize]
+    }
+
     /// Bytes relayed so far, both ways.
     pub fn bytes(&self) -> u64 {
         self.log.lock().unwrap().bytes
@@ -105,12 +114,14 @@ async fn pipe(
     log: Arc<Mutex<Log>>,
 ) {
     let (chunks_tx, mut chunks) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer_log = log.clone();
     let writer = tokio::spawn(async move {
         while let Some((due, chunk)) = chunks.recv().await {
             tokio::time::sleep_until(due).await;
             if to.write_all(&chunk).await.is_err() {
                 return;
             }
+            writer_log.lock().unwrap().in_flight[way as usize] -= chunk.len() as u64;
         }
         let _ = to.shutdown().await;
     });
@@ -130,6 +141,9 @@ async fn pipe(
                 }
             }
             log.bytes += len as u64;
+            let slot = way as usize;
+            log.in_flight[slot] += len as u64;
+            log.max_in_flight[slot] = log.max_in_flight[slot].max(log.in_flight[slot]);
         }
         if chunks_tx
             .send((Instant::now() + delay, buffer[..len].to_vec()))

@@ -62,8 +62,10 @@ pub(crate) fn validate(
         for (name, value) in backend.headers {
             let name = http::HeaderName::try_from(name.as_str())
                 .map_err(|_| format!("{at}: headers: \"{name}\" is not a header name"))?;
-            let value = http::HeaderValue::try_from(value)
+            let mut value = http::HeaderValue::try_from(value)
                 .map_err(|_| format!("{at}: headers: the value of {name} is not a header value"))?;
+            // It may be an API key: `Debug` shows "Sensitive", HTTP/2 never indexes it.
+            value.set_sensitive(true);
             headers.push((name, value));
         }
         let path_prefix = backend.path_prefix.unwrap_or_default();

@@ -379,3 +379,13 @@ fn parse_errors_name_the_place_but_never_quote_the_line() {
     );
     assert!(!error.contains("s3cret"), "{error}");
 }
+
+#[test]
+fn backend_header_values_never_show_in_debug_output() {
+    let text = "server_url = \"wss://h/c\"\ntoken = \"t\"\n[upstream]\n\
+                [[backend]]\nname = \"metrics\"\ntarget = \"m.svc:80\"\n\
+                headers = { \"X-Api-Key\" = \"k3y-value\" }\n";
+    let config = AgentConfig::from_toml(Path::new("a.toml"), text, Check::Syntax).unwrap();
+    assert_eq!(config.backends[0].headers[0].1, "k3y-value");
+    assert!(!format!("{config:?}").contains("k3y-value"));
+}

@@ -20,6 +20,7 @@ struct RawAgent {
     client_cert: Option<PathBuf>,
     client_key: Option<PathBuf>,
     proxy_url: Option<String>,
+    proxy_url_file: Option<PathBuf>,
     no_proxy: Option<Vec<String>>,
     #[serde(default)]
     allow_insecure_server: bool,
@@ -206,7 +207,24 @@ impl AgentConfig {
             (Some(cert), Some(key)) => Some((resolve(path, &cert), resolve(path, &key))),
             _ => return Err(invalid("client_cert and client_key go together".into())),
         };
-        if let Some(proxy) = &raw.proxy_url {
+        // A URL with credentials belongs in a file (a Secret volume), not in the config.
+        let proxy_file = raw.proxy_url_file.as_ref().map(|file| resolve(path, file));
+        let proxy_url = match (raw.proxy_url, &proxy_file, check) {
+            (Some(_), Some(_), _) => {
+                return Err(invalid(
+                    "set only one of proxy_url or proxy_url_file".into(),
+                ))
+            }
+            (Some(url), None, _) => Some(url),
+            (None, Some(file), Check::Files) => Some(
+                read_secret_file(file)
+                    .map_err(|error| invalid(format!("proxy_url_file: {error}")))?
+                    .expose()
+                    .to_owned(),
+            ),
+            (None, _, _) => None,
+        };
+        if let Some(proxy) = &proxy_url {
             // Exactly what a dial will accept; the error never echoes the URL (it may hold a
             // password).
             crate::transport::proxy::ProxyTarget::check_url(proxy)
@@ -239,6 +257,7 @@ impl AgentConfig {
             // The upstream token is re-read per request anyway; these are read once per use.
             watched.extend(raw_token_file.iter().cloned());
             watched.extend(server_ca.iter().cloned());
+            watched.extend(proxy_file.iter().cloned());
             if let Some((cert, key)) = &client_identity {
                 watched.extend([cert.clone(), key.clone()]);
             }
@@ -250,7 +269,7 @@ impl AgentConfig {
             token,
             server_ca,
             client_identity,
-            proxy_url: raw.proxy_url.map(Secret::new),
+            proxy_url: proxy_url.map(Secret::new),
             no_proxy: raw.no_proxy,
             health_listen,
             max_reconnect_interval: match raw

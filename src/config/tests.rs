@@ -389,3 +389,34 @@ fn backend_header_values_never_show_in_debug_output() {
     assert_eq!(config.backends[0].headers[0].1, "k3y-value");
     assert!(!format!("{config:?}").contains("k3y-value"));
 }
+
+#[test]
+fn the_proxy_url_can_come_from_a_watched_file() {
+    let dir = std::env::temp_dir().join(format!("proxy-url-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("agent.token"), "t").unwrap();
+    std::fs::write(
+        dir.join("proxy.url"),
+        "http://agent:s3cret@proxy.example:3128\n",
+    )
+    .unwrap();
+    let path = dir.join("agent.toml");
+    let base = "server_url = \"wss://h/c\"\ntoken_file = \"agent.token\"\n[upstream]\nplaintext = true\ninject_token = false\n";
+    let with = |extra: &str| {
+        let text = format!("{extra}{base}");
+        AgentConfig::from_toml(&path, &text, Check::Files).map_err(|e| e.to_string())
+    };
+    let config = with("proxy_url_file = \"proxy.url\"\n").unwrap();
+    assert_eq!(
+        config.proxy_url.as_ref().unwrap().expose(),
+        "http://agent:s3cret@proxy.example:3128"
+    );
+    assert!(config.watched.contains(&dir.join("proxy.url")));
+    assert!(!format!("{config:?}").contains("s3cret"));
+    let error = with("proxy_url_file = \"proxy.url\"\nproxy_url = \"http://p:1\"\n").unwrap_err();
+    assert!(error.contains("only one of proxy_url"), "{error}");
+    std::fs::write(dir.join("proxy.url"), "socks5://agent:s3cret@p:1").unwrap();
+    let error = with("proxy_url_file = \"proxy.url\"\n").unwrap_err();
+    assert!(!error.contains("s3cret"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -417,32 +417,7 @@ async fn slow_request_heads_are_cut_off() {
 async fn shutdown_finishes_in_flight_streams_within_the_grace() {
     let stack = Stack::start().await;
     let internal = stack.internal();
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let watch = tokio::spawn(async move {
-        use http_body_util::BodyExt;
-        let tcp = tokio::net::TcpStream::connect(internal).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        let request = http::Request::get("/tunnel/c1/api/v1/pods?watch=1")
-            .header("host", "x")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let mut body = sender.send_request(request).await.unwrap().into_body();
-        loop {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        let _ = events_tx.send(String::from_utf8_lossy(&data).into_owned());
-                    }
-                }
-                Some(Err(error)) => return Err(error.to_string()),
-                None => return Ok(()),
-            }
-        }
-    });
+    let (mut events, watch) = support::stack::open_watch(internal, "c1");
     within("watch open", async {
         while stack.kube.open_watches() == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

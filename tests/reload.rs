@@ -10,7 +10,7 @@ use std::path::Path;
 
 use support::kubeapi::FakeKubeApi;
 use support::notify::{addr_in, signal, start, status_of, Notifications};
-use support::stack::{get, wait_routed, LISTENERS};
+use support::stack::{get, open_watch, wait_routed, LISTENERS};
 use support::{within, KillOnDrop, TempDir};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -48,46 +48,6 @@ async fn start_process(binary: &str, dir: &Path, name: &str, toml: &str) -> (Pro
     let child = start(binary, &config, &notify);
     let ready = status_of(&notify.until("READY=1").await);
     (Process { child, notify }, ready)
-}
-
-/// Opens a pods watch through the tunnel; yields each chunk, then how the body ended.
-fn open_watch(
-    internal: SocketAddr,
-    cluster: &str,
-) -> (
-    UnboundedReceiver<String>,
-    tokio::task::JoinHandle<Result<(), String>>,
-) {
-    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let path = format!("/tunnel/{cluster}/api/v1/pods?watch=1");
-    let task = tokio::spawn(async move {
-        use http_body_util::BodyExt;
-        let tcp = tokio::net::TcpStream::connect(internal).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        let request = http::Request::get(path)
-            .header("host", "x")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-        let mut body = response.into_body();
-        loop {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        let _ = events_tx.send(String::from_utf8_lossy(&data).into_owned());
-                    }
-                }
-                Some(Err(error)) => return Err(error.to_string()),
-                None => return Ok(()),
-            }
-        }
-    });
-    (events, task)
 }
 
 async fn watches_open(kube: &FakeKubeApi, count: usize) {

@@ -56,14 +56,7 @@ pub fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
         path: path.display().to_string(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(error("no certificate in the file".into()));
-    }
-    for cert in certs {
+    for cert in pem_certificates(path).map_err(error)? {
         store.add(cert).map_err(|e| error(e.to_string()))?;
     }
     Ok(store)
@@ -99,16 +92,20 @@ pub fn client_config_with_identity(
 
 /// A PEM certificate chain, leaf first; at least one certificate.
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let error = |reason: String| TlsError::Identity {
+    pem_certificates(path).map_err(|reason| TlsError::Identity {
         path: path.display().to_string(),
         reason,
-    };
+    })
+}
+
+/// Every certificate in a PEM file; at least one. The error says why, for the caller to name.
+fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(error("no certificate in the file".into()));
+        return Err("no certificate in the file".into());
     }
     Ok(certs)
 }

@@ -11,6 +11,12 @@ use http_body_util::{BodyExt, Full};
 /// lost mid-body fails the body, so the client sees an error, never a clean end).
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// The read buffer of an HTTP/1 connection that carries bodies in bulk (hyper's default grows
+/// to ~400 KiB). hyper moves up to 16 buffers per poll of a connection, and every process runs
+/// on one thread: with 400 KiB a download held the event loop for milliseconds at a time, and
+/// every other request on it waited that long at each of its hops (S4 in docs/benchmarks.md).
+pub const BULK_READ_BUFFER: usize = 64 * 1024;
+
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, plus the de-facto ones).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",

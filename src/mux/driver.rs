@@ -15,6 +15,11 @@ use crate::protocol::{self, Frame, ResetReason, StreamId, Version};
 /// Bytes of Data the writer hands the transport before it flushes and looks at the queues again.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
+/// Bytes of messages the reader handles before it lets the other tasks run. Each process runs
+/// on one thread, and a reader that drained a full socket buffer (megabytes on loopback) in one
+/// poll made every other stream's next step wait for it.
+const READ_TURN_BYTES: usize = 256 * 1024;
+
 /// Reads messages until the transport ends or the session does; runs the heartbeat and the
 /// v2 open deadlines on its own timer, so a stalled write never hides a dead peer (B10).
 pub(crate) async fn read_loop<R>(
@@ -30,13 +35,21 @@ pub(crate) async fn read_loop<R>(
     let mut beats: u32 = 0;
     let started = Instant::now();
     shared.lock().last_pong = started;
+    let mut read_this_turn = 0;
     loop {
+        if read_this_turn >= READ_TURN_BYTES {
+            read_this_turn = 0;
+            tokio::task::yield_now().await;
+        }
         let next_deadline = next_ping.min(next_open_deadline(&shared).unwrap_or(next_ping));
         tokio::select! {
             message = stream.next() => {
                 let mut state = shared.lock();
                 match message {
-                    Some(Ok(bytes)) => shared.on_message(&mut state, bytes),
+                    Some(Ok(bytes)) => {
+                        read_this_turn += bytes.len();
+                        shared.on_message(&mut state, bytes);
+                    }
                     Some(Err(error)) => shared.end(&mut state, SessionEnd::Transport(error.to_string())),
                     None => shared.end(&mut state, SessionEnd::PeerClosed),
                 }
@@ -81,24 +94,33 @@ pub(crate) async fn read_loop<R>(
 /// Every this many heartbeats (a minute by default) a v2 server lists its live streams.
 const LIVE_IDS_EVERY: u32 = 6;
 
-/// Server, v2: lists every stream it holds, so the agent drops any it holds that the server
-/// forgot (a lost close must never leak a stream). It goes in the data queue, behind every
-/// Connect, Fin and Close already queued, so the agent has seen those first: a stream it
-/// holds and this list lacks is one the server no longer has.
+/// Server, v2: asks the writer to list every stream it holds, so the agent drops any it holds
+/// that the server forgot (a lost close must never leak a stream).
 fn send_live_ids(shared: &Shared, state: &mut State) {
     if shared.config.role != Role::Server || shared.config.version != Version::V2 {
         return;
     }
-    let mut ids: Vec<_> = state.streams.keys().copied().collect();
-    ids.sort_unstable();
-    state.data.push_back(
-        Frame::LiveIds {
-            up_to: StreamId::MAX,
-            ids,
-        }
-        .into(),
-    );
+    state.live_ids_due = true;
     shared.writer_wake.notify_one();
+}
+
+/// The LiveIds frame, built by the writer behind every frame it has taken from the queues: the
+/// streams the server holds, and those whose frames (a final Fin or Close, say) are still
+/// queued. So a stream the agent holds and this list lacks is one whose every frame it has
+/// already read, and that the server no longer has.
+fn live_ids(state: &State) -> Frame {
+    let mut ids: Vec<_> = state
+        .streams
+        .keys()
+        .copied()
+        .chain(state.data.ids())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Frame::LiveIds {
+        up_to: StreamId::MAX,
+        ids,
+    }
 }
 
 fn next_open_deadline(shared: &Shared) -> Option<Instant> {
@@ -150,7 +172,7 @@ where
             );
             let mut bytes = 0;
             while bytes < WRITE_BATCH_BYTES {
-                match state.data.pop_front() {
+                match state.data.pop() {
                     Some(Outbound::Data { message, len }) => {
                         bytes += len;
                         batch.push(message);
@@ -159,8 +181,10 @@ where
                     None => break,
                 }
             }
+            if std::mem::take(&mut state.live_ids_due) {
+                batch.push(protocol::encode(&live_ids(state)));
+            }
             if bytes > 0 {
-                state.queued_data -= bytes;
                 state
                     .send_waiters
                     .drain(..)
@@ -190,7 +214,11 @@ where
                 shared.end(&mut state, SessionEnd::LocalClose);
                 return;
             }
-            Ok(Ok(())) => {}
+            // One batch per turn: the tasks that feed other streams get to run in between.
+            Ok(Ok(())) => {
+                drop(state);
+                tokio::task::yield_now().await;
+            }
             Ok(Err(error)) => {
                 shared.end(&mut state, SessionEnd::Transport(error.to_string()));
                 return;

@@ -82,7 +82,7 @@ impl IncomingStream {
                     slot.established = true;
                     state
                         .data
-                        .push_back(Frame::Connected { id: self.id }.into());
+                        .push(self.id, Frame::Connected { id: self.id }.into());
                     shared.writer_wake.notify_one();
                 }
             }

@@ -25,6 +25,7 @@ mod ids;
 mod inbound;
 mod incoming;
 pub mod negotiate;
+mod queue;
 mod session;
 mod state;
 mod stream;
@@ -91,7 +92,9 @@ pub struct Limits {
     /// Receive-buffer bytes one session may hold or reserve. Default 128 MiB: 64 MiB for the
     /// initial windows of `max_streams` streams, the rest for windows that grew.
     pub session_buffer: usize,
-    /// Bytes of outgoing Data queued per session before writers wait. Default 1 MiB.
+    /// Bytes of outgoing Data queued per session before writers wait. Default 1 MiB. A stream
+    /// with nothing queued may still queue one frame up to twice this, so a busy stream that
+    /// keeps the queue full cannot lock the others out.
     pub send_queue: usize,
     /// Largest Data payload we send in one frame. Default 64 KiB (the Go peers accept 16 MiB).
     pub max_frame_payload: usize,

@@ -112,8 +112,8 @@ impl Session {
                 open_deadlines: BTreeSet::new(),
                 ids: IdAllocator::new(),
                 control: VecDeque::new(),
-                data: VecDeque::new(),
-                queued_data: 0,
+                data: Default::default(),
+                live_ids_due: false,
                 send_waiters: Vec::new(),
                 pong_due: None,
                 end: None,
@@ -215,7 +215,7 @@ impl SessionHandle {
             state.streams.insert(id, slot);
             let target = Bytes::copy_from_slice(target);
             // Connect goes in the data queue so it always precedes the stream's own Data.
-            state.data.push_back(Frame::Connect { id, target }.into());
+            state.data.push(id, Frame::Connect { id, target }.into());
             shared.writer_wake.notify_one();
             (id, answer_rx)
         };
@@ -285,7 +285,7 @@ impl SessionHandle {
             streams: state.streams.len(),
             buffered: state.streams.values().map(|slot| slot.recv_len).sum(),
             reserved: state.session_used,
-            queued_send: state.queued_data,
+            queued_send: state.data.bytes(),
             pending_opens: state
                 .streams
                 .values()

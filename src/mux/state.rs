@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::error::{SessionEnd, StreamError};
 use super::ids::IdAllocator;
+use super::queue::DataQueue;
 use super::{Limits, MemoryBudget, Role};
 use crate::protocol::{Frame, ResetReason, StreamId, Version};
 
@@ -193,10 +194,11 @@ pub(crate) struct State {
     pub open_deadlines: BTreeSet<(Instant, StreamId)>,
     pub ids: IdAllocator,
     pub control: VecDeque<Frame>,
-    /// Data in stream order, with the frames that must not overtake it (Connect, Connected,
-    /// Fin, a Close/Reset after the stream's last Data).
-    pub data: VecDeque<Outbound>,
-    pub queued_data: usize,
+    /// Each stream's Data with the frames that must not overtake it (Connect, Connected, Fin,
+    /// a Close/Reset after the stream's last Data); streams take turns.
+    pub data: DataQueue,
+    /// v2 server: a LiveIds frame is due; the writer builds it behind what it has written.
+    pub live_ids_due: bool,
     pub send_waiters: Vec<Waker>,
     /// A Ping to answer; repeated Pings collapse into one Pong.
     pub pong_due: Option<Bytes>,
@@ -356,7 +358,7 @@ impl Shared {
             if self.config.role == Role::Server && !established {
                 // Our Connect may still sit in the data queue: the reset must not overtake it,
                 // or the agent would accept a stream nobody will ever close.
-                state.data.push_back(frame.into());
+                state.data.push(id, frame.into());
                 self.writer_wake.notify_one();
             } else {
                 self.push_control(state, frame);
@@ -383,7 +385,6 @@ impl Shared {
         state.incoming = None;
         state.control.clear();
         state.data.clear();
-        state.queued_data = 0;
         state.send_waiters.drain(..).for_each(Waker::wake);
         self.writer_wake.notify_one();
         self.ended.notify_one();

@@ -144,7 +144,9 @@ impl AsyncWrite for MuxStream {
             }
             len = len.min(usize::try_from(slot.send_credit).unwrap_or(usize::MAX));
         }
-        if state.queued_data >= config.limits.send_queue {
+        let (queued, limit) = (state.data.bytes(), config.limits.send_queue);
+        let first_in_line = state.data.bytes_of(self.id) == 0 && queued < 2 * limit;
+        if queued >= limit && !first_in_line {
             // Parked twice: on the session queue (woken when it drains) and in the slot (woken
             // if the stream fails meanwhile). A re-poll does not grow the list.
             let waker = cx.waker();
@@ -163,12 +165,14 @@ impl AsyncWrite for MuxStream {
             let slot = state.streams.get_mut(&self.id).expect("slot present");
             slot.send_credit -= len as u64;
         }
-        state.queued_data += len;
         state.counters.bytes_sent += len as u64;
-        state.data.push_back(Outbound::Data {
-            message: crate::protocol::encode_data(self.id, &buf[..len]),
-            len,
-        });
+        state.data.push(
+            self.id,
+            Outbound::Data {
+                message: crate::protocol::encode_data(self.id, &buf[..len]),
+                len,
+            },
+        );
         shared.writer_wake.notify_one();
         Poll::Ready(Ok(len))
     }
@@ -194,7 +198,7 @@ impl AsyncWrite for MuxStream {
         }
         if shared.config.version == Version::V2 {
             // Fin goes behind the Data already queued, in the data queue, so it cannot overtake it.
-            state.data.push_back(Frame::Fin { id: self.id }.into());
+            state.data.push(self.id, Frame::Fin { id: self.id }.into());
             shared.writer_wake.notify_one();
         }
         Poll::Ready(Ok(()))
@@ -224,7 +228,7 @@ impl Drop for MuxStream {
             },
         };
         // Behind queued Data, so a v1 peer receives everything written before the Close.
-        state.data.push_back(frame.into());
+        state.data.push(self.id, frame.into());
         shared.writer_wake.notify_one();
     }
 }

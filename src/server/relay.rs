@@ -75,7 +75,9 @@ pub(crate) async fn relay(
                 .open(&open_target)
                 .await
                 .map_err(ForwardError::Open)?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            let (sender, connection) = hyper::client::conn::http1::Builder::new()
+                .max_buf_size(crate::http::BULK_READ_BUFFER)
+                .handshake(TokioIo::new(stream))
                 .await
                 .map_err(ForwardError::Upstream)?;
             state.tracker.spawn(async move {

@@ -164,6 +164,7 @@ pub fn upstream_client(trust: Trust<'_>, h2: bool) -> Result<UpstreamClient, Tls
     Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
+            .http1_max_buf_size(crate::http::BULK_READ_BUFFER)
             .build(connector),
     )
 }

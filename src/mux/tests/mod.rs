@@ -2,6 +2,7 @@
 //! session or a raw frame peer (to see exactly what goes on the wire) on the other.
 //! Shared helpers live here; the suites are split by theme.
 
+mod fairness;
 mod limits;
 mod pitfalls;
 mod review;

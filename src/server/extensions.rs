@@ -197,14 +197,37 @@ async fn forward(
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
-/// How long a refusal for being over an extension's limits waits before it is sent: a client
-/// retrying in a tight loop then costs a few hundred cheap answers per second, not the core
-/// that Argo CD's own traffic to the clusters needs.
+/// How long, on average, a refusal for being over an extension's limits waits before it is
+/// sent: a client retrying in a tight loop then costs a few hundred cheap answers per second,
+/// not the core that Argo CD's own traffic to the clusters needs.
 pub const BUSY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 async fn busy() -> ForwardError {
-    tokio::time::sleep(BUSY_DELAY).await;
+    tokio::time::sleep(busy_delay()).await;
     ForwardError::ExtensionBusy
+}
+
+/// [`BUSY_DELAY`] ± 50%, uniformly. A fixed delay sent a flood's refused connections back
+/// together, in waves the server then served back to back while Argo CD's own requests
+/// waited behind them; spread out, they arrive as a trickle.
+fn busy_delay() -> std::time::Duration {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(jitter_seed());
+    }
+    let draw = STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x
+    });
+    BUSY_DELAY / 2 + BUSY_DELAY.mul_f64((draw >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+fn jitter_seed() -> u64 {
+    let bytes = crate::host::random_bytes(8).unwrap_or_else(|_| vec![0x5D; 8]);
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes")) | 1
 }
 
 /// Exactly one value of `name`: two would leave which one counts to the proxies in between.
@@ -243,5 +266,23 @@ impl Drop for ActiveExtension {
             .metrics
             .extension_active
             .add(&[&self.extension], -1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_delays_spread_over_half_to_one_and_a_half_times_the_mean() {
+        let delays: Vec<_> = (0..1000).map(|_| busy_delay()).collect();
+        let (low, high) = (BUSY_DELAY / 2, BUSY_DELAY * 3 / 2);
+        assert!(delays.iter().all(|delay| (low..=high).contains(delay)));
+        // Spread over the whole range, not bunched: the point is that refusals sent together
+        // come back apart.
+        let earliest = delays.iter().min().unwrap();
+        let latest = delays.iter().max().unwrap();
+        assert!(*earliest < low + BUSY_DELAY / 10, "{earliest:?}");
+        assert!(*latest > high - BUSY_DELAY / 10, "{latest:?}");
     }
 }

@@ -16,7 +16,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::readahead::Readahead;
 use crate::protocol::{handshake, MAX_MESSAGE};
+
+/// tungstenite's read buffer, zero-filled (so resident) on every read: small, because every
+/// idle tunnel keeps one; bursts are read ahead below it by [`Readahead`].
+const WEBSOCKET_READ_BUFFER: usize = 4096;
 
 /// The handshake failed; the message says at which step.
 pub type HandshakeError = WsError;
@@ -25,17 +30,18 @@ pub type HandshakeError = WsError;
 /// peers' read limit), so an oversized message from a peer ends that session, as it does in Go.
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(WEBSOCKET_READ_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
 }
 
 /// A WebSocket carrying tunnel frames.
 pub struct WebSocketTransport<S> {
-    socket: WebSocketStream<S>,
+    socket: WebSocketStream<Readahead<S>>,
 }
 
 impl<S> WebSocketTransport<S> {
-    fn new(socket: WebSocketStream<S>) -> Self {
+    fn new(socket: WebSocketStream<Readahead<S>>) -> Self {
         Self { socket }
     }
 }
@@ -155,8 +161,12 @@ where
         }
         Ok(response)
     };
-    let socket =
-        tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(config())).await?;
+    let socket = tokio_tungstenite::accept_hdr_async_with_config(
+        Readahead::new(io),
+        callback,
+        Some(config()),
+    )
+    .await?;
     Ok(Accepted {
         transport: WebSocketTransport::new(socket),
         echoed,
@@ -199,7 +209,8 @@ where
         );
     }
     let (socket, response) =
-        tokio_tungstenite::client_async_with_config(request, io, Some(config())).await?;
+        tokio_tungstenite::client_async_with_config(request, Readahead::new(io), Some(config()))
+            .await?;
     let echo = response.headers().get_all(handshake::PROTOCOL_HEADER);
     let echoed = handshake::agent_version(offer_v2, echo.iter().map(HeaderValue::as_bytes))
         == crate::protocol::Version::V2;
@@ -223,6 +234,6 @@ where
 {
     use tokio_tungstenite::tungstenite::protocol::Role;
     WebSocketTransport::new(
-        WebSocketStream::from_raw_socket(io, Role::Server, Some(config())).await,
+        WebSocketStream::from_raw_socket(Readahead::new(io), Role::Server, Some(config())).await,
     )
 }

@@ -86,6 +86,8 @@ where
         };
         main(Started { shutdown, reloads }).await
     });
+    // The last lines say why the process stops; a stuck stderr does not hold the exit long.
+    crate::telemetry::flush(std::time::Duration::from_secs(1));
     std::process::exit(code);
 }
 

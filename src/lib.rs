@@ -28,7 +28,8 @@
 //!   upstream with the agent's own credentials; health endpoints.
 //! - [`config`] (TOML → validated typed config), [`cli`] (what both binaries share),
 //!   [`reload`] (SIGHUP and config-file changes → the server's or agent's `Reloader`),
-//!   [`metrics`], [`telemetry`] (text, JSON or journald; a reloadable level), [`shutdown`],
+//!   [`metrics`], [`telemetry`] (text, JSON or journald; a reloadable level; lines leave the event loop
+//!   through a bounded queue, so a slow stderr drops lines instead of stalling tunnels), [`shutdown`],
 //!   [`systemd`] (sd_notify), [`host`] (fd limit and monotonic clock, via rustix).
 //!
 //! `server` and `agent` never import each other; both stand on the modules above them.

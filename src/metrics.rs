@@ -119,6 +119,15 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Both binaries: log lines dropped because stderr did not keep up (`telemetry`).
+fn log_dropped() -> Family {
+    Family::counter(
+        "log_lines_dropped_total",
+        "Log lines dropped because stderr was not keeping up.",
+        &[],
+    )
+}
+
 /// The methods Go's metrics name; anything else is `OTHER` (a client cannot mint label values).
 pub fn method_label(method: &http::Method) -> &'static str {
     match *method {
@@ -173,6 +182,8 @@ pub struct ServerMetrics {
     pub extension_active: Family,
     /// `tunnel_heartbeat_rtt_seconds{cluster}`: Ping → Pong time of the last heartbeat.
     pub rtt: Family,
+    /// `log_lines_dropped_total`: read from the log writer at each scrape.
+    log_dropped: Family,
 }
 
 impl ServerMetrics {
@@ -255,13 +266,17 @@ impl ServerMetrics {
                 "Ping to Pong time of the tunnel's last heartbeat.",
                 &["cluster"],
             ),
+            log_dropped: log_dropped(),
         }
     }
 
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.log_dropped
+            .set(&[], crate::telemetry::dropped_log_lines() as f64);
         for family in [
+            &self.log_dropped,
             &self.agents_connected,
             &self.auth_failures,
             &self.requests,
@@ -303,6 +318,8 @@ pub struct AgentMetrics {
     pub upstream_errors: Family,
     /// `agent_tunnel_heartbeat_rtt_seconds`: Ping → Pong time of the tunnel's last heartbeat.
     pub rtt: Family,
+    /// `log_lines_dropped_total`: read from the log writer at each scrape.
+    log_dropped: Family,
 }
 
 impl AgentMetrics {
@@ -334,13 +351,17 @@ impl AgentMetrics {
                 "Requests that failed at the agent, by reason.",
                 &["reason"],
             ),
+            log_dropped: log_dropped(),
         }
     }
 
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.log_dropped
+            .set(&[], crate::telemetry::dropped_log_lines() as f64);
         for family in [
+            &self.log_dropped,
             &self.connected,
             &self.reconnects,
             &self.upstream_requests,

@@ -49,7 +49,10 @@ impl JournaldLayer {
     /// A layer sending to `path` (journald's socket, or a test's) as `identifier`.
     pub fn new(path: PathBuf, identifier: String) -> Self {
         Self {
-            socket: UnixDatagram::unbound().ok(),
+            // Non-blocking: a journal that stops reading costs dropped lines, never the tunnel.
+            socket: UnixDatagram::unbound()
+                .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+                .ok(),
             path,
             identifier,
         }
@@ -73,12 +76,25 @@ impl<S: Subscriber> Layer<S> for JournaldLayer {
         for (name, value) in &fields.others {
             append(&mut datagram, name, value);
         }
-        let sent = self
-            .socket
-            .as_ref()
-            .is_some_and(|socket| socket.send_to(&datagram, &self.path).is_ok());
-        if !sent {
-            eprintln!("{} {}: {message}", metadata.level(), metadata.target());
+        let sent = match &self.socket {
+            Some(socket) => socket.send_to(&datagram, &self.path),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        };
+        match sent {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                super::stderr::count_dropped();
+            }
+            Err(_) => {
+                use std::io::Write;
+                let mut line = super::stderr::line();
+                let _ = writeln!(
+                    line,
+                    "{} {}: {message}",
+                    metadata.level(),
+                    metadata.target()
+                );
+            }
         }
     }
 }

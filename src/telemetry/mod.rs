@@ -3,6 +3,7 @@
 //! otherwise — and a level that a reload can change.
 
 mod journald;
+mod stderr;
 
 use std::sync::OnceLock;
 
@@ -13,6 +14,7 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 use crate::config::{LogFormat, RuntimeConfig};
 
 pub use journald::{stderr_is_journal, JournaldLayer, JOURNAL_SOCKET};
+pub use stderr::{dropped as dropped_log_lines, flush, QUEUED_LINES};
 
 static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
@@ -44,13 +46,13 @@ pub fn init(config: &RuntimeConfig) {
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let text = (format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(stderr::QueuedStderr)
             .with_ansi(terminal)
     });
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(stderr::QueuedStderr)
     });
     let journal = (format == LogFormat::Journald)
         .then(|| JournaldLayer::new(JOURNAL_SOCKET.into(), program_name()));

@@ -1,0 +1,116 @@
+//! Text and JSON log lines leave the event loop through a bounded queue, and one thread writes
+//! them to stderr.
+//!
+//! Each process runs its whole tunnel on one thread. Writing a log line there meant that a
+//! slow reader of stderr — a container runtime's pipe that fills, a disk flushing the log file
+//! (S11 in docs/benchmarks.md: a 30 s-old page cache made the probe's p99 3–4× worse) — stopped
+//! every tunnel until it caught up. Now a line that finds the queue full is dropped and counted,
+//! and the writer says how many it dropped once stderr takes lines again.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Log lines waiting for the writer thread; past this they are dropped.
+pub const QUEUED_LINES: usize = 4096;
+
+static QUEUE: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Lines queued and not yet written.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Log lines dropped because stderr (or the journal) was not keeping up, since the start.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Counts a line the journal's socket had no room for.
+pub(super) fn count_dropped() {
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A line for the queue, written when dropped.
+pub(super) fn line() -> Line {
+    Line(Vec::with_capacity(256))
+}
+
+/// Starts the writer thread (once).
+fn queue() -> &'static SyncSender<Vec<u8>> {
+    QUEUE.get_or_init(|| {
+        let (sender, receiver) = sync_channel::<Vec<u8>>(QUEUED_LINES);
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                let mut reported = 0;
+                for line in receiver {
+                    let mut stderr = io::stderr().lock();
+                    let _ = stderr.write_all(&line);
+                    let dropped = DROPPED.load(Ordering::Relaxed);
+                    if dropped > reported {
+                        let _ = writeln!(
+                            stderr,
+                            "{} log lines dropped: stderr was not keeping up",
+                            dropped - reported
+                        );
+                        reported = dropped;
+                    }
+                    PENDING.fetch_sub(1, Ordering::Relaxed);
+                }
+            })
+            .expect("spawn the log writer thread");
+        sender
+    })
+}
+
+/// Waits, at most `limit`, until every queued line is written: at exit, so the last lines
+/// (why the process stops) are not lost, and never for long on a stuck stderr.
+pub fn flush(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while PENDING.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The `MakeWriter` of the text and JSON layers: one event is formatted into a buffer, which
+/// is queued whole when the layer drops the writer.
+pub struct QueuedStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for QueuedStderr {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        line()
+    }
+}
+
+/// One event's formatted bytes.
+pub struct Line(Vec<u8>);
+
+impl Write for Line {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        PENDING.fetch_add(1, Ordering::Relaxed);
+        match queue().try_send(std::mem::take(&mut self.0)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                PENDING.fetch_sub(1, Ordering::Relaxed);
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -21,7 +21,7 @@ use crate::protocol::{handshake, MAX_MESSAGE};
 
 /// tungstenite's read buffer, zero-filled (so resident) on every read: small, because every
 /// idle tunnel keeps one; bursts are read ahead below it by [`Readahead`].
-const WEBSOCKET_READ_BUFFER: usize = 4096;
+const WEBSOCKET_READ_BUFFER: usize = 1024;
 
 /// The handshake failed; the message says at which step.
 pub type HandshakeError = WsError;

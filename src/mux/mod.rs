@@ -84,8 +84,10 @@ pub struct Limits {
     /// window / RTT.)
     pub stream_window: u32,
     /// v2: the largest a stream's window grows to when its reader keeps up (sized for
-    /// bandwidth × delay: 16 MiB fills 1 Gbit/s over 100 ms). Growth comes from the session
-    /// budget's headroom above `max_streams × stream_window`. Default 16 MiB.
+    /// bandwidth × delay: 64 MiB fills 5 Gbit/s over 100 ms; 16 MiB held a 50 ms path to a
+    /// quarter of what it carried, S10 in docs/benchmarks.md). Growth comes from the session
+    /// budget's headroom above `max_streams × stream_window`, and the process budget caps the
+    /// sum. Default 64 MiB.
     pub max_stream_window: u32,
     /// v1: bytes buffered for one stream before it is reset (v1 has no credits). Default 8 MiB.
     pub v1_stream_buffer: usize,
@@ -116,7 +118,7 @@ impl Default for Limits {
         Self {
             max_streams: 1024,
             stream_window: 64 * 1024,
-            max_stream_window: 16 * 1024 * 1024,
+            max_stream_window: 64 * 1024 * 1024,
             v1_stream_buffer: 8 * 1024 * 1024,
             session_buffer: 128 * 1024 * 1024,
             send_queue: 1024 * 1024,

@@ -123,7 +123,7 @@ fn escape(value: &str) -> String {
 fn log_dropped() -> Family {
     Family::counter(
         "log_lines_dropped_total",
-        "Log lines dropped because stderr was not keeping up.",
+        "Log lines dropped because stderr or the journal was not keeping up.",
         &[],
     )
 }

@@ -69,12 +69,19 @@ pub struct LimitsConfig {
 impl RawLimits {
     pub(crate) fn validate(self) -> Result<LimitsConfig, String> {
         let defaults = Limits::default();
+        let session_buffer = self.tunnel_buffer.unwrap_or(defaults.session_buffer);
         let tunnel = Limits {
             max_streams: self.max_streams_per_tunnel.unwrap_or(defaults.max_streams),
             stream_window: self.stream_window.unwrap_or(defaults.stream_window),
-            max_stream_window: self.max_stream_window.unwrap_or(defaults.max_stream_window),
+            // Unset, it follows a smaller `tunnel_buffer` down, so a config that set only that
+            // (valid when the default was 16 MiB) stays valid.
+            max_stream_window: self.max_stream_window.unwrap_or(
+                defaults
+                    .max_stream_window
+                    .min(u32::try_from(session_buffer).unwrap_or(u32::MAX)),
+            ),
             v1_stream_buffer: self.v1_stream_buffer.unwrap_or(defaults.v1_stream_buffer),
-            session_buffer: self.tunnel_buffer.unwrap_or(defaults.session_buffer),
+            session_buffer,
             send_queue: self.send_queue.unwrap_or(defaults.send_queue),
             max_frame_payload: self.max_frame_payload.unwrap_or(defaults.max_frame_payload),
             open_timeout: self.open_timeout.unwrap_or(defaults.open_timeout),

@@ -105,6 +105,21 @@ fn listeners_and_limits_are_validated() {
         .contains("duration"));
 }
 
+/// A `tunnel_buffer` under the default `max_stream_window` (64 MiB) alone is valid: the
+/// window's default follows it down. Setting both inconsistently is still an error.
+#[test]
+fn the_default_stream_window_fits_a_smaller_tunnel_buffer() {
+    let small =
+        format!("{LISTENERS}[limits]\ntunnel_buffer = 33554432\nmax_streams_per_tunnel = 64\n");
+    let config = server(&small).unwrap();
+    assert_eq!(config.limits.tunnel.max_stream_window, 32 * 1024 * 1024);
+    let both = format!("{small}max_stream_window = 67108864\n");
+    assert!(server(&both)
+        .unwrap_err()
+        .to_string()
+        .contains("max_stream_window"));
+}
+
 #[test]
 fn token_files_are_read_only_when_checking_files() {
     let dir = std::env::temp_dir().join(format!("argocd-proxy-config-{}", std::process::id()));

@@ -107,8 +107,10 @@ fn send_live_ids(shared: &Shared, state: &mut State) {
 /// The LiveIds frame, built by the writer behind every frame it has taken from the queues: the
 /// streams the server holds, and those whose frames (a final Fin or Close, say) are still
 /// queued. So a stream the agent holds and this list lacks is one whose every frame it has
-/// already read, and that the server no longer has.
-fn live_ids(state: &State) -> Frame {
+/// already read, and that the server no longer has. `None` while the list is longer than the
+/// agent accepts (its stream limit; closed streams whose last frames wait in the queue can
+/// push it over): the agent would drop the whole frame, so the writer tries again next batch.
+fn live_ids(state: &State, most: usize) -> Option<Frame> {
     let mut ids: Vec<_> = state
         .streams
         .keys()
@@ -117,10 +119,10 @@ fn live_ids(state: &State) -> Frame {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    Frame::LiveIds {
+    (ids.len() <= most).then_some(Frame::LiveIds {
         up_to: StreamId::MAX,
         ids,
-    }
+    })
 }
 
 fn next_open_deadline(shared: &Shared) -> Option<Instant> {
@@ -181,8 +183,11 @@ where
                     None => break,
                 }
             }
-            if std::mem::take(&mut state.live_ids_due) {
-                batch.push(protocol::encode(&live_ids(state)));
+            if state.live_ids_due {
+                if let Some(frame) = live_ids(state, shared.config.peer_max_streams) {
+                    state.live_ids_due = false;
+                    batch.push(protocol::encode(&frame));
+                }
             }
             if bytes > 0 {
                 state

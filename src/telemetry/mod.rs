@@ -42,6 +42,9 @@ pub fn init(config: &RuntimeConfig) {
         LogFormat::Auto => LogFormat::Text,
         chosen => chosen,
     };
+    if matches!(format, LogFormat::Text | LogFormat::Json) {
+        stderr::start();
+    }
     // Colour only for a human at a terminal; files, pipes and journald get plain text.
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let text = (format == LogFormat::Text).then(|| {

@@ -36,32 +36,38 @@ pub(super) fn line() -> Line {
     Line(Vec::with_capacity(256))
 }
 
-/// Starts the writer thread (once).
-fn queue() -> &'static SyncSender<Vec<u8>> {
-    QUEUE.get_or_init(|| {
-        let (sender, receiver) = sync_channel::<Vec<u8>>(QUEUED_LINES);
-        std::thread::Builder::new()
-            .name("log-writer".into())
-            .spawn(move || {
-                let mut reported = 0;
-                for line in receiver {
-                    let mut stderr = io::stderr().lock();
-                    let _ = stderr.write_all(&line);
-                    let dropped = DROPPED.load(Ordering::Relaxed);
-                    if dropped > reported {
-                        let _ = writeln!(
-                            stderr,
-                            "{} log lines dropped: stderr was not keeping up",
-                            dropped - reported
-                        );
-                        reported = dropped;
-                    }
-                    PENDING.fetch_sub(1, Ordering::Relaxed);
+/// Starts the writer thread, at init (not on the first line, which may come under load). If the
+/// thread cannot start, lines are written directly, as before.
+pub(super) fn start() {
+    if QUEUE.get().is_some() {
+        return;
+    }
+    let (sender, receiver) = sync_channel::<Vec<u8>>(QUEUED_LINES);
+    let spawned = std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || {
+            let mut reported = 0;
+            for line in receiver {
+                let mut stderr = io::stderr().lock();
+                let _ = stderr.write_all(&line);
+                let dropped = DROPPED.load(Ordering::Relaxed);
+                if dropped > reported {
+                    let _ = writeln!(
+                        stderr,
+                        "{} log lines dropped: stderr or the journal was not keeping up",
+                        dropped - reported
+                    );
+                    reported = dropped;
                 }
-            })
-            .expect("spawn the log writer thread");
-        sender
-    })
+                PENDING.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = QUEUE.set(sender);
+        }
+        Err(error) => eprintln!("cannot start the log writer thread ({error}); logging directly"),
+    }
 }
 
 /// Waits, at most `limit`, until every queued line is written: at exit, so the last lines
@@ -104,8 +110,12 @@ impl Drop for Line {
         if self.0.is_empty() {
             return;
         }
+        let Some(queue) = QUEUE.get() else {
+            let _ = io::stderr().write_all(&self.0);
+            return;
+        };
         PENDING.fetch_add(1, Ordering::Relaxed);
-        match queue().try_send(std::mem::take(&mut self.0)) {
+        match queue.try_send(std::mem::take(&mut self.0)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 PENDING.fetch_sub(1, Ordering::Relaxed);

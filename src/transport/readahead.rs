@@ -6,7 +6,8 @@
 //! transfer would take a system call per few KiB. So the WebSocket layer reads small pieces
 //! from this adapter, which reads the socket directly while traffic is light and switches to
 //! one large read-ahead buffer when a read fills what was asked (more is waiting); it frees
-//! that buffer once a read-ahead comes back mostly empty (the burst is over).
+//! that buffer as soon as the socket has nothing more (the burst is over), or when a read-ahead
+//! brings back only a little and all of it is handed on.
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +20,10 @@ pub const READ_AHEAD: usize = 64 * 1024;
 
 /// A read-ahead that returns less than this ends the burst and frees the buffer.
 const BURST_OVER: usize = READ_AHEAD / 4;
+
+/// Only a full read of at least this much starts a burst: the WebSocket layer sometimes asks
+/// for a few bytes (the rest of a header), and filling those says nothing about what waits.
+const BURST_SIGN: usize = 512;
 
 /// A connection with a read-ahead buffer that comes and goes with bursts.
 pub struct Readahead<S> {
@@ -68,13 +73,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Readahead<S> {
             // Light traffic: straight into the caller's buffer.
             let before = out.filled().len();
             std::task::ready!(Pin::new(&mut this.io).poll_read(cx, out))?;
-            if wanted > 0 && out.filled().len() - before == wanted {
+            if wanted >= BURST_SIGN && out.filled().len() - before == wanted {
                 this.buffer = Some(vec![0; READ_AHEAD].into_boxed_slice());
             }
             return Poll::Ready(Ok(()));
         };
         let mut ahead = ReadBuf::new(buffer);
-        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut ahead))?;
+        if Pin::new(&mut this.io)
+            .poll_read(cx, &mut ahead)?
+            .is_pending()
+        {
+            // Drained: an idle connection holds no read-ahead.
+            this.buffer = None;
+            return Poll::Pending;
+        }
         let got = ahead.filled().len();
         let n = out.remaining().min(got);
         out.put_slice(&ahead.filled()[..n]);
@@ -156,11 +168,19 @@ mod tests {
         }
         assert_eq!(got, sent, "every byte, in order");
 
-        // A short read-ahead ends the burst.
-        writer.write_all(b"ping").await.unwrap();
-        let n = reader.read(&mut piece).await.unwrap();
-        assert_eq!(&piece[..n], b"ping");
+        // Nothing more waiting: the burst is over.
+        use futures_util::FutureExt;
+        assert!(
+            reader.read(&mut piece).now_or_never().is_none(),
+            "nothing to read"
+        );
         assert_eq!(reader.held(), 0, "an idle connection holds no read-ahead");
+
+        // A full read of a few bytes (the rest of a header) is no sign of a burst.
+        writer.write_all(b"0123456789").await.unwrap();
+        let mut header_rest = [0u8; 10];
+        reader.read_exact(&mut header_rest).await.unwrap();
+        assert_eq!(reader.held(), 0);
     }
 
     #[tokio::test]

@@ -91,8 +91,11 @@ pub struct Limits {
     pub max_stream_window: u32,
     /// v1: bytes buffered for one stream before it is reset (v1 has no credits). Default 8 MiB.
     pub v1_stream_buffer: usize,
-    /// Receive-buffer bytes one session may hold or reserve. Default 128 MiB: 64 MiB for the
-    /// initial windows of `max_streams` streams, the rest for windows that grew.
+    /// Receive-buffer bytes one session may hold or reserve. Default 256 MiB: 64 MiB for the
+    /// initial windows of `max_streams` streams, the rest for windows that grew (three streams
+    /// at `max_stream_window`; with 128 MiB one grown stream left the others none). Reserved,
+    /// not allocated: bytes are held only while a reader lags, and the process budget caps the
+    /// sum over all sessions.
     pub session_buffer: usize,
     /// Bytes of outgoing Data queued per session before writers wait. Default 1 MiB. A stream
     /// with nothing queued may still queue one frame up to twice this, so a busy stream that
@@ -120,7 +123,7 @@ impl Default for Limits {
             stream_window: 64 * 1024,
             max_stream_window: 64 * 1024 * 1024,
             v1_stream_buffer: 8 * 1024 * 1024,
-            session_buffer: 128 * 1024 * 1024,
+            session_buffer: 256 * 1024 * 1024,
             send_queue: 1024 * 1024,
             max_frame_payload: 64 * 1024,
             open_timeout: Duration::from_secs(30),

@@ -150,7 +150,7 @@ async fn process_budget_is_shared_across_sessions() {
 fn default_limits_are_consistent() {
     Limits::default().validate().unwrap();
     let over = Limits {
-        stream_window: 256 * 1024,
+        stream_window: 512 * 1024,
         ..Limits::default()
     };
     let message = over.validate().unwrap_err();

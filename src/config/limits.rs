@@ -69,7 +69,12 @@ pub struct LimitsConfig {
 impl RawLimits {
     pub(crate) fn validate(self) -> Result<LimitsConfig, String> {
         let defaults = Limits::default();
-        let session_buffer = self.tunnel_buffer.unwrap_or(defaults.session_buffer);
+        let process_buffer = self.process_buffer.unwrap_or(1024 * 1024 * 1024);
+        // Unset, it follows a smaller `process_buffer` down (the agent chart sets 128 MiB), so
+        // configs written when the default was 128 MiB stay valid.
+        let session_buffer = self
+            .tunnel_buffer
+            .unwrap_or(defaults.session_buffer.min(process_buffer));
         let tunnel = Limits {
             max_streams: self.max_streams_per_tunnel.unwrap_or(defaults.max_streams),
             stream_window: self.stream_window.unwrap_or(defaults.stream_window),
@@ -116,7 +121,6 @@ impl RawLimits {
         if tunnel.heartbeat_interval > Duration::from_secs(15) {
             return Err("[limits] heartbeat_interval must be ≤ 15s: a Go peer drops a tunnel after 45 s without a Ping".into());
         }
-        let process_buffer = self.process_buffer.unwrap_or(1024 * 1024 * 1024);
         if process_buffer < tunnel.session_buffer {
             return Err("[limits] process_buffer must be ≥ tunnel_buffer".into());
         }

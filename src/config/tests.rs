@@ -106,13 +106,18 @@ fn listeners_and_limits_are_validated() {
 }
 
 /// A `tunnel_buffer` under the default `max_stream_window` (64 MiB) alone is valid: the
-/// window's default follows it down. Setting both inconsistently is still an error.
+/// window's default follows it down, as the tunnel's follows `process_buffer`. Setting both
+/// inconsistently is still an error.
 #[test]
 fn the_default_stream_window_fits_a_smaller_tunnel_buffer() {
     let small =
         format!("{LISTENERS}[limits]\ntunnel_buffer = 33554432\nmax_streams_per_tunnel = 64\n");
     let config = server(&small).unwrap();
     assert_eq!(config.limits.tunnel.max_stream_window, 32 * 1024 * 1024);
+    // And the tunnel's default follows a smaller process budget (the agent chart's 128 MiB).
+    let budget = format!("{LISTENERS}[limits]\nprocess_buffer = 134217728\n");
+    let config = server(&budget).unwrap();
+    assert_eq!(config.limits.tunnel.session_buffer, 128 * 1024 * 1024);
     let both = format!("{small}max_stream_window = 67108864\n");
     assert!(server(&both)
         .unwrap_err()

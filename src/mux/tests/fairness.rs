@@ -69,12 +69,7 @@ async fn a_small_write_is_not_held_behind_a_busy_streams_queue() {
 /// not discard it before those frames arrive.
 #[tokio::test(start_paused = true)]
 async fn live_ids_list_a_dropped_stream_whose_frames_are_still_queued() {
-    let limits = Limits {
-        heartbeat_interval: Duration::from_millis(100),
-        heartbeat_timeout: Duration::from_secs(60),
-        ..Limits::default()
-    };
-    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, limits);
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, six_beats_a_second());
     let mut stream = open_with_credit(&server, &mut peer, 16 * 1024 * 1024).await;
     let id = stream.id();
     peer.send(Frame::Fin { id }).await;

@@ -82,6 +82,16 @@ pub(super) fn with_raw_peer(role: Role, version: Version, limits: Limits) -> (Se
     (session, RawPeer(theirs))
 }
 
+/// Heartbeats every 100 ms (a v2 server's LiveIds every 600 ms) and a peer that need not
+/// answer them for a minute: for LiveIds tests under paused time.
+pub(super) fn six_beats_a_second() -> Limits {
+    Limits {
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    }
+}
+
 pub(super) fn wide_limits() -> Limits {
     Limits {
         stream_window: 64 * 1024,

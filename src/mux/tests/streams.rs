@@ -192,12 +192,7 @@ async fn live_ids_reconcile_lost_closes() {
 /// The server lists its live streams every six heartbeats, behind what it already queued.
 #[tokio::test(start_paused = true)]
 async fn a_v2_server_sends_its_live_ids_periodically() {
-    let limits = Limits {
-        heartbeat_interval: Duration::from_millis(100),
-        heartbeat_timeout: Duration::from_secs(60),
-        ..Limits::default()
-    };
-    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, limits);
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, six_beats_a_second());
     let _first = server.handle.open(b"t").await.unwrap();
     let _second = server.handle.open(b"t").await.unwrap();
     let mut opened = Vec::new();

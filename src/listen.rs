@@ -113,56 +113,81 @@ pub async fn serve<H, F>(
         };
         let _ = tcp.set_nodelay(true);
         let (handle, shutdown, options) = (handle.clone(), shutdown.clone(), options.clone());
-        tracker.spawn(async move {
-            let _slot = slot;
-            let Some(tls) = &options.tls else {
+        // One task per connection, each path a future of its own: an idle plain connection (a
+        // watch holds one for hours) carries no TLS handshake or HTTP/2 state (S9).
+        match options.tls.clone() {
+            None => tracker.spawn(async move {
+                let _slot = slot;
                 let service = service(handle, peer, None, None);
-                return drive!(http1(&options, TokioIo::new(tcp), service), shutdown, peer);
-            };
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-            let stream =
-                match tokio::time::timeout(options.header_read_timeout, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        // Wrong CA, no client certificate, plaintext on a TLS port: the client's
-                        // problem, visible at debug level only (scanners would flood the log).
-                        return tracing::debug!(%error, %peer, "TLS handshake failed");
-                    }
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                };
-            let (_, session) = stream.get_ref();
-            let h2 = session.alpn_protocol() == Some(b"h2");
-            let cert = session
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|leaf| ClientCert(leaf.clone().into_owned()));
-            let io = TokioIo::new(stream);
-            if h2 {
-                let activity = idle::Activity::new();
-                let service = service(handle, peer, cert, Some(activity.clone()));
-                let connection = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(
-                        u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX),
-                    )
-                    .max_concurrent_streams(options.max_h2_streams)
-                    // A peer's unread response data stays bounded per stream (h2's default
-                    // is ~400 KiB, outside the tunnel's memory budget).
-                    .max_send_buf_size(H2_SEND_BUFFER)
-                    .serve_connection(io, service);
-                tokio::select! {
-                    () = async { drive!(connection, shutdown, peer) } => {}
-                    () = idle::idle_for(&activity, options.header_read_timeout) => {
-                        tracing::debug!(%peer, "idle HTTP/2 connection closed");
-                    }
-                }
-            } else {
-                let service = service(handle, peer, cert, None);
-                drive!(http1(&options, io, service), shutdown, peer)
-            }
-        });
+                drive!(http1(&options, TokioIo::new(tcp), service), shutdown, peer)
+            }),
+            Some(tls) => tracker.spawn(async move {
+                let _slot = slot;
+                serve_tls(tcp, peer, &tls, handle, shutdown, options).await
+            }),
+        };
     }
+}
+
+/// Serves one TLS connection: HTTP/2 when ALPN chose it, else HTTP/1.1.
+async fn serve_tls<H, F>(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: &TlsSlot,
+    handle: H,
+    shutdown: CancellationToken,
+    options: ServeOptions,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    // Boxed, so the handshake's state is freed when it ends instead of sizing the connection's
+    // task for its whole life.
+    let accept = Box::pin(tokio::time::timeout(
+        options.header_read_timeout,
+        acceptor.accept(tcp),
+    ));
+    let stream = match accept.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            // Wrong CA, no client certificate, plaintext on a TLS port: the client's problem,
+            // visible at debug level only (scanners would flood the log).
+            return tracing::debug!(%error, %peer, "TLS handshake failed");
+        }
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let (_, session) = stream.get_ref();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let cert = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| ClientCert(leaf.clone().into_owned()));
+    let io = TokioIo::new(stream);
+    if !h2 {
+        let service = service(handle, peer, cert, None);
+        return drive!(http1(&options, io, service), shutdown, peer);
+    }
+    // Boxed for the same reason: an HTTP/1.1 connection does not carry HTTP/2's state.
+    Box::pin(async move {
+        let activity = idle::Activity::new();
+        let service = service(handle, peer, cert, Some(activity.clone()));
+        let connection = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(options.max_h2_streams)
+            // A peer's unread response data stays bounded per stream (h2's default is
+            // ~400 KiB, outside the tunnel's memory budget).
+            .max_send_buf_size(H2_SEND_BUFFER)
+            .serve_connection(io, service);
+        tokio::select! {
+            () = async { drive!(connection, shutdown, peer) } => {}
+            () = idle::idle_for(&activity, options.header_read_timeout) => {
+                tracing::debug!(%peer, "idle HTTP/2 connection closed");
+            }
+        }
+    })
+    .await
 }
 
 /// Response bytes HTTP/2 buffers per stream for a slow reader.
@@ -191,7 +216,10 @@ where
         }
         let in_flight = activity.as_ref().map(|activity| activity.start());
         let response = handle(request, peer);
-        async move {
+        // Boxed: hyper keeps a slot the size of this future for the connection's whole life
+        // (3 KiB per idle watch, S9); boxed, the slot is a pointer and the future is freed
+        // when the response head is out.
+        Box::pin(async move {
             let response = response.await;
             let Some(in_flight) = in_flight else {
                 return Ok::<_, Infallible>(response);
@@ -204,7 +232,7 @@ where
                 })
                 .boxed()
             }))
-        }
+        })
     })
 }
 

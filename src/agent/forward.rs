@@ -91,13 +91,15 @@ pub async fn serve_stream(
         service_fn(move |request| {
             let state = state.clone();
             let destination = target.resolve(&state);
-            async move {
+            // Boxed: hyper keeps a slot the size of this future for the stream's whole life;
+            // boxed, an idle watch holds a pointer, not the forwarding state (S9).
+            Box::pin(async move {
                 let response = match destination {
                     Ok(destination) => forward(state, destination, request).await,
                     Err(why) => status_response(StatusCode::FORBIDDEN, "Forbidden", &why),
                 };
                 Ok::<_, Infallible>(response)
-            }
+            })
         })
     };
     let connection = http1::Builder::new()

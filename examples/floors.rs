@@ -3,7 +3,7 @@
 //! scenario F, in the same run as the scenarios they bound; alone:
 //!
 //! ```text
-//! cargo run --release --example floors -- idle raw|hyper-server|hyper-client [STREAMS]
+//! cargo run --release --example floors -- idle raw|hyper-server|hyper-client|h2 [STREAMS]
 //! cargo run --release --example floors -- wire tcp|tls|ws|tls-ws [MIB]
 //! ```
 //!
@@ -11,7 +11,9 @@
 //! then held open) over loopback TCP, both ends in this process. `raw` is the control: plain
 //! tokio tasks and sockets on both ends, the least any design holds. `hyper-server` puts a hyper
 //! HTTP/1 server connection on one end, `hyper-client` a hyper HTTP/1 client connection; each
-//! minus `raw` is what one hyper connection costs an idle stream (S9's floor).
+//! minus `raw` is what one hyper connection costs an idle stream (S9's floor). `h2`: every
+//! stream on one HTTP/2 connection, hyper at both ends (what Argo CD's client-go speaks over
+//! TLS), per stream with both ends counted.
 //!
 //! `wire`: one direction's throughput between two threads (a single-threaded runtime each, as
 //! the two binaries are) over one loopback connection: `tcp`, `tls` (rustls), `ws` (tungstenite,
@@ -28,7 +30,7 @@ use bytes::Bytes;
 use futures_util::{stream, SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,6 +61,7 @@ fn main() -> Result<(), Error> {
         Some("raw") => "raw",
         Some("hyper-server") => "hyper-server",
         Some("hyper-client") => "hyper-client",
+        Some("h2") => "h2",
         Some("tcp") => "tcp",
         Some("tls") => "tls",
         Some("ws") => "ws",
@@ -66,7 +69,7 @@ fn main() -> Result<(), Error> {
         _ => "",
     };
     let line = match (arg(0), kind) {
-        (Some("idle"), "raw" | "hyper-server" | "hyper-client") => {
+        (Some("idle"), "raw" | "hyper-server" | "hyper-client" | "h2") => {
             let streams = count(2000)?;
             runtime()?
                 .block_on(async { tokio::time::timeout(DEADLINE, idle(kind, streams)).await })
@@ -75,7 +78,7 @@ fn main() -> Result<(), Error> {
         (Some("wire"), "tcp" | "tls" | "ws" | "tls-ws") => wire(kind, count(1024)?)?,
         _ => {
             return Err(
-                "usage: floors idle raw|hyper-server|hyper-client [STREAMS] \
+                "usage: floors idle raw|hyper-server|hyper-client|h2 [STREAMS] \
                         | floors wire tcp|tls|ws|tls-ws [MIB]"
                     .into(),
             )
@@ -104,6 +107,7 @@ async fn idle(kind: &'static str, streams: usize) -> Result<String, Error> {
             socket.set_nodelay(true).ok();
             match kind {
                 "hyper-server" => drop(tokio::spawn(hyper_server(socket))),
+                "h2" => drop(tokio::spawn(h2_server(socket, streams))),
                 _ => drop(tokio::spawn(raw_server(socket))),
             }
         }
@@ -111,12 +115,19 @@ async fn idle(kind: &'static str, streams: usize) -> Result<String, Error> {
     let before = rss_kib();
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(streams.max(1));
     let in_flight = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
+    // HTTP/2: every stream on one connection.
+    let h2 = match kind {
+        "h2" => Some(h2_connect(addr).await?),
+        _ => None,
+    };
     for _ in 0..streams {
         let permit = in_flight.clone().acquire_owned().await?;
         let ready = ready_tx.clone();
+        let h2 = h2.clone();
         tokio::spawn(async move {
-            let result = match kind {
-                "hyper-client" => hyper_client(addr, permit).await,
+            let result = match (kind, h2) {
+                (_, Some(sender)) => h2_stream(sender, permit).await,
+                ("hyper-client", _) => hyper_client(addr, permit).await,
                 _ => raw_client(addr, permit).await,
             };
             // Reached only if a stream failed or ended: an idle stream never returns.
@@ -199,20 +210,55 @@ async fn raw_client(
     hold(&mut socket).await
 }
 
+/// The watch answer: a head, one event, then nothing, never ending.
+async fn watch(
+    _request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<impl hyper::body::Body<Data = Bytes, Error = Infallible>>, Infallible> {
+    let first = stream::once(async { Ok::<_, Infallible>(Frame::data(Bytes::from_static(EVENT))) });
+    let body = StreamBody::new(first.chain(stream::pending()));
+    Ok(hyper::Response::builder()
+        .header("content-type", "application/json")
+        .body(body)
+        .expect("static response"))
+}
+
+async fn h2_server(socket: TcpStream, streams: usize) {
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_concurrent_streams(u32::try_from(streams).unwrap_or(u32::MAX))
+        .serve_connection(TokioIo::new(socket), hyper::service::service_fn(watch))
+        .await;
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>;
+
+async fn h2_connect(addr: SocketAddr) -> Result<H2Sender, Error> {
+    let socket = TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(socket)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn h2_stream(
+    mut sender: H2Sender,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let request = hyper::Request::get("http://floor/api/v1/configmaps?watch=true")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("static request");
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let mut body = response.into_body();
+    body.frame().await.ok_or("no event")?.map_err(|e| e.to_string())?;
+    drop(permit);
+    body.frame().await;
+    Ok(())
+}
+
 async fn hyper_server(socket: TcpStream) {
-    let service = hyper::service::service_fn(|_request| async {
-        let first =
-            stream::once(async { Ok::<_, Infallible>(Frame::data(Bytes::from_static(EVENT))) });
-        let body = StreamBody::new(first.chain(stream::pending()));
-        Ok::<_, Infallible>(
-            hyper::Response::builder()
-                .header("content-type", "application/json")
-                .body(body)
-                .expect("static response"),
-        )
-    });
     let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(socket), service)
+        .serve_connection(TokioIo::new(socket), hyper::service::service_fn(watch))
         .await;
 }
 

@@ -3,11 +3,11 @@
 //! credential; a reload rebuilds them all.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
+use super::token::TokenFile;
 use crate::config::AgentConfig;
 use crate::transport::tls::{self, TlsError, Trust, UpstreamClient};
 
@@ -19,8 +19,8 @@ pub(crate) struct Destination {
     pub(crate) target: String,
     /// Plain HTTP.
     pub(crate) plaintext: bool,
-    /// Bearer token to inject, re-read per request.
-    pub(crate) token_file: Option<PathBuf>,
+    /// Bearer token to inject, checked per request.
+    pub(crate) token_file: Option<TokenFile>,
     /// Headers set on every request.
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// Prepended to the path.
@@ -62,7 +62,7 @@ impl Destinations {
             label: "its Kubernetes API".into(),
             target: upstream.target.clone(),
             plaintext: upstream.plaintext,
-            token_file: upstream.token_file.clone(),
+            token_file: upstream.token_file.clone().map(TokenFile::new),
             headers: Vec::new(),
             path_prefix: String::new(),
             client: tls::upstream_client(trust, true)?,
@@ -81,7 +81,7 @@ impl Destinations {
                     label: format!("extension backend \"{}\"", backend.name),
                     target: backend.target.clone(),
                     plaintext: !backend.tls,
-                    token_file: backend.token_file.clone(),
+                    token_file: backend.token_file.clone().map(TokenFile::new),
                     headers: backend.headers.clone(),
                     path_prefix: backend.path_prefix.clone(),
                     client: tls::upstream_client(trust, true)?,

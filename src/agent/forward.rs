@@ -154,12 +154,11 @@ async fn forward(
         on_upgrade
     });
     if let Some(token_file) = &upstream.token_file {
-        // Read now: projected service-account tokens rotate. Never forward without it (B18).
-        let token = match tokio::fs::read_to_string(token_file).await {
-            Ok(token) if !token.trim().is_empty() => token,
-            outcome => {
-                let why = outcome.map_or_else(|error| error.to_string(), |_| "empty".to_owned());
-                tracing::warn!(file = %token_file.display(), error = %why, "cannot read the upstream token; request refused");
+        // Checked now: projected service-account tokens rotate. Never forward without it (B18).
+        let token = match token_file.current().await {
+            Ok(token) => token,
+            Err(why) => {
+                tracing::warn!(file = %token_file.path().display(), error = %why, "cannot read the upstream token; request refused");
                 state.metrics.upstream_errors.inc(&["token_unreadable"]);
                 return status_response(
                     StatusCode::BAD_GATEWAY,
@@ -171,7 +170,7 @@ async fn forward(
                 );
             }
         };
-        match HeaderValue::from_str(&format!("Bearer {}", token.trim())) {
+        match HeaderValue::from_str(&format!("Bearer {token}")) {
             Ok(value) => {
                 parts.headers.insert(header::AUTHORIZATION, value);
             }

@@ -10,6 +10,7 @@ mod destination;
 pub mod dial;
 mod forward;
 mod reload;
+mod token;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};

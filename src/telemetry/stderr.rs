@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 /// Log lines waiting for the writer thread; past this they are dropped.
 pub const QUEUED_LINES: usize = 4096;
+/// How long the writer lets lines gather before each write (the delay a line can see).
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// Most bytes written at once.
+const BATCH_BYTES: usize = 256 * 1024;
 
 static QUEUE: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -47,9 +51,19 @@ pub(super) fn start() {
         .name("log-writer".into())
         .spawn(move || {
             let mut reported = 0;
-            for line in receiver {
+            for mut batch in receiver.iter() {
+                // Let the next lines gather: while the writer sleeps, queuing a line is a
+                // plain push, while it waits on the queue every line costs the event loop a
+                // futex wake (one per request at info level: S2 in docs/benchmarks.md).
+                std::thread::sleep(BATCH_WINDOW);
+                let mut lines = 1;
+                while batch.len() < BATCH_BYTES {
+                    let Ok(line) = receiver.try_recv() else { break };
+                    batch.extend_from_slice(&line);
+                    lines += 1;
+                }
                 let mut stderr = io::stderr().lock();
-                let _ = stderr.write_all(&line);
+                let _ = stderr.write_all(&batch);
                 let dropped = DROPPED.load(Ordering::Relaxed);
                 if dropped > reported {
                     let _ = writeln!(
@@ -59,7 +73,7 @@ pub(super) fn start() {
                     );
                     reported = dropped;
                 }
-                PENDING.fetch_sub(1, Ordering::Relaxed);
+                PENDING.fetch_sub(lines, Ordering::Relaxed);
             }
         });
     match spawned {

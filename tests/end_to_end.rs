@@ -207,6 +207,9 @@ async fn agent_with_a_wrong_token_is_refused() {
 #[tokio::test]
 async fn missing_token_file_fails_instead_of_going_unauthenticated() {
     let stack = Stack::start().await;
+    // A request first, so the agent holds the token: removing the file must still fail the next.
+    let (status, _, body) = get(stack.internal(), "/tunnel/c1/api", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
     std::fs::remove_file(stack.dir.0.join("sa.token")).unwrap();
     let before = stack.kube.requests().len();
     let (status, _, body) = get(stack.internal(), "/tunnel/c1/api", &[]).await;
@@ -215,7 +218,7 @@ async fn missing_token_file_fails_instead_of_going_unauthenticated() {
     let (_, _, metrics) = get(stack.agent.health, "/metrics", &[]).await;
     assert!(String::from_utf8_lossy(&metrics)
         .contains("agent_upstream_errors_total{reason=\"token_unreadable\"} 1"));
-    // The token file is read per request: restoring it heals the next request.
+    // The token file is checked per request: restoring it heals the next request.
     std::fs::write(stack.dir.0.join("sa.token"), "rotated-token").unwrap();
     let (status, _, _) = get(stack.internal(), "/tunnel/c1/api", &[]).await;
     assert_eq!(

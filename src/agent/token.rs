@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-/// What identifies one version of the file: a rotation changes the inode (kubelet's symlink
-/// swap, any write-and-rename) or the modification time or length (a rewrite in place; two
-/// same-length rewrites within one timestamp tick, a few ms, would be missed).
+/// What identifies one version of the file: a rotation changes the device and inode
+/// (kubelet's symlink swap, any write-and-rename), a rewrite in place the modification time or
+/// length, a `chmod` the change time.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Version {
+    device: u64,
     inode: u64,
     modified: Option<SystemTime>,
+    changed: (i64, i64),
     len: u64,
 }
 
@@ -22,17 +24,32 @@ impl Version {
     fn of(metadata: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         Self {
+            device: metadata.dev(),
             inode: metadata.ino(),
             modified: metadata.modified().ok(),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
             len: metadata.len(),
         }
     }
+
+    /// Changed so recently that a second same-length write within the same timestamp tick
+    /// would look identical (git's "racy" case): such a version is not cached.
+    fn is_racy(&self) -> bool {
+        self.modified
+            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+            .is_none_or(|age| age < RACY_WINDOW)
+    }
 }
+
+/// Timestamp ticks are a few milliseconds on Linux filesystems.
+const RACY_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A token file and the last token read from it.
 pub(crate) struct TokenFile {
     path: PathBuf,
     cached: Mutex<Option<(Version, Arc<str>)>>,
+    /// Times the file was read (tests tell a cache hit from a re-read by it).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl TokenFile {
@@ -40,6 +57,7 @@ impl TokenFile {
         Self {
             path,
             cached: Mutex::new(None),
+            reads: Default::default(),
         }
     }
 
@@ -49,7 +67,8 @@ impl TokenFile {
 
     /// The current token, trimmed; an error says why there is none (missing, unreadable,
     /// empty). The `stat` runs on the event loop: token files live on tmpfs (projected
-    /// volumes) or a local disk, where it costs about a microsecond.
+    /// volumes) or a local disk, where it costs about a microsecond (docs/configuration.md
+    /// asks for a local filesystem).
     pub(crate) async fn current(&self) -> Result<Arc<str>, String> {
         let version = Version::of(&std::fs::metadata(&self.path).map_err(|e| e.to_string())?);
         if let Some((cached_version, token)) = self.lock().as_ref() {
@@ -57,6 +76,8 @@ impl TokenFile {
                 return Ok(token.clone());
             }
         }
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let text = tokio::fs::read_to_string(&self.path)
             .await
             .map_err(|e| e.to_string())?;
@@ -65,8 +86,13 @@ impl TokenFile {
             *self.lock() = None;
             return Err("empty".to_owned());
         }
-        *self.lock() = Some((version, token.clone()));
+        *self.lock() = (!version.is_racy()).then(|| (version, token.clone()));
         Ok(token)
+    }
+
+    #[cfg(test)]
+    fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Version, Arc<str>)>> {
@@ -77,26 +103,92 @@ impl TokenFile {
 #[cfg(test)]
 mod tests {
     use super::TokenFile;
+    use std::path::Path;
+    use std::time::{Duration, SystemTime};
+
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn dir(name: &str) -> Dir {
+        let path = std::env::temp_dir().join(format!("token-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        Dir(path)
+    }
+
+    /// Writes `text` in place and dates it `age` back, so the version is cacheable.
+    fn write_aged(path: &Path, text: &str, age: Duration) {
+        std::fs::write(path, text).unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+    }
 
     #[tokio::test]
-    async fn a_rotated_or_removed_file_is_seen_by_the_next_request() {
-        let dir = std::env::temp_dir().join(format!("token-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("token");
+    async fn a_cached_token_is_served_until_the_file_changes() {
+        let dir = dir("cache");
+        let path = dir.0.join("token");
         let file = TokenFile::new(path.clone());
         assert!(file.current().await.is_err(), "missing file");
-        std::fs::write(&path, "first\n").unwrap();
+        write_aged(&path, "first\n", Duration::from_secs(60));
         assert_eq!(&*file.current().await.unwrap(), "first");
-        assert_eq!(&*file.current().await.unwrap(), "first", "cached");
-        // Rotation by symlink swap, as kubelet does: a new inode, same length.
-        let next = dir.join("token.next");
-        std::fs::write(&next, "secnd\n").unwrap();
-        std::fs::rename(&next, &path).unwrap();
-        assert_eq!(&*file.current().await.unwrap(), "secnd");
-        std::fs::write(&path, "  \n").unwrap();
+        assert_eq!(&*file.current().await.unwrap(), "first");
+        assert_eq!(
+            file.reads(),
+            1,
+            "the second request was served from the cache"
+        );
+        // Same length, mtime put back: the change time still tells.
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, "other\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        assert_eq!(&*file.current().await.unwrap(), "other");
+        // Just written: too recent to cache (a same-tick rewrite would look the same).
+        std::fs::write(&path, "fresh\n").unwrap();
+        assert_eq!(&*file.current().await.unwrap(), "fresh");
+        assert_eq!(&*file.current().await.unwrap(), "fresh");
+        assert_eq!(file.reads(), 4, "a racy version is re-read");
+        write_aged(&path, "  \n", Duration::from_secs(60));
         assert_eq!(file.current().await.unwrap_err(), "empty");
+    }
+
+    /// B18: a cached token is never used once the file is gone.
+    #[tokio::test]
+    async fn a_removed_file_fails_even_with_a_cached_token() {
+        let dir = dir("removed");
+        let path = dir.0.join("token");
+        write_aged(&path, "cached\n", Duration::from_secs(60));
+        let file = TokenFile::new(path.clone());
+        assert_eq!(&*file.current().await.unwrap(), "cached");
         std::fs::remove_file(&path).unwrap();
         assert!(file.current().await.is_err(), "removed file");
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Rotation as kubelet does it: the path is a symlink repointed atomically.
+    #[tokio::test]
+    async fn a_repointed_symlink_is_a_new_token() {
+        let dir = dir("symlink");
+        for (sub, token) in [("d1", "one\n"), ("d2", "two\n")] {
+            std::fs::create_dir_all(dir.0.join(sub)).unwrap();
+            write_aged(
+                &dir.0.join(sub).join("token"),
+                token,
+                Duration::from_secs(60),
+            );
+        }
+        let path = dir.0.join("token");
+        std::os::unix::fs::symlink(dir.0.join("d1/token"), &path).unwrap();
+        let file = TokenFile::new(path.clone());
+        assert_eq!(&*file.current().await.unwrap(), "one");
+        let next = dir.0.join("token.next");
+        std::os::unix::fs::symlink(dir.0.join("d2/token"), &next).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_eq!(&*file.current().await.unwrap(), "two");
     }
 }

@@ -5,7 +5,8 @@
 //! slow reader of stderr — a container runtime's pipe that fills, a disk flushing the log file
 //! (S11 in docs/benchmarks.md: a 30 s-old page cache made the probe's p99 3–4× worse) — stopped
 //! every tunnel until it caught up. Now a line that finds the queue full is dropped and counted,
-//! and the writer says how many it dropped once stderr takes lines again.
+//! and the writer says how many it dropped once stderr takes lines again. The writer gathers
+//! lines for a few milliseconds and writes them at once, so queuing a line seldom has to wake it.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 pub const QUEUED_LINES: usize = 4096;
 /// How long the writer lets lines gather before each write (the delay a line can see).
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
-/// Most bytes written at once.
+/// Most bytes gathered into one write (bounded so a burst is not copied into one huge buffer;
+/// a full batch is followed by the next without the wait).
 const BATCH_BYTES: usize = 256 * 1024;
 
 static QUEUE: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
@@ -51,17 +53,22 @@ pub(super) fn start() {
         .name("log-writer".into())
         .spawn(move || {
             let mut reported = 0;
+            // A full batch left lines behind: the next one starts at once.
+            let mut backlog = false;
             for mut batch in receiver.iter() {
                 // Let the next lines gather: while the writer sleeps, queuing a line is a
                 // plain push, while it waits on the queue every line costs the event loop a
                 // futex wake (one per request at info level: S2 in docs/benchmarks.md).
-                std::thread::sleep(BATCH_WINDOW);
+                if !backlog {
+                    std::thread::sleep(BATCH_WINDOW);
+                }
                 let mut lines = 1;
                 while batch.len() < BATCH_BYTES {
                     let Ok(line) = receiver.try_recv() else { break };
                     batch.extend_from_slice(&line);
                     lines += 1;
                 }
+                backlog = batch.len() >= BATCH_BYTES;
                 let mut stderr = io::stderr().lock();
                 let _ = stderr.write_all(&batch);
                 let dropped = DROPPED.load(Ordering::Relaxed);

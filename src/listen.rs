@@ -121,9 +121,9 @@ pub async fn serve<H, F>(
                 let service = service(handle, peer, None, None);
                 drive!(http1(&options, TokioIo::new(tcp), service), shutdown, peer)
             }),
-            Some(tls) => tracker.spawn(async move {
+            Some(_) => tracker.spawn(async move {
                 let _slot = slot;
-                serve_tls(tcp, peer, &tls, handle, shutdown, options).await
+                serve_tls(tcp, peer, handle, shutdown, options).await
             }),
         };
     }
@@ -133,7 +133,6 @@ pub async fn serve<H, F>(
 async fn serve_tls<H, F>(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    tls: &TlsSlot,
     handle: H,
     shutdown: CancellationToken,
     options: ServeOptions,
@@ -141,6 +140,9 @@ async fn serve_tls<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    let Some(tls) = &options.tls else {
+        return;
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
     // Boxed, so the handshake's state is freed when it ends instead of sizing the connection's
     // task for its whole life.

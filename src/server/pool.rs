@@ -51,7 +51,9 @@ pub struct StreamPool {
 
 #[derive(Default)]
 struct Idle {
+    /// Idle connections per cluster id, most recently returned last.
     by_cluster: HashMap<String, Vec<Pooled>>,
+    /// When every cluster's expired entries were last dropped.
     swept: Option<Instant>,
 }
 
@@ -91,6 +93,10 @@ impl StreamPool {
             }
         }
         let entries = idle.by_cluster.entry(cluster.to_owned()).or_default();
+        if entries.len() >= MAX_IDLE_PER_CLUSTER {
+            // Full: make room from this cluster's expired entries before refusing a good one.
+            entries.retain(|entry| now - entry.idle_since < IDLE_TIMEOUT);
+        }
         if entries.len() < MAX_IDLE_PER_CLUSTER {
             entries.push(pooled);
         }

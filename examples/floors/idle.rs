@@ -29,7 +29,6 @@ pub(super) async fn idle(kind: &'static str, streams: usize) -> Result<String, E
             }
         }
     });
-    let before = rss_kib();
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(streams.max(1));
     let in_flight = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
     // HTTP/2: every stream on one connection.
@@ -37,37 +36,49 @@ pub(super) async fn idle(kind: &'static str, streams: usize) -> Result<String, E
         "h2" => Some(h2_connect(addr).await?),
         _ => None,
     };
-    for _ in 0..streams {
-        let permit = in_flight.clone().acquire_owned().await?;
-        let ready = ready_tx.clone();
-        let h2 = h2.clone();
-        tokio::spawn(async move {
-            let result = match (kind, h2) {
-                (_, Some(sender)) => h2_stream(sender, permit).await,
-                ("hyper-client", _) => hyper_client(addr, permit).await,
-                _ => raw_client(addr, permit).await,
-            };
-            // Reached only if a stream failed or ended: an idle stream never returns.
-            let _ = ready.send(result.and(Err("stream ended".into()))).await;
-        });
+    // Measured as a slope: RSS after the first half and after the second, so what does not
+    // grow with the streams (the runtime, the allocator's high-water mark from connecting
+    // CONNECTS_IN_FLIGHT at once) cancels out.
+    let first_half = streams / 2;
+    let mut rss = vec![rss_kib()?];
+    for count in [first_half, streams - first_half] {
+        for _ in 0..count {
+            let permit = in_flight.clone().acquire_owned().await?;
+            let ready = ready_tx.clone();
+            let h2 = h2.clone();
+            tokio::spawn(async move {
+                let result = match (kind, h2) {
+                    (_, Some(sender)) => h2_stream(sender, permit).await,
+                    ("hyper-client", _) => hyper_client(addr, permit).await,
+                    _ => raw_client(addr, permit).await,
+                };
+                // Reached only if a stream failed or ended: an idle stream never returns.
+                let _ = ready.send(result.and(Err("stream ended".into()))).await;
+            });
+        }
+        // Every stream has had its event once all permits are back (each client holds its
+        // permit until the event arrives). A client that fails gives its permit back too, so
+        // errors are looked at first, and again once all are back.
+        tokio::select! {
+            biased;
+            Some(Err(error)) = ready_rx.recv() => return Err(error.into()),
+            all_up = in_flight.acquire_many(CONNECTS_IN_FLIGHT as u32) => drop(all_up?),
+        }
+        if let Ok(Err(error)) = ready_rx.try_recv() {
+            return Err(error.into());
+        }
+        rss.push(rss_kib()?);
     }
-    drop(ready_tx);
-    // Every stream has had its event once all permits are back (each client holds its permit
-    // until the event arrives); a failure is reported instead.
-    let all_up = in_flight.acquire_many(CONNECTS_IN_FLIGHT as u32);
-    tokio::select! {
-        _ = all_up => {}
-        Some(Err(error)) = ready_rx.recv() => return Err(error.into()),
-    }
-    let after = rss_kib();
-    let per_stream = (after.saturating_sub(before)) as f64 / streams.max(1) as f64;
+    let second_half = (streams - first_half).max(1) as f64;
+    let per_stream = rss[2].saturating_sub(rss[1]) as f64 / second_half;
     Ok(format!(
-        r#"{{"floor":"idle","kind":"{kind}","streams":{streams},"rss_before_kib":{before},"rss_after_kib":{after},"kib_per_stream":{per_stream:.2}}}"#
+        r#"{{"floor":"idle","kind":"{kind}","streams":{streams},"rss_kib":[{},{},{}],"kib_per_stream":{per_stream:.2}}}"#,
+        rss[0], rss[1], rss[2]
     ))
 }
 
 /// The chunked head and first event a raw server writes.
-fn response() -> Vec<u8> {
+fn raw_watch_response() -> Vec<u8> {
     let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
                     transfer-encoding: chunked\r\n\r\n"
         .to_vec();
@@ -109,7 +120,7 @@ async fn hold(socket: &mut TcpStream) -> Result<(), String> {
 async fn raw_server(mut socket: TcpStream) -> Result<(), String> {
     read_until(&mut socket, b"\r\n\r\n").await?;
     socket
-        .write_all(&response())
+        .write_all(&raw_watch_response())
         .await
         .map_err(|e| e.to_string())?;
     hold(&mut socket).await

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `idle`: RSS per idle watch-like stream (a request answered with a chunked head and one event,
-//! then held open) over loopback TCP, both ends in this process. `raw` is the control: plain
+//! then held open) over loopback TCP, both ends in this process; the slope between the first
+//! and the second half of the streams. `raw` is the control: plain
 //! tokio tasks and sockets on both ends, the least any design holds. `hyper-server` puts a hyper
 //! HTTP/1 server connection on one end, `hyper-client` a hyper HTTP/1 client connection; each
 //! minus `raw` is what one hyper connection costs an idle stream (S9's floor). `h2`: every
@@ -83,11 +84,11 @@ fn main() -> Result<(), Error> {
 }
 
 /// Resident set size of this process, KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+fn rss_kib() -> Result<u64, Error> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .ok_or_else(|| "no VmRSS in /proc/self/status".into())
 }

@@ -108,3 +108,82 @@ impl StreamPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mux::testing::session_pair;
+    use crate::mux::Limits;
+    use crate::protocol::Version;
+    use hyper_util::rt::TokioIo;
+
+    impl StreamPool {
+        fn idle_len(&self, cluster: &str) -> usize {
+            self.lock().by_cluster.get(cluster).map_or(0, Vec::len)
+        }
+    }
+
+    /// A pooled connection over a new stream of `session` (the agent side holds it open).
+    async fn pooled(session: &SessionHandle) -> Pooled {
+        let stream = session.open(b"target").await.expect("open");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        Pooled::new(sender, session.clone())
+    }
+
+    /// Ages every entry of `cluster` past the timeout, and dates the last sweep `ago`.
+    fn age(pool: &StreamPool, cluster: &str, last_sweep_ago: Duration) {
+        let now = Instant::now();
+        let mut idle = pool.lock();
+        for entry in idle.by_cluster.get_mut(cluster).into_iter().flatten() {
+            entry.idle_since = now.checked_sub(IDLE_TIMEOUT).expect("uptime over a minute");
+        }
+        idle.swept = now.checked_sub(last_sweep_ago);
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_swept_at_most_once_a_second() {
+        let (server, mut agent) = session_pair(Version::V2, Limits::default(), Limits::default());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(stream) = agent.incoming.accept().await {
+                held.push(stream.accept());
+            }
+        });
+        let session = &server.handle;
+        let pool = StreamPool::default();
+        pool.checkin("a", pooled(session).await);
+        age(&pool, "a", SWEEP_INTERVAL);
+        pool.checkin("b", pooled(session).await);
+        assert_eq!(
+            pool.idle_len("a"),
+            0,
+            "expired, and the last sweep was a second ago"
+        );
+        assert_eq!(pool.idle_len("b"), 1);
+        age(&pool, "b", Duration::from_millis(500));
+        pool.checkin("c", pooled(session).await);
+        assert_eq!(
+            pool.idle_len("b"),
+            1,
+            "expired, but swept under a second ago"
+        );
+        age(&pool, "c", Duration::ZERO);
+        pool.lock().swept = Instant::now().checked_sub(SWEEP_INTERVAL);
+        pool.checkin("d", pooled(session).await);
+        assert_eq!(pool.idle_len("b") + pool.idle_len("c"), 0, "both swept");
+        // A full cluster makes room from its own expired entries at once.
+        for _ in 0..MAX_IDLE_PER_CLUSTER {
+            pool.checkin("e", pooled(session).await);
+        }
+        age(&pool, "e", Duration::ZERO);
+        pool.checkin("e", pooled(session).await);
+        assert_eq!(
+            pool.idle_len("e"),
+            1,
+            "the fresh one kept, the expired dropped"
+        );
+    }
+}

@@ -176,11 +176,18 @@ async fn h2_stream(
     let request = hyper::Request::get("http://floor/api/v1/configmaps?watch=true")
         .body(http_body_util::Empty::<Bytes>::new())
         .expect("static request");
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut body = response.into_body();
+    hold_watch(sender.send_request(request), permit).await
+}
+
+/// Waits for a watch's response and its first event, gives the connect slot back, then holds
+/// the stream open until it ends (an idle one never does).
+async fn hold_watch(
+    response: impl std::future::Future<
+        Output = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
+    >,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let mut body = response.await.map_err(|e| e.to_string())?.into_body();
     body.frame()
         .await
         .ok_or("no event")?
@@ -210,16 +217,5 @@ async fn hyper_client(
         .header("host", "floor")
         .body(http_body_util::Empty::<Bytes>::new())
         .expect("static request");
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut body = response.into_body();
-    body.frame()
-        .await
-        .ok_or("no event")?
-        .map_err(|e| e.to_string())?;
-    drop(permit);
-    body.frame().await;
-    Ok(())
+    hold_watch(sender.send_request(request), permit).await
 }

@@ -115,17 +115,18 @@ pub async fn serve<H, F>(
         let (handle, shutdown, options) = (handle.clone(), shutdown.clone(), options.clone());
         // One task per connection, each path a future of its own: an idle plain connection (a
         // watch holds one for hours) carries no TLS handshake or HTTP/2 state (S9).
-        match options.tls.clone() {
-            None => tracker.spawn(async move {
+        if options.tls.is_none() {
+            tracker.spawn(async move {
                 let _slot = slot;
                 let service = service(handle, peer, None, None);
                 drive!(http1(&options, TokioIo::new(tcp), service), shutdown, peer)
-            }),
-            Some(_) => tracker.spawn(async move {
+            });
+        } else {
+            tracker.spawn(async move {
                 let _slot = slot;
                 serve_tls(tcp, peer, handle, shutdown, options).await
-            }),
-        };
+            });
+        }
     }
 }
 

@@ -207,7 +207,9 @@ async fn agent_with_a_wrong_token_is_refused() {
 #[tokio::test]
 async fn missing_token_file_fails_instead_of_going_unauthenticated() {
     let stack = Stack::start().await;
-    // A request first, so the agent holds the token: removing the file must still fail the next.
+    // A request first, so the agent has read the token (cached unless the file is under 50 ms
+    // old; the unit tests in agent::token pin the cached case): removing the file must still
+    // fail the next request.
     let (status, _, body) = get(stack.internal(), "/tunnel/c1/api", &[]).await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
     std::fs::remove_file(stack.dir.0.join("sa.token")).unwrap();

@@ -15,7 +15,6 @@ mod pool;
 mod public;
 mod ratelimit;
 mod relay;
-#[allow(dead_code)] // used once the relay switches to it (branch relay-h1)
 mod tunnel_h1;
 pub mod registry;
 mod reload;

@@ -239,6 +239,11 @@ impl LengthDecoder {
         Self { remaining: len }
     }
 
+    /// Body bytes not yet decoded.
+    pub(crate) fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
     pub(crate) fn decode(&mut self, input: &mut Bytes) -> Decoded {
         if self.remaining == 0 {
             return Decoded::End;

@@ -48,9 +48,13 @@ impl MuxStream {
 }
 
 impl MuxStream {
-    /// The next received chunk as it arrived, without a copy (the relay's HTTP/1.1 client
-    /// slices bodies out of it); `None` at the peer's clean end. Errors as `poll_read`'s.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+    /// The next received bytes, at most `max`, without a copy (the relay's HTTP/1.1 client
+    /// slices bodies out of them); `None` at the peer's clean end. Errors as `poll_read`'s.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
         let shared = &self.shared;
         let mut guard = shared.lock();
         let state = &mut *guard;
@@ -60,7 +64,12 @@ impl MuxStream {
         if let ReadEnd::Failed(error) = &slot.read {
             return Poll::Ready(Err(error.to_io()));
         }
-        if let Some(chunk) = slot.recv.pop_front() {
+        if let Some(front) = slot.recv.front_mut() {
+            let chunk = if front.len() > max.max(1) {
+                front.split_to(max.max(1))
+            } else {
+                slot.recv.pop_front().expect("front exists")
+            };
             let len = chunk.len();
             slot.recv_len -= len;
             match shared.config.version {

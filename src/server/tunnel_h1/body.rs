@@ -11,6 +11,12 @@ use hyper::body::{Frame, SizeHint};
 use super::codec::{BodyFraming, ChunkedDecoder, CodecError, Decoded, LengthDecoder};
 use super::TunnelConn;
 
+/// Most bytes taken off the stream per read. The stream's window grows when a read leaves
+/// its queue empty; reading whole 64 KiB chunks did so at every read on loopback, and windows
+/// grew to their maximum where they need not (S6 in docs/benchmarks.md: 47 MiB held for a
+/// download that hyper's reads had held in 0–8 MiB).
+const RECV_PIECE: usize = 16 * 1024;
+
 /// Why a response body could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
@@ -126,7 +132,7 @@ impl hyper::body::Body for TunnelBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match ready!(conn.stream.poll_recv(cx)) {
+            match ready!(conn.stream.poll_recv(cx, RECV_PIECE)) {
                 Ok(Some(chunk)) => this.pending = chunk,
                 Ok(None) if matches!(this.decoder, Decoder::UntilClose) => {
                     this.finished = true;

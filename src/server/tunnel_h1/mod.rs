@@ -171,7 +171,7 @@ async fn read_head(
             }
             pending = rest;
         }
-        let chunk = poll_fn(|cx| stream.poll_recv(cx))
+        let chunk = poll_fn(|cx| stream.poll_recv(cx, codec::MAX_HEAD))
             .await
             .map_err(ExchangeError::Read)?
             .ok_or(ExchangeError::NoAnswer)?;

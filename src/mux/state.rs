@@ -81,6 +81,9 @@ pub(crate) struct Slot {
     pub consumed: u64,
     /// v2: budget reserved for this stream's window.
     pub reserved: usize,
+    /// v2: a read found nothing to read since the last WindowUpdate: the reader keeps up, so
+    /// the window (or the sender) limits the stream, not the reader.
+    pub starved: bool,
     /// Server: fires when a pending open is answered.
     pub open_waiter: Option<oneshot::Sender<Result<(), super::MuxError>>>,
     /// Server: the open was answered (Connected). Agent: we sent Connected.
@@ -104,6 +107,7 @@ impl Slot {
             recv_credit,
             consumed: 0,
             reserved,
+            starved: false,
             open_waiter: None,
             established: false,
             open_deadline: None,
@@ -262,8 +266,12 @@ impl Shared {
 
     /// v2: `read` bytes of stream `id` were consumed. Credit goes back in quarter-window steps
     /// (few frames, and the sender never runs dry while the reader keeps up). When the reader
-    /// has drained everything at that moment, the window, not the reader, limits the stream:
-    /// it doubles, up to `max_stream_window`, if the budgets have room (DESIGN.md §3 item 1).
+    /// has caught up since the last step (a read found the queue empty, or this one emptied
+    /// it), the window, not the reader, limits the stream: it doubles, up to
+    /// `max_stream_window`, if the budgets have room (DESIGN.md §3 item 1). Whether a read
+    /// emptied the queue alone is not enough: over a WAN a whole window arrives in one burst,
+    /// and a reader taking it in pieces never empties the queue at the quarter mark, so the
+    /// window never grew (1.1 MB/s through a 50 ms round trip).
     pub(crate) fn credit_back(&self, state: &mut State, id: StreamId, read: usize) {
         let limits = &self.config.limits;
         let Some(slot) = state.streams.get_mut(&id) else {
@@ -274,7 +282,7 @@ impl Shared {
         if slot.consumed < (window as u64 / 4).max(1) || slot.read != ReadEnd::Open {
             return;
         }
-        let drained = slot.recv_len == 0;
+        let drained = std::mem::take(&mut slot.starved) || slot.recv_len == 0;
         let mut increment = std::mem::take(&mut slot.consumed);
         let growth = window.min((limits.max_stream_window as usize).saturating_sub(window));
         if drained && growth > 0 && self.try_grow(state, growth) {

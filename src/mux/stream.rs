@@ -81,6 +81,7 @@ impl MuxStream {
         match &slot.read {
             ReadEnd::Open => {
                 slot.read_waker = Some(cx.waker().clone());
+                slot.starved = true;
                 Poll::Pending
             }
             ReadEnd::Eof => Poll::Ready(Ok(None)),
@@ -88,14 +89,23 @@ impl MuxStream {
         }
     }
 
-    /// Whether the stream can carry another exchange: both directions open and nothing
-    /// unread (a pooled stream the peer closed or wrote on is not reused).
+    /// Whether the stream can carry another exchange: both directions open, nothing unread
+    /// (a pooled stream the peer closed or wrote on is not reused), and its receive window
+    /// still at its initial size. A window grown by a bulk transfer is credit the peer keeps:
+    /// a slow reader on a reused stream would have to buffer all of it (S6 in
+    /// docs/benchmarks.md held 62 MiB), so such a stream ends and the next request opens a
+    /// new one.
     pub fn is_idle_open(&self) -> bool {
-        let state = self.shared.lock();
+        let shared = &self.shared;
+        let initial_window = shared.config.limits.stream_window as usize;
+        let state = shared.lock();
         state.end.is_none()
             && !state.closing
             && state.streams.get(&self.id).is_some_and(|slot| {
-                slot.read == ReadEnd::Open && slot.write == WriteEnd::Open && slot.recv.is_empty()
+                slot.read == ReadEnd::Open
+                    && slot.write == WriteEnd::Open
+                    && slot.recv.is_empty()
+                    && slot.reserved <= initial_window
             })
     }
 }
@@ -146,6 +156,7 @@ impl AsyncRead for MuxStream {
         match &slot.read {
             ReadEnd::Open => {
                 slot.read_waker = Some(cx.waker().clone());
+                slot.starved = true;
                 Poll::Pending
             }
             ReadEnd::Eof => Poll::Ready(Ok(())),

@@ -245,6 +245,22 @@ async fn next_window_update(peer: &mut RawPeer, id: StreamId) -> u32 {
     .await
 }
 
+/// Answers the session's first Ping after `delay`, so the session measures that round trip.
+async fn answer_first_ping_after(peer: &mut RawPeer, delay: Duration) {
+    let payload = within("the first Ping", async {
+        loop {
+            let message = peer.0.next().await.expect("session alive").unwrap();
+            if let Ok(Frame::Ping { payload }) = decode(message) {
+                return payload;
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep(delay).await;
+    peer.send(Frame::Pong { payload }).await;
+    peer.barrier().await;
+}
+
 /// Over a WAN the peer's whole credit arrives in one burst and a reader taking it in pieces
 /// has bytes left at the quarter mark, although it waits between bursts: the window must grow
 /// all the same. (The rule "grow when a read empties the queue" never fired there: 1.1 MB/s
@@ -253,6 +269,8 @@ async fn next_window_update(peer: &mut RawPeer, id: StreamId) -> u32 {
 async fn a_reader_that_waits_between_bursts_grows_its_window() {
     let window = 64 * 1024;
     let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
+    // A 200 ms round trip: the quarter below goes by well within two.
+    answer_first_ping_after(&mut peer, Duration::from_millis(200)).await;
     let mut stream = server.handle.open(b"t").await.unwrap();
     let id = stream.id();
     peer.send(Frame::Connected { id }).await;
@@ -279,6 +297,31 @@ async fn a_reader_that_waits_between_bursts_grows_its_window() {
     assert_eq!(n, 4 * 1024);
     // Its grown window is credit the peer keeps: a pool must not hand it to the next request.
     assert!(!stream.is_idle_open(), "a grown stream is not reusable");
+}
+
+/// A reader that waits for small answers now and then (a pooled stream, a watch) is not
+/// limited by its window: the window stays as it is, and the stream stays reusable.
+#[tokio::test]
+async fn a_stream_that_trickles_keeps_its_window() {
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
+    let mut stream = server.handle.open(b"t").await.unwrap();
+    let id = stream.id();
+    peer.send(Frame::Connected { id }).await;
+    let mut piece = vec![0u8; 16 * 1024];
+    for _ in 0..4 {
+        // No round trip measured: the floor (1 ms) applies, and the quarter takes ≥ 20 ms.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(stream.read(&mut piece).now_or_never().is_none(), "waits");
+        peer.send(Frame::Data {
+            id,
+            payload: Bytes::from(vec![3u8; 4 * 1024]),
+        })
+        .await;
+        let n = within("an answer", stream.read(&mut piece)).await.unwrap();
+        assert_eq!(n, 4 * 1024);
+    }
+    assert_eq!(next_window_update(&mut peer, id).await, 16 * 1024);
+    assert!(stream.is_idle_open());
 }
 
 /// A reader that never waits is the stream's limit: its window stays as it is (a slow reader

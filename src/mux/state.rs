@@ -222,6 +222,9 @@ pub(crate) struct State {
     /// Ping → Pong time of the last heartbeat (measured while data flows, since the Pong
     /// overtakes queued data on the peer's side).
     pub rtt: Option<std::time::Duration>,
+    /// The shortest Ping → Pong time seen: the path's own round trip, without the queueing
+    /// a loaded moment adds (window growth, window.rs).
+    pub min_rtt: Option<std::time::Duration>,
     pub incoming: Option<mpsc::UnboundedSender<super::IncomingStream>>,
     pub counters: Counters,
 }

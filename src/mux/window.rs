@@ -7,8 +7,11 @@
 //!   enough: over a WAN a whole window arrives in one burst, and a reader taking it in pieces
 //!   has bytes left at the quarter mark although it waits between bursts (S10 ran at 1.1 MB/s
 //!   through a 50 ms round trip with 16 KiB reads);
-//! - the quarter went by within [`GROWTH_ROUND_TRIPS`] round trips: the stream moves close to
-//!   a window per round trip. A stream that carries a small answer now and then (a pooled
+//! - the quarter went by within [`GROWTH_ROUND_TRIPS`] of the path's round trips (the
+//!   shortest heartbeat round trip seen, at least [`MIN_GROWTH_RTT`]): the stream moves close
+//!   to a window per round trip. The last heartbeat's round trip would not do: measured
+//!   during a bulk transfer on loopback it was milliseconds of queueing, and windows grew to
+//!   tens of MiB that a slow reader then had to buffer. A stream that carries a small answer now and then (a pooled
 //!   stream, a watch) also finds its queue empty at every read, and must not grow: a grown
 //!   window is credit the peer keeps, which a slow reader later has to buffer (S6).
 //!
@@ -25,9 +28,9 @@ use crate::protocol::{Frame, StreamId};
 const GROWTH_ROUND_TRIPS: u32 = 2;
 
 /// Round trips shorter than this count as this: on loopback the scheduler, not the wire, sets
-/// how soon returned credit is used, and the heartbeat's idle round trip (~0.1 ms) would keep
-/// windows too small for a bulk transfer.
-const MIN_GROWTH_RTT: Duration = Duration::from_millis(1);
+/// how soon returned credit is used. (S1 and S6 in docs/benchmarks.md: 200 µs moved S1 bulk as
+/// fast as 1 ms did, and kept S6's slow reader at 14 MiB instead of 57.)
+const MIN_GROWTH_RTT: Duration = Duration::from_micros(200);
 
 impl Shared {
     /// v2: `read` bytes of stream `id` were consumed. Credit goes back in quarter-window steps
@@ -36,7 +39,7 @@ impl Shared {
     /// (module docs).
     pub(crate) fn credit_back(&self, state: &mut State, id: StreamId, read: usize) {
         let limits = &self.config.limits;
-        let rtt = state.rtt.unwrap_or_default().max(MIN_GROWTH_RTT);
+        let rtt = state.min_rtt.unwrap_or_default().max(MIN_GROWTH_RTT);
         let Some(slot) = state.streams.get_mut(&id) else {
             return;
         };

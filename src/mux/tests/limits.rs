@@ -274,7 +274,6 @@ async fn a_reader_that_waits_between_bursts_grows_its_window() {
     let mut stream = server.handle.open(b"t").await.unwrap();
     let id = stream.id();
     peer.send(Frame::Connected { id }).await;
-    assert!(stream.is_idle_open(), "a fresh stream is reusable");
     let mut piece = vec![0u8; 16 * 1024];
     // The reader is waiting when the burst arrives.
     assert!(stream.read(&mut piece).now_or_never().is_none());
@@ -293,14 +292,10 @@ async fn a_reader_that_waits_between_bursts_grows_its_window() {
         "the quarter comes back with the window's doubling"
     );
     assert_eq!(server.handle.stats().reserved, 2 * window);
-    let n = within("the rest", stream.read(&mut piece)).await.unwrap();
-    assert_eq!(n, 4 * 1024);
-    // Its grown window is credit the peer keeps: a pool must not hand it to the next request.
-    assert!(!stream.is_idle_open(), "a grown stream is not reusable");
 }
 
 /// A reader that waits for small answers now and then (a pooled stream, a watch) is not
-/// limited by its window: the window stays as it is, and the stream stays reusable.
+/// limited by its window: the window stays as it is.
 #[tokio::test]
 async fn a_stream_that_trickles_keeps_its_window() {
     let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
@@ -309,7 +304,7 @@ async fn a_stream_that_trickles_keeps_its_window() {
     peer.send(Frame::Connected { id }).await;
     let mut piece = vec![0u8; 16 * 1024];
     for _ in 0..4 {
-        // No round trip measured: the floor (1 ms) applies, and the quarter takes ≥ 20 ms.
+        // No round trip measured: the floor (200 µs) applies, and the quarter takes ≥ 20 ms.
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(stream.read(&mut piece).now_or_never().is_none(), "waits");
         peer.send(Frame::Data {
@@ -321,7 +316,7 @@ async fn a_stream_that_trickles_keeps_its_window() {
         assert_eq!(n, 4 * 1024);
     }
     assert_eq!(next_window_update(&mut peer, id).await, 16 * 1024);
-    assert!(stream.is_idle_open());
+    assert_eq!(server.handle.stats().reserved, 64 * 1024);
 }
 
 /// A reader that never waits is the stream's limit: its window stays as it is (a slow reader

@@ -9,7 +9,10 @@ use http_body_util::{BodyExt, Full};
 
 /// The response/request body type of both binaries: a stream of bytes that may fail (a tunnel
 /// lost mid-body fails the body, so the client sees an error, never a clean end).
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Any body error: hyper's, or a tunnel stream's (the relay reads those itself).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The read buffer of an HTTP/1 connection that carries bodies in bulk (hyper's default grows
 /// to ~400 KiB). hyper moves up to 16 buffers per poll of a connection, and every process runs
@@ -88,6 +91,28 @@ pub async fn splice(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) 
     let mut a = hyper_util::rt::TokioIo::new(a);
     let mut b = hyper_util::rt::TokioIo::new(b);
     if let Err(error) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
+    }
+}
+
+/// Splices the client's upgraded connection with a tunnel stream that carries the upgraded
+/// protocol; `pending` (what followed the agent's 101 on the stream) goes to the client first.
+pub async fn splice_stream(
+    client: hyper::upgrade::OnUpgrade,
+    mut stream: crate::mux::MuxStream,
+    pending: Bytes,
+) {
+    let client = match client.await {
+        Ok(client) => client,
+        Err(error) => return tracing::debug!(%error, "upgrade did not complete"),
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    if !pending.is_empty() {
+        if let Err(error) = tokio::io::AsyncWriteExt::write_all(&mut client, &pending).await {
+            return tracing::debug!(%error, "upgraded connection ended with an error");
+        }
+    }
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut stream).await {
         tracing::debug!(%error, "upgraded connection ended with an error");
     }
 }

@@ -234,7 +234,7 @@ async fn forward(
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
+            Response::from_parts(parts, body.map_err(Into::into).boxed())
         }
         Err(error) => {
             tracing::warn!(%error, target = %upstream.target, "upstream request failed");

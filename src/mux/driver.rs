@@ -34,7 +34,17 @@ pub(crate) async fn read_loop<R>(
     let mut next_ping = Instant::now() + limits.heartbeat_interval;
     let mut beats: u32 = 0;
     let started = Instant::now();
-    shared.lock().last_pong = started;
+    {
+        let mut state = shared.lock();
+        state.last_pong = started;
+        if shared.config.version == Version::V2 {
+            // A first Ping at once: window growth needs the round trip (window.rs), and a
+            // transfer should not wait a heartbeat interval for it.
+            let payload = Bytes::from_static(&[0; 8]);
+            shared.push_control(&mut state, Frame::Ping { payload });
+            state.ping_sent = Some(started);
+        }
+    }
     let mut read_this_turn = 0;
     loop {
         if read_this_turn >= READ_TURN_BYTES {

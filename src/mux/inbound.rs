@@ -41,7 +41,9 @@ impl Shared {
             Frame::Pong { .. } => {
                 let now = Instant::now();
                 if let Some(sent) = state.ping_sent.take() {
-                    state.rtt = Some(now.duration_since(sent));
+                    let rtt = now.duration_since(sent);
+                    state.rtt = Some(rtt);
+                    state.min_rtt = Some(state.min_rtt.map_or(rtt, |min| min.min(rtt)));
                 }
                 state.last_pong = now;
             }

@@ -29,6 +29,7 @@ mod queue;
 mod session;
 mod state;
 mod stream;
+mod window;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 

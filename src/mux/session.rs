@@ -124,6 +124,7 @@ impl Session {
                 last_pong: Instant::now(),
                 ping_sent: None,
                 rtt: None,
+                min_rtt: None,
                 incoming: (config.role == Role::Agent).then_some(incoming_tx),
                 counters: Counters::default(),
             }),

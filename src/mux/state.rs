@@ -81,6 +81,11 @@ pub(crate) struct Slot {
     pub consumed: u64,
     /// v2: budget reserved for this stream's window.
     pub reserved: usize,
+    /// v2: a read found nothing to read since the last WindowUpdate: the reader keeps up, so
+    /// the window (or the sender) limits the stream, not the reader.
+    pub starved: bool,
+    /// v2: when the last WindowUpdate went out (or the stream opened).
+    pub last_credit_step: Instant,
     /// Server: fires when a pending open is answered.
     pub open_waiter: Option<oneshot::Sender<Result<(), super::MuxError>>>,
     /// Server: the open was answered (Connected). Agent: we sent Connected.
@@ -104,6 +109,8 @@ impl Slot {
             recv_credit,
             consumed: 0,
             reserved,
+            starved: false,
+            last_credit_step: Instant::now(),
             open_waiter: None,
             established: false,
             open_deadline: None,
@@ -215,6 +222,9 @@ pub(crate) struct State {
     /// Ping → Pong time of the last heartbeat (measured while data flows, since the Pong
     /// overtakes queued data on the peer's side).
     pub rtt: Option<std::time::Duration>,
+    /// The shortest Ping → Pong time seen: the path's own round trip, without the queueing
+    /// a loaded moment adds (window growth, window.rs).
+    pub min_rtt: Option<std::time::Duration>,
     pub incoming: Option<mpsc::UnboundedSender<super::IncomingStream>>,
     pub counters: Counters,
 }
@@ -258,45 +268,6 @@ impl Shared {
             Version::V2 => slot.reserved,
             Version::V1 => slot.recv_len,
         }
-    }
-
-    /// v2: `read` bytes of stream `id` were consumed. Credit goes back in quarter-window steps
-    /// (few frames, and the sender never runs dry while the reader keeps up). When the reader
-    /// has drained everything at that moment, the window, not the reader, limits the stream:
-    /// it doubles, up to `max_stream_window`, if the budgets have room (DESIGN.md §3 item 1).
-    pub(crate) fn credit_back(&self, state: &mut State, id: StreamId, read: usize) {
-        let limits = &self.config.limits;
-        let Some(slot) = state.streams.get_mut(&id) else {
-            return;
-        };
-        slot.consumed += read as u64;
-        let window = slot.reserved;
-        if slot.consumed < (window as u64 / 4).max(1) || slot.read != ReadEnd::Open {
-            return;
-        }
-        let drained = slot.recv_len == 0;
-        let mut increment = std::mem::take(&mut slot.consumed);
-        let growth = window.min((limits.max_stream_window as usize).saturating_sub(window));
-        if drained && growth > 0 && self.try_grow(state, growth) {
-            increment += growth as u64;
-            let slot = state.streams.get_mut(&id).expect("slot present");
-            slot.reserved += growth;
-        }
-        let slot = state.streams.get_mut(&id).expect("slot present");
-        slot.recv_credit += increment;
-        let increment = u32::try_from(increment).unwrap_or(u32::MAX);
-        self.push_control(state, Frame::WindowUpdate { id, increment });
-    }
-
-    /// Reserves `extra` window for a growing stream, only from the headroom above what the
-    /// streams not yet open could need for their initial windows: growth never makes an open
-    /// fail for memory.
-    fn try_grow(&self, state: &mut State, extra: usize) -> bool {
-        let limits = &self.config.limits;
-        let unopened = limits.max_streams.saturating_sub(state.streams.len());
-        let kept_for_opens = unopened.saturating_mul(limits.stream_window as usize);
-        let after = state.session_used + extra + kept_for_opens;
-        after <= limits.session_buffer && self.try_reserve(state, extra)
     }
 
     /// Queues a control frame; ends the session if the peer has let the queue grow past

@@ -63,9 +63,9 @@ pub enum ForwardError {
     /// `Connection: upgrade` without an `Upgrade` header.
     #[error("upgrade request without an Upgrade header")]
     Upgrade,
-    /// The agent or its upstream failed after the request left.
+    /// The exchange on the tunnel stream failed before a response head arrived.
     #[error("upstream: {0}")]
-    Upstream(hyper::Error),
+    Upstream(crate::server::tunnel_h1::ExchangeError),
 }
 
 /// The single error → status table (DESIGN.md §4). Every body is a Kubernetes `Status`.

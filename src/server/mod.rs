@@ -15,6 +15,7 @@ mod pool;
 mod public;
 mod ratelimit;
 mod relay;
+mod tunnel_h1;
 pub mod registry;
 mod reload;
 mod route;

@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
+use super::tunnel_h1::TunnelConn;
 use crate::mux::SessionHandle;
 
 /// An idle pooled stream is closed after this long.
@@ -20,20 +19,20 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per cluster; more are closed when they come back.
 pub const MAX_IDLE_PER_CLUSTER: usize = 64;
 
-/// A request sender on a tunnel stream, with the session it belongs to.
+/// An idle tunnel stream that carried a complete exchange, with the session it belongs to.
 pub struct Pooled {
-    /// Sends requests on the stream's HTTP/1.1 connection.
-    pub sender: SendRequest<Incoming>,
+    /// The stream, between HTTP/1.1 exchanges.
+    pub conn: TunnelConn,
     /// The tunnel it runs over.
     pub session: SessionHandle,
     idle_since: Instant,
 }
 
 impl Pooled {
-    /// A fresh connection over a new stream of `session`.
-    pub fn new(sender: SendRequest<Incoming>, session: SessionHandle) -> Self {
+    /// A stream of `session`, fresh or just returned.
+    pub fn new(conn: TunnelConn, session: SessionHandle) -> Self {
         Self {
-            sender,
+            conn,
             session,
             idle_since: Instant::now(),
         }
@@ -65,7 +64,7 @@ impl StreamPool {
         let entries = idle.by_cluster.get_mut(cluster)?;
         while let Some(pooled) = entries.pop() {
             let fresh = pooled.idle_since.elapsed() < IDLE_TIMEOUT;
-            if fresh && pooled.session.same_session(session) && !pooled.sender.is_closed() {
+            if fresh && pooled.session.same_session(session) && pooled.conn.stream.is_idle_open() {
                 return Some(pooled);
             }
         }
@@ -74,7 +73,9 @@ impl StreamPool {
 
     /// Returns a connection whose response ended cleanly.
     pub fn checkin(&self, cluster: &str, mut pooled: Pooled) {
-        if pooled.session.is_closed() || pooled.session.peer_draining() || pooled.sender.is_closed()
+        if pooled.session.is_closed()
+            || pooled.session.peer_draining()
+            || !pooled.conn.stream.is_idle_open()
         {
             return;
         }
@@ -115,7 +116,6 @@ mod tests {
     use crate::mux::testing::session_pair;
     use crate::mux::Limits;
     use crate::protocol::Version;
-    use hyper_util::rt::TokioIo;
 
     impl StreamPool {
         fn idle_len(&self, cluster: &str) -> usize {
@@ -123,14 +123,10 @@ mod tests {
         }
     }
 
-    /// A pooled connection over a new stream of `session` (the agent side holds it open).
+    /// A pooled stream of `session` (the agent side holds it open).
     async fn pooled(session: &SessionHandle) -> Pooled {
         let stream = session.open(b"target").await.expect("open");
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
-        Pooled::new(sender, session.clone())
+        Pooled::new(TunnelConn { stream }, session.clone())
     }
 
     /// Ages every entry of `cluster` past the timeout, and dates the last sweep `ago`.

@@ -6,13 +6,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version as HttpVersion};
+use http::{header, HeaderMap, HeaderValue, Request, Response, Version as HttpVersion};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use super::forward::ForwardError;
 use super::pool::Pooled;
+use super::tunnel_h1::{self, Answer, Reuse, TunnelConn};
 use super::ServerState;
 use crate::http::{append_forwarded_for, strip_hop_by_hop, wants_upgrade, Body};
 use crate::mux::SessionHandle;
@@ -60,33 +60,17 @@ pub(crate) async fn relay(
     let active = ActiveGuard::new(state.clone(), cluster_id);
     // Upgrades take their stream for good.
     let pooling = pooling && upgrade.is_none();
-    let mut pooled = pooling
+    let pooled = pooling
         .then(|| state.pool.checkout(cluster_id, session))
         .flatten();
-    if let Some(idle) = pooled.as_mut() {
-        if idle.sender.ready().await.is_err() {
-            pooled = None;
-        }
-    }
-    let mut conn = match pooled {
-        Some(pooled) => pooled,
-        None => {
-            let stream = session
+    let conn = match pooled {
+        Some(pooled) => pooled.conn,
+        None => TunnelConn {
+            stream: session
                 .open(&open_target)
                 .await
-                .map_err(ForwardError::Open)?;
-            let (sender, connection) = hyper::client::conn::http1::Builder::new()
-                .max_buf_size(crate::http::BULK_READ_BUFFER)
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(ForwardError::Upstream)?;
-            state.tracker.spawn(async move {
-                if let Err(error) = connection.with_upgrades().await {
-                    tracing::debug!(%error, "tunnel stream connection ended with an error");
-                }
-            });
-            Pooled::new(sender, session.clone())
-        }
+                .map_err(ForwardError::Open)?,
+        },
     };
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -115,74 +99,40 @@ pub(crate) async fn relay(
     parts.version = HttpVersion::HTTP_11;
     parts.uri = rest.parse().map_err(|_| ForwardError::NotTunnel)?;
     let outgoing = Request::from_parts(parts, body);
-    let mut response = conn
-        .sender
-        .send_request(outgoing)
+    // A stream whose response ended cleanly goes back to the pool for the next request.
+    let reuse = pooling.then(|| {
+        let (state, cluster, session) = (state.clone(), cluster_id.to_owned(), session.clone());
+        Box::new(move |conn| state.pool.checkin(&cluster, Pooled::new(conn, session))) as Reuse
+    });
+    let answer = tunnel_h1::exchange(conn, outgoing, client_upgrade.is_some(), reuse)
         .await
         .map_err(ForwardError::Upstream)?;
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
-        (client_upgrade, response.status())
-    {
-        // The 101 goes back verbatim (every value of repeated headers, the accepted
-        // subprotocol); then the client's connection and the tunnel stream are spliced.
-        let stream_upgrade = hyper::upgrade::on(&mut response);
-        state.tracker.spawn(async move {
-            crate::http::splice(client_upgrade, stream_upgrade).await;
-            drop(active);
-        });
-        let (parts, _) = response.into_parts();
-        return Ok(Response::from_parts(parts, crate::http::full("")));
-    }
+    let response = match answer {
+        Answer::Upgraded {
+            head,
+            stream,
+            pending,
+        } => {
+            // The 101 goes back verbatim (every value of repeated headers, the accepted
+            // subprotocol); then the client's connection and the tunnel stream are spliced.
+            let client_upgrade = client_upgrade.expect("a 101 is an upgrade only when asked");
+            state.tracker.spawn(async move {
+                crate::http::splice_stream(client_upgrade, stream, pending).await;
+                drop(active);
+            });
+            let (parts, ()) = head.into_parts();
+            return Ok(Response::from_parts(parts, crate::http::full("")));
+        }
+        Answer::Response(response) => response,
+    };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // The request stays "active" until its body ends (a watch lasts as long as it streams).
-    let body = Guarded {
-        body,
-        _active: active,
-        reuse: pooling.then(|| (state.clone(), cluster_id.to_owned(), conn)),
-    };
+    let body = body.map_err(Into::into).map_frame(move |frame| {
+        let _ = &active;
+        frame
+    });
     Ok(Response::from_parts(parts, body.boxed()))
-}
-
-/// A response body that holds a guard until it is finished or dropped.
-struct Guarded {
-    body: Incoming,
-    _active: ActiveGuard,
-    /// A pooled connection goes back when the body ended cleanly; dropped otherwise (an
-    /// abandoned response leaves the connection unusable, and dropping it closes the stream).
-    reuse: Option<(Arc<ServerState>, String, Pooled)>,
-}
-
-impl hyper::body::Body for Guarded {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for Guarded {
-    /// hyper stops polling a body once its length is reached, so "ended cleanly" is judged
-    /// here: a body that reports its end goes back to the pool, any other is dropped (closed).
-    fn drop(&mut self) {
-        if let Some((state, cluster, pooled)) = self.reuse.take() {
-            if hyper::body::Body::is_end_stream(&self.body) {
-                state.pool.checkin(&cluster, pooled);
-            }
-        }
-    }
 }
 
 /// `tunnel_active_connections{cluster}` for the life of one request.

@@ -1,6 +1,8 @@
 //! Memory budgets and arbitrary peer input (the fuzz target's path as a property test).
 
 use super::*;
+use crate::protocol::StreamId;
+use futures_util::FutureExt;
 
 /// Streams past the session budget are refused, not over-committed, on both ends.
 #[tokio::test]
@@ -228,4 +230,115 @@ async fn grown_windows_never_refuse_an_open() {
     }
     assert!(server.handle.stats().reserved <= limits.session_buffer);
     drop(within("writer", writer).await.unwrap());
+}
+
+/// The next WindowUpdate the raw peer receives for `id`.
+async fn next_window_update(peer: &mut RawPeer, id: StreamId) -> u32 {
+    within("a WindowUpdate", async {
+        loop {
+            match peer.recv().await.expect("session alive") {
+                Frame::WindowUpdate { id: got, increment } if got == id => return increment,
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+/// Answers the session's first Ping after `delay`, so the session measures that round trip.
+async fn answer_first_ping_after(peer: &mut RawPeer, delay: Duration) {
+    let payload = within("the first Ping", async {
+        loop {
+            let message = peer.0.next().await.expect("session alive").unwrap();
+            if let Ok(Frame::Ping { payload }) = decode(message) {
+                return payload;
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep(delay).await;
+    peer.send(Frame::Pong { payload }).await;
+    peer.barrier().await;
+}
+
+/// Over a WAN the peer's whole credit arrives in one burst and a reader taking it in pieces
+/// has bytes left at the quarter mark, although it waits between bursts: the window must grow
+/// all the same. (The rule "grow when a read empties the queue" never fired there: 1.1 MB/s
+/// through a 50 ms round trip with 16 KiB reads.)
+#[tokio::test]
+async fn a_reader_that_waits_between_bursts_grows_its_window() {
+    let window = 64 * 1024;
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
+    // A 200 ms round trip: the quarter below goes by well within two.
+    answer_first_ping_after(&mut peer, Duration::from_millis(200)).await;
+    let mut stream = server.handle.open(b"t").await.unwrap();
+    let id = stream.id();
+    peer.send(Frame::Connected { id }).await;
+    let mut piece = vec![0u8; 16 * 1024];
+    // The reader is waiting when the burst arrives.
+    assert!(stream.read(&mut piece).now_or_never().is_none());
+    peer.send(Frame::Data {
+        id,
+        payload: Bytes::from(vec![3u8; 20 * 1024]),
+    })
+    .await;
+    let n = within("first piece", stream.read(&mut piece))
+        .await
+        .unwrap();
+    assert_eq!(n, 16 * 1024, "4 KiB stay queued at the quarter mark");
+    assert_eq!(
+        next_window_update(&mut peer, id).await,
+        16 * 1024 + window as u32,
+        "the quarter comes back with the window's doubling"
+    );
+    assert_eq!(server.handle.stats().reserved, 2 * window);
+}
+
+/// A reader that waits for small answers now and then (a pooled stream, a watch) is not
+/// limited by its window: the window stays as it is.
+#[tokio::test]
+async fn a_stream_that_trickles_keeps_its_window() {
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
+    let mut stream = server.handle.open(b"t").await.unwrap();
+    let id = stream.id();
+    peer.send(Frame::Connected { id }).await;
+    let mut piece = vec![0u8; 16 * 1024];
+    for _ in 0..4 {
+        // No round trip measured: the floor (200 µs) applies, and the quarter takes ≥ 20 ms.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(stream.read(&mut piece).now_or_never().is_none(), "waits");
+        peer.send(Frame::Data {
+            id,
+            payload: Bytes::from(vec![3u8; 4 * 1024]),
+        })
+        .await;
+        let n = within("an answer", stream.read(&mut piece)).await.unwrap();
+        assert_eq!(n, 4 * 1024);
+    }
+    assert_eq!(next_window_update(&mut peer, id).await, 16 * 1024);
+    assert_eq!(server.handle.stats().reserved, 64 * 1024);
+}
+
+/// A reader that never waits is the stream's limit: its window stays as it is (a slow reader
+/// holds no more than its window, S6).
+#[tokio::test]
+async fn a_reader_that_never_waits_keeps_its_window() {
+    let window = 64 * 1024;
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
+    let mut stream = server.handle.open(b"t").await.unwrap();
+    let id = stream.id();
+    peer.send(Frame::Connected { id }).await;
+    peer.send(Frame::Data {
+        id,
+        payload: Bytes::from(vec![3u8; window]),
+    })
+    .await;
+    peer.barrier().await;
+    let mut piece = vec![0u8; 16 * 1024];
+    for _ in 0..3 {
+        let n = within("a piece", stream.read(&mut piece)).await.unwrap();
+        assert_eq!(n, 16 * 1024);
+        assert_eq!(next_window_update(&mut peer, id).await, 16 * 1024);
+    }
+    assert_eq!(server.handle.stats().reserved, window);
 }

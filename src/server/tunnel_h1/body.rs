@@ -1,0 +1,158 @@
+//! A response body read off a tunnel stream: data frames are slices of the stream's chunks, no
+//! buffer is held between them (an idle watch holds the stream and the decoder's few bytes),
+//! and the stream is handed back for reuse only after a clean end.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
+
+use super::codec::{BodyFraming, ChunkedDecoder, CodecError, Decoded, LengthDecoder};
+use super::TunnelConn;
+
+/// Most bytes taken off the stream per read. The stream's window grows when a read leaves
+/// its queue empty; reading whole 64 KiB chunks did so at every read on loopback, and windows
+/// grew to their maximum where they need not (S6 in docs/benchmarks.md: 47 MiB held for a
+/// download that hyper's reads had held in 0–8 MiB).
+const RECV_PIECE: usize = 16 * 1024;
+
+/// Why a response body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// The agent's side framed it wrongly.
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    /// The stream failed or ended early.
+    #[error("tunnel stream: {0}")]
+    Stream(std::io::Error),
+    #[error("the tunnel stream ended inside the response body")]
+    Truncated,
+}
+
+enum Decoder {
+    Empty,
+    Length(LengthDecoder),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+/// Called with the stream when the body ended cleanly and the stream may carry another request.
+pub(crate) type Reuse = Box<dyn FnOnce(TunnelConn) + Send + Sync>;
+
+/// The response body of one exchange.
+pub(crate) struct TunnelBody {
+    conn: Option<TunnelConn>,
+    /// Received and not yet decoded (a slice of the last chunk).
+    pending: Bytes,
+    decoder: Decoder,
+    finished: bool,
+    reuse: Option<Reuse>,
+}
+
+impl TunnelBody {
+    /// `pending`: bytes that followed the head in its last chunk. `reuse` is dropped (not
+    /// called) when the framing cannot tell the body's end (the stream's end is the end).
+    pub(crate) fn new(
+        conn: TunnelConn,
+        pending: Bytes,
+        framing: BodyFraming,
+        reuse: Option<Reuse>,
+    ) -> Self {
+        let decoder = match framing {
+            BodyFraming::Empty => Decoder::Empty,
+            BodyFraming::Length(len) => Decoder::Length(LengthDecoder::new(len)),
+            BodyFraming::Chunked => Decoder::Chunked(ChunkedDecoder::default()),
+            BodyFraming::UntilClose => Decoder::UntilClose,
+        };
+        let reuse = reuse.filter(|_| framing != BodyFraming::UntilClose);
+        let mut body = Self {
+            conn: Some(conn),
+            pending,
+            decoder,
+            finished: false,
+            reuse,
+        };
+        if matches!(body.decoder, Decoder::Empty) || matches!(framing, BodyFraming::Length(0)) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body ended cleanly: the stream goes back if it may (nothing after the body).
+    fn finish(&mut self) {
+        self.finished = true;
+        if let (Some(reuse), Some(conn)) = (self.reuse.take(), self.conn.take()) {
+            if self.pending.is_empty() {
+                reuse(conn);
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for TunnelBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        loop {
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            let decoded = match &mut this.decoder {
+                Decoder::Empty => Decoded::End,
+                Decoder::Length(decoder) => decoder.decode(&mut this.pending),
+                Decoder::Chunked(decoder) => match decoder.decode(&mut this.pending) {
+                    Ok(decoded) => decoded,
+                    Err(error) => return Poll::Ready(Some(Err(error.into()))),
+                },
+                Decoder::UntilClose if this.pending.is_empty() => Decoded::NeedMore,
+                Decoder::UntilClose => Decoded::Data(std::mem::take(&mut this.pending)),
+            };
+            match decoded {
+                Decoded::Data(data) if data.is_empty() => continue,
+                Decoded::Data(data) => {
+                    // hyper stops polling a body once its length is reached: a body whose
+                    // length is complete has ended, and its stream goes back now.
+                    if matches!(&this.decoder, Decoder::Length(d) if d.remaining() == 0) {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decoded::End => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Decoded::NeedMore => {}
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(conn.stream.poll_recv(cx, RECV_PIECE)) {
+                Ok(Some(chunk)) => this.pending = chunk,
+                Ok(None) if matches!(this.decoder, Decoder::UntilClose) => {
+                    this.finished = true;
+                    return Poll::Ready(None);
+                }
+                Ok(None) => return Poll::Ready(Some(Err(BodyError::Truncated))),
+                Err(error) => return Poll::Ready(Some(Err(BodyError::Stream(error)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.decoder {
+            Decoder::Empty => SizeHint::with_exact(0),
+            Decoder::Length(decoder) => SizeHint::with_exact(decoder.remaining()),
+            _ => SizeHint::default(),
+        }
+    }
+}

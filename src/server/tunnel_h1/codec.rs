@@ -1,0 +1,394 @@
+//! HTTP/1.1 as the server's relay speaks it on a tunnel stream, without I/O: request heads out,
+//! response heads in, and the response body's framing decoded over `Bytes` without copying.
+//! (Why not hyper's client here: one hyper HTTP/1 client connection holds ~14 KiB for as long
+//! as a watch idles, the largest part of S9's per-stream memory; see docs/benchmarks.md, F.)
+//!
+//! Every limit a peer controls is a named constant; input past one is an error, never a panic
+//! or an unbounded buffer.
+
+use bytes::{Buf, Bytes};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Largest response head (status line and headers), as the hyper client allowed.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers.
+pub(crate) const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line (size, extensions, CRLF).
+pub(crate) const MAX_CHUNK_LINE: usize = 4096;
+/// Most trailer bytes after the last chunk (trailers are read and dropped).
+pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Malformed or oversized input from the agent's side.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum CodecError {
+    #[error("response head over {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("malformed response head: {0}")]
+    Head(String),
+    #[error("conflicting or invalid Content-Length")]
+    ContentLength,
+    #[error("malformed chunked body: {0}")]
+    Chunked(&'static str),
+}
+
+/// How a request's body is framed on the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestFraming {
+    /// No body, and no framing header (GET, HEAD, DELETE without one).
+    None,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Appends the request head: `path` is the origin-form target; `headers` must already be free
+/// of hop-by-hop and framing headers (the relay strips them), and the framing header is added
+/// here.
+pub(crate) fn encode_request_head(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::None => {}
+        RequestFraming::Length(len) => {
+            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes())
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked request body (`data` non-empty), or the last chunk when
+/// `data` is empty.
+pub(crate) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    if !data.is_empty() {
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+impl ResponseHead {
+    /// Whether the connection stays open after this response (HTTP/1.1 unless `close`;
+    /// HTTP/1.0 only with `keep-alive`).
+    pub(crate) fn keep_alive(&self) -> bool {
+        let tokens = self
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|token| token.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>();
+        match self.version {
+            Version::HTTP_11 => !tokens.iter().any(|t| t == "close"),
+            _ => tokens.iter().any(|t| t == "keep-alive"),
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf`: `Ok(None)` when more bytes are needed,
+/// else the head and how many bytes it took.
+pub(crate) fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, CodecError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(CodecError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(CodecError::Head(error.to_string())),
+    };
+    if len > MAX_HEAD {
+        return Err(CodecError::HeadTooLarge);
+    }
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| CodecError::Head("invalid status code".into()))?;
+    let version = match response.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for slot in response.headers.iter() {
+        let name = HeaderName::from_bytes(slot.name.as_bytes())
+            .map_err(|_| CodecError::Head(format!("invalid header name {:?}", slot.name)))?;
+        let value = HeaderValue::from_bytes(slot.value)
+            .map_err(|_| CodecError::Head(format!("invalid value for {name}")))?;
+        headers.append(name, value);
+    }
+    Ok(Some((
+        ResponseHead {
+            status,
+            version,
+            headers,
+        },
+        len,
+    )))
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// No body: a HEAD request, 1xx, 204, 304.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+    /// Until the stream ends (the stream cannot be reused).
+    UntilClose,
+}
+
+/// The framing of a response to a `method` request.
+pub(crate) fn response_framing(
+    method: &Method,
+    head: &ResponseHead,
+) -> Result<BodyFraming, CodecError> {
+    let status = head.status;
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(BodyFraming::Empty);
+    }
+    if let Some(last) = head
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .rfind(|coding| !coding.is_empty())
+    {
+        // A transfer coding other than chunked last: the body runs to the end (§6.3 item 4).
+        return Ok(if last.eq_ignore_ascii_case("chunked") {
+            BodyFraming::Chunked
+        } else {
+            BodyFraming::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in head.headers.get_all(header::CONTENT_LENGTH) {
+        for part in value
+            .to_str()
+            .map_err(|_| CodecError::ContentLength)?
+            .split(',')
+        {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(CodecError::ContentLength);
+            }
+            let parsed: u64 = part.parse().map_err(|_| CodecError::ContentLength)?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(CodecError::ContentLength);
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length.map_or(BodyFraming::UntilClose, BodyFraming::Length))
+}
+
+/// What a decoder got from its input.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// Body bytes (a slice of the input, not a copy).
+    Data(Bytes),
+    /// The input is used up; the body goes on.
+    NeedMore,
+    /// The body ended; whatever is left in the input follows it.
+    End,
+}
+
+/// Decodes a `Content-Length` body.
+#[derive(Debug)]
+pub(crate) struct LengthDecoder {
+    remaining: u64,
+}
+
+impl LengthDecoder {
+    pub(crate) fn new(len: u64) -> Self {
+        Self { remaining: len }
+    }
+
+    /// Body bytes not yet decoded.
+    pub(crate) fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    pub(crate) fn decode(&mut self, input: &mut Bytes) -> Decoded {
+        if self.remaining == 0 {
+            return Decoded::End;
+        }
+        if input.is_empty() {
+            return Decoded::NeedMore;
+        }
+        let take = usize::try_from(self.remaining).map_or(input.len(), |r| r.min(input.len()));
+        self.remaining -= take as u64;
+        Decoded::Data(input.split_to(take))
+    }
+}
+
+/// Decodes a chunked body: sizes, extensions (skipped), data, trailers (read and dropped).
+#[derive(Debug)]
+pub(crate) struct ChunkedDecoder {
+    state: Chunked,
+    /// Bytes of the current size line or trailer section seen so far (bounded).
+    line_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Hex digits of a size; the value so far.
+    Size(u64, bool),
+    /// After the size: extensions up to the line's end.
+    Extension(u64),
+    /// The LF ending the size line.
+    SizeLf(u64),
+    /// Chunk data still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataCr,
+    DataLf,
+    /// Trailer section; `at_line_start`: an empty line (CR ignored) ends it.
+    Trailer {
+        at_line_start: bool,
+    },
+    End,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self {
+            state: Chunked::Size(0, false),
+            line_len: 0,
+        }
+    }
+}
+
+impl ChunkedDecoder {
+    pub(crate) fn decode(&mut self, input: &mut Bytes) -> Result<Decoded, CodecError> {
+        loop {
+            if let Chunked::Data(remaining) = self.state {
+                if input.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = usize::try_from(remaining).map_or(input.len(), |r| r.min(input.len()));
+                let rest = remaining - take as u64;
+                self.state = if rest == 0 {
+                    Chunked::DataCr
+                } else {
+                    Chunked::Data(rest)
+                };
+                return Ok(Decoded::Data(input.split_to(take)));
+            }
+            if self.state == Chunked::End {
+                return Ok(Decoded::End);
+            }
+            let Some(&byte) = input.first() else {
+                return Ok(Decoded::NeedMore);
+            };
+            input.advance(1);
+            self.state = self.step(byte)?;
+        }
+    }
+
+    fn step(&mut self, byte: u8) -> Result<Chunked, CodecError> {
+        use Chunked::*;
+        let counted = matches!(
+            self.state,
+            Size(..) | Extension(_) | SizeLf(_) | Trailer { .. }
+        );
+        if counted {
+            self.line_len += 1;
+            let limit = match self.state {
+                Trailer { .. } => MAX_TRAILERS,
+                _ => MAX_CHUNK_LINE,
+            };
+            if self.line_len > limit {
+                return Err(CodecError::Chunked("size line or trailers too long"));
+            }
+        }
+        Ok(match (self.state, byte) {
+            (Size(value, _), digit) if digit.is_ascii_hexdigit() => {
+                let nibble = (digit as char).to_digit(16).expect("hex digit") as u64;
+                let value = value
+                    .checked_mul(16)
+                    .and_then(|v| v.checked_add(nibble))
+                    .ok_or(CodecError::Chunked("chunk size overflows"))?;
+                Size(value, true)
+            }
+            (Size(value, true), b'\r') => SizeLf(value),
+            (Size(value, true), b';' | b' ' | b'\t') => Extension(value),
+            (Size(_, false), b'\r' | b'\n' | b';') => {
+                return Err(CodecError::Chunked("missing chunk size"))
+            }
+            (Size(..), _) => return Err(CodecError::Chunked("invalid chunk size")),
+            (Extension(value), b'\r') => SizeLf(value),
+            (Extension(value), b'\n') => return self.size_line_done(value),
+            (Extension(value), _) => Extension(value),
+            (SizeLf(value), b'\n') => return self.size_line_done(value),
+            (SizeLf(_), _) => return Err(CodecError::Chunked("expected LF after chunk size")),
+            (DataCr, b'\r') => DataLf,
+            (DataCr | DataLf, b'\n') => Size(0, false),
+            (DataCr | DataLf, _) => return Err(CodecError::Chunked("expected CRLF after data")),
+            (Trailer { at_line_start }, b'\r') => Trailer { at_line_start },
+            (
+                Trailer {
+                    at_line_start: true,
+                },
+                b'\n',
+            ) => End,
+            (Trailer { .. }, b'\n') => Trailer {
+                at_line_start: true,
+            },
+            (Trailer { .. }, _) => Trailer {
+                at_line_start: false,
+            },
+            (Data(_) | End, _) => unreachable!("handled by decode"),
+        })
+    }
+
+    fn size_line_done(&mut self, size: u64) -> Result<Chunked, CodecError> {
+        self.line_len = 0;
+        Ok(if size == 0 {
+            Chunked::Trailer {
+                at_line_start: true,
+            }
+        } else {
+            Chunked::Data(size)
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "codec_tests.rs"]
+mod tests;

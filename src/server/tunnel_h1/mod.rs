@@ -1,0 +1,187 @@
+//! The server's HTTP/1.1 client on tunnel streams: one request written, its response head
+//! read, the body handed on as slices of what the stream received. It replaces a hyper client
+//! connection per stream, which holds ~14 KiB for as long as a watch idles (S9 and F in
+//! docs/benchmarks.md); this holds the stream and a decoder.
+//!
+//! The request body is written before the response is read, as the Go agent does; if the
+//! agent answers early and stops reading, the write fails and the answer is read anyway.
+
+mod body;
+pub(crate) mod codec;
+
+use std::future::poll_fn;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use tokio::io::AsyncWriteExt;
+
+pub(crate) use body::{Reuse, TunnelBody};
+use codec::{encode_chunk, encode_request_head, parse_response_head, CodecError, RequestFraming};
+
+use crate::mux::MuxStream;
+
+/// A tunnel stream that carries HTTP/1.1 exchanges one after another.
+pub(crate) struct TunnelConn {
+    pub(crate) stream: MuxStream,
+}
+
+/// What the agent answered.
+pub(crate) enum Answer {
+    /// A response; its body reads the rest of it from the stream.
+    Response(Response<TunnelBody>),
+    /// 101 to an upgrade request: the stream now carries the new protocol; `pending` is what
+    /// followed the head.
+    Upgraded {
+        head: Response<()>,
+        stream: MuxStream,
+        pending: Bytes,
+    },
+}
+
+/// Why an exchange failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    #[error("writing the request: {0}")]
+    Write(io::Error),
+    #[error("reading the request body: {0}")]
+    RequestBody(hyper::Error),
+    #[error("reading the response: {0}")]
+    Read(io::Error),
+    #[error("the agent closed the stream before answering")]
+    NoAnswer,
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// Sends `request` (origin-form URI, hop-by-hop headers already removed) on `conn` and reads
+/// the response head. `upgrade`: a 101 is an upgrade, not an interim response. `reuse` gets
+/// the stream back after a body that ended cleanly, when both sides keep the connection.
+pub(crate) async fn exchange(
+    mut conn: TunnelConn,
+    request: Request<Incoming>,
+    upgrade: bool,
+    reuse: Option<Reuse>,
+) -> Result<Answer, ExchangeError> {
+    let (mut parts, mut body) = request.into_parts();
+    let framing = request_framing(&parts.method, &body);
+    // Framing is this hop's; `Expect` was answered by the client's connection already.
+    for name in [CONTENT_LENGTH, TRANSFER_ENCODING, EXPECT] {
+        parts.headers.remove(name);
+    }
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut head = Vec::with_capacity(512);
+    encode_request_head(&parts.method, path, &parts.headers, framing, &mut head);
+    let written = async {
+        conn.stream
+            .write_all(&head)
+            .await
+            .map_err(ExchangeError::Write)?;
+        if framing == RequestFraming::None {
+            return Ok(());
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(ExchangeError::RequestBody)?;
+            let Ok(data) = frame.into_data() else {
+                continue; // request trailers are not relayed
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let write = if framing == RequestFraming::Chunked {
+                let mut chunk = Vec::with_capacity(data.len() + 16);
+                encode_chunk(&data, &mut chunk);
+                conn.stream.write_all(&chunk).await
+            } else {
+                conn.stream.write_all(&data).await
+            };
+            write.map_err(ExchangeError::Write)?;
+        }
+        if framing == RequestFraming::Chunked {
+            conn.stream
+                .write_all(b"0\r\n\r\n")
+                .await
+                .map_err(ExchangeError::Write)?;
+        }
+        Ok(())
+    }
+    .await;
+    let written = match written {
+        Err(ExchangeError::RequestBody(error)) => return Err(ExchangeError::RequestBody(error)),
+        other => other,
+    };
+    let (head, pending) = match read_head(&mut conn.stream, upgrade).await {
+        Ok(answer) => answer,
+        // No answer: the write's failure, if there was one, is the cause.
+        Err(error) => return Err(written.err().unwrap_or(error)),
+    };
+    if upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS {
+        let mut response = Response::new(());
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        return Ok(Answer::Upgraded {
+            head: response,
+            stream: conn.stream,
+            pending,
+        });
+    }
+    let framing = codec::response_framing(&parts.method, &head)?;
+    let reuse = reuse.filter(|_| head.keep_alive() && written.is_ok());
+    let mut response = Response::new(TunnelBody::new(conn, pending, framing, reuse));
+    *response.status_mut() = head.status;
+    *response.version_mut() = Version::HTTP_11;
+    *response.headers_mut() = head.headers;
+    Ok(Answer::Response(response))
+}
+
+/// How the request body goes on the stream: its length when known, else chunked; none for a
+/// bodiless request, except `Content-Length: 0` for the methods that expect a body.
+fn request_framing(method: &Method, body: &Incoming) -> RequestFraming {
+    if body.is_end_stream() {
+        return match *method {
+            Method::POST | Method::PUT | Method::PATCH => RequestFraming::Length(0),
+            _ => RequestFraming::None,
+        };
+    }
+    body.size_hint()
+        .exact()
+        .map_or(RequestFraming::Chunked, RequestFraming::Length)
+}
+
+/// Reads the final response head (skipping 1xx, except a 101 to an upgrade); returns it and
+/// the bytes that followed it. A head that fits one received chunk is parsed in place.
+async fn read_head(
+    stream: &mut MuxStream,
+    upgrade: bool,
+) -> Result<(codec::ResponseHead, Bytes), ExchangeError> {
+    let mut pending = Bytes::new();
+    loop {
+        while !pending.is_empty() {
+            let Some((head, len)) = parse_response_head(&pending)? else {
+                break;
+            };
+            let rest = pending.slice(len..);
+            let interim = head.status.is_informational()
+                && !(upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS);
+            if !interim {
+                return Ok((head, rest));
+            }
+            pending = rest;
+        }
+        let chunk = poll_fn(|cx| stream.poll_recv(cx, codec::MAX_HEAD))
+            .await
+            .map_err(ExchangeError::Read)?
+            .ok_or(ExchangeError::NoAnswer)?;
+        pending = if pending.is_empty() {
+            chunk
+        } else {
+            let mut joined = BytesMut::with_capacity(pending.len() + chunk.len());
+            joined.extend_from_slice(&pending);
+            joined.extend_from_slice(&chunk);
+            joined.freeze()
+        };
+    }
+}

@@ -23,7 +23,9 @@
 //! - [`http`]: HTTP hygiene both binaries share (hop-by-hop stripping, `Status` bodies);
 //!   [`listen`]: the accept loop of every listener.
 //! - [`server`]: public `/connect` → negotiation → session in the registry; internal
-//!   `/tunnel/<cluster-id>/…` → a stream on that cluster's session; ops endpoints.
+//!   `/tunnel/<cluster-id>/…` → a stream on that cluster's session, on which the server writes
+//!   the request and reads the answer with its own HTTP/1.1 client (an idle watch holds the
+//!   stream and a decoder, ~2 KiB); ops endpoints.
 //! - [`agent`]: dial → negotiate → accept streams → forward each request to the one configured
 //!   upstream with the agent's own credentials; health endpoints.
 //! - [`config`] (TOML → validated typed config), [`cli`] (what both binaries share),

@@ -4,7 +4,10 @@
 //! Flow: [`Server::bind`] binds every listener (a bind failure is fatal before anything is
 //! served, B12) and reports the bound addresses; [`Server::run`] serves until the shutdown
 //! token fires. `public` handles `/connect` → negotiation → a mux session registered in the
-//! [`registry::Registry`]; `forward` routes each request to the registered session.
+//! [`registry::Registry`]; `forward` routes each request to the registered session, and
+//! `relay` carries it there: a pooled or new stream, on which `tunnel_h1` (the server's own
+//! HTTP/1.1 client: a pure codec and a body that hands on slices of what the stream received)
+//! writes the request and reads the response.
 
 mod auth;
 mod callers;

@@ -52,9 +52,16 @@ async fn send(
     )
 }
 
-/// Takes the next Connect, acknowledges it, reads the request head (and `body_len` bytes of
-/// body), then writes `answer` in the given pieces and closes the stream.
+/// Takes the next Connect, acknowledges it, reads the request head, then writes `answer` in
+/// the given pieces and closes the stream.
 async fn answer(go: &mut GoPeer<TcpStream>, pieces: &[&[u8]]) -> String {
+    let (id, head) = answer_open(go, pieces).await;
+    go.send(Frame::Close { id }).await;
+    head
+}
+
+/// As [`answer`], but the stream stays open: only a limit can end the request early.
+async fn answer_open(go: &mut GoPeer<TcpStream>, pieces: &[&[u8]]) -> (u32, String) {
     let id = loop {
         match within("Connect", go.recv()).await {
             Some(Frame::Connect { id, .. }) => break id,
@@ -71,8 +78,7 @@ async fn answer(go: &mut GoPeer<TcpStream>, pieces: &[&[u8]]) -> String {
         })
         .await;
     }
-    go.send(Frame::Close { id }).await;
-    String::from_utf8_lossy(&head).into_owned()
+    (id, String::from_utf8_lossy(&head).into_owned())
 }
 
 #[tokio::test]
@@ -142,16 +148,58 @@ async fn raw_answers_are_framed_right_and_bad_ones_fail_one_request() {
         StatusCode::BAD_GATEWAY
     );
 
-    // A head that never ends within the limit: 502, without buffering past it.
+    // Limits the agent's side could push past, each on a stream left open so that only the
+    // limit can end the request: a head that never ends (one long value, a byte at a time at
+    // first, so a dribbled head is gathered too), endless interim answers.
+    let long_value = format!("HTTP/1.1 200 OK\r\nX-Big: {}", "a".repeat(70 * 1024));
+    let interims = "HTTP/1.1 100 Continue\r\n\r\n".repeat(40);
+    let dribbled: Vec<&[u8]> = long_value
+        .as_bytes()
+        .chunks(1)
+        .take(64)
+        .chain(long_value.as_bytes()[64..].chunks(8 * 1024))
+        .collect();
+    let mut left_open = Vec::new();
+    for (what, pieces) in [
+        ("head over MAX_HEAD", dribbled),
+        ("over MAX_INTERIM", vec![interims.as_bytes()]),
+    ] {
+        let client = ask(Method::GET, b"");
+        left_open.push(answer_open(&mut go, &pieces).await.0);
+        assert_eq!(
+            within(what, client).await.unwrap().0,
+            StatusCode::BAD_GATEWAY,
+            "{what}"
+        );
+    }
+    for id in left_open {
+        go.send(Frame::Close { id }).await;
+    }
+
+    // A 101 to a request that asked for no upgrade: what follows is not HTTP; 502.
     let client = ask(Method::GET, b"");
-    let big = format!(
-        "HTTP/1.1 200 OK\r\n{}",
-        "X-Big: aaaaaaaaaaaaaaaa\r\n".repeat(4000)
-    );
-    answer(&mut go, &[big.as_bytes()]).await;
+    answer(
+        &mut go,
+        &[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+    )
+    .await;
     assert_eq!(
-        within("oversized", client).await.unwrap().0,
+        within("unasked 101", client).await.unwrap().0,
         StatusCode::BAD_GATEWAY
+    );
+
+    // Transfer-Encoding beside Content-Length: the coding wins and the client gets the whole
+    // body (a kept Content-Length: 3 would have cut it to "hel").
+    let client = ask(Method::GET, b"");
+    answer(
+        &mut go,
+        &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+    )
+    .await;
+    let (status, body) = within("TE and CL", client).await.unwrap();
+    assert_eq!(
+        (status, body.as_deref()),
+        (StatusCode::OK, Ok(&b"hello"[..]))
     );
 
     // A bad chunk size mid-body, and a Content-Length body cut short: the body fails, it

@@ -41,8 +41,13 @@ pub(crate) async fn read_loop<R>(
             // A first Ping at once: window growth needs the round trip (window.rs), and a
             // transfer should not wait a heartbeat interval for it.
             let payload = Bytes::from_static(&[0; 8]);
-            shared.push_control(&mut state, Frame::Ping { payload });
-            state.ping_sent = Some(started);
+            shared.push_control(
+                &mut state,
+                Frame::Ping {
+                    payload: payload.clone(),
+                },
+            );
+            state.ping_sent = Some((started, payload));
         }
     }
     let mut read_this_turn = 0;
@@ -73,12 +78,12 @@ pub(crate) async fn read_loop<R>(
                         shared.end(&mut state, SessionEnd::HeartbeatTimeout);
                     } else {
                         let payload = Bytes::copy_from_slice(&now.duration_since(started).as_millis().to_be_bytes()[8..]);
-                        let ping = match shared.config.version {
-                            Version::V1 => Frame::Ping { payload: Bytes::new() },
-                            Version::V2 => Frame::Ping { payload },
+                        let payload = match shared.config.version {
+                            Version::V1 => Bytes::new(),
+                            Version::V2 => payload,
                         };
-                        shared.push_control(&mut state, ping);
-                        state.ping_sent = Some(now);
+                        shared.push_control(&mut state, Frame::Ping { payload: payload.clone() });
+                        state.ping_sent = Some((now, payload));
                         beats += 1;
                         if beats % LIVE_IDS_EVERY == 0 {
                             send_live_ids(&shared, &mut state);

@@ -38,9 +38,10 @@ impl Shared {
                 state.pong_due = Some(payload);
                 self.writer_wake.notify_one();
             }
-            Frame::Pong { .. } => {
+            Frame::Pong { payload } => {
                 let now = Instant::now();
-                if let Some(sent) = state.ping_sent.take() {
+                let answers_the_last = |(_, sent): &(Instant, Bytes)| *sent == payload;
+                if let Some((sent, _)) = state.ping_sent.take_if(|ping| answers_the_last(ping)) {
                     let rtt = now.duration_since(sent);
                     state.rtt = Some(rtt);
                     state.min_rtt = Some(state.min_rtt.map_or(rtt, |min| min.min(rtt)));

@@ -217,8 +217,9 @@ pub(crate) struct State {
     /// Receive bytes held (v1) or reserved (v2) by this session.
     pub session_used: usize,
     pub last_pong: Instant,
-    /// When the Ping now awaiting its Pong was queued.
-    pub ping_sent: Option<Instant>,
+    /// When the Ping now awaiting its Pong was queued, and its payload: a Pong to an older
+    /// Ping arriving late must not pass for a short round trip (`min_rtt` keeps it for good).
+    pub ping_sent: Option<(Instant, Bytes)>,
     /// Ping → Pong time of the last heartbeat (measured while data flows, since the Pong
     /// overtakes queued data on the peer's side).
     pub rtt: Option<std::time::Duration>,

@@ -325,6 +325,9 @@ async fn a_stream_that_trickles_keeps_its_window() {
 async fn a_reader_that_never_waits_keeps_its_window() {
     let window = 64 * 1024;
     let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
+    // A 200 ms round trip: every quarter goes by quickly, so only the reader's never having
+    // waited can keep the window as it is.
+    answer_first_ping_after(&mut peer, Duration::from_millis(200)).await;
     let mut stream = server.handle.open(b"t").await.unwrap();
     let id = stream.id();
     peer.send(Frame::Connected { id }).await;

@@ -18,6 +18,9 @@ pub(crate) const MAX_HEADERS: usize = 128;
 pub(crate) const MAX_CHUNK_LINE: usize = 4096;
 /// Most trailer bytes after the last chunk (trailers are read and dropped).
 pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
+/// Most interim (1xx) responses before the final one: an endless `100 Continue` stream would
+/// keep the request waiting for ever.
+pub(crate) const MAX_INTERIM: usize = 32;
 
 /// Malformed or oversized input from the agent's side.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +33,10 @@ pub(crate) enum CodecError {
     ContentLength,
     #[error("malformed chunked body: {0}")]
     Chunked(&'static str),
+    #[error("more than {MAX_INTERIM} interim (1xx) responses")]
+    TooManyInterim,
+    #[error("101 Switching Protocols to a request that asked for no upgrade")]
+    UnexpectedUpgrade,
 }
 
 /// How a request's body is framed on the stream.
@@ -77,12 +84,8 @@ pub(crate) fn encode_request_head(
 /// `data` is empty.
 pub(crate) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    if !data.is_empty() {
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A parsed response head.
@@ -165,6 +168,25 @@ pub(crate) enum BodyFraming {
     Chunked,
     /// Until the stream ends (the stream cannot be reused).
     UntilClose,
+}
+
+/// The framing of a response to a `method` request, and whether the stream may carry another
+/// exchange after it as far as framing goes. A `Transfer-Encoding` overrides a
+/// `Content-Length` (RFC 9112 §6.3 item 3): the length is removed from `head`, or the client's
+/// side would frame the relayed body by it and cut it short, and the stream is not reused
+/// (such a message "ought to be handled as an error": a smuggling attempt, or a broken
+/// upstream).
+pub(crate) fn settle_framing(
+    method: &Method,
+    head: &mut ResponseHead,
+) -> Result<(BodyFraming, bool), CodecError> {
+    let framing = response_framing(method, head)?;
+    let overridden = matches!(framing, BodyFraming::Chunked | BodyFraming::UntilClose)
+        && head.headers.contains_key(header::CONTENT_LENGTH);
+    if overridden {
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
+    Ok((framing, !overridden))
 }
 
 /// The framing of a response to a `method` request.
@@ -267,8 +289,11 @@ pub(crate) struct ChunkedDecoder {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunked {
-    /// Hex digits of a size; the value so far.
-    Size(u64, bool),
+    /// Hex digits of a size: the value so far, and whether a digit was seen.
+    Size {
+        value: u64,
+        seen_digit: bool,
+    },
     /// After the size: extensions up to the line's end.
     Extension(u64),
     /// The LF ending the size line.
@@ -288,7 +313,10 @@ enum Chunked {
 impl Default for ChunkedDecoder {
     fn default() -> Self {
         Self {
-            state: Chunked::Size(0, false),
+            state: Chunked::Size {
+                value: 0,
+                seen_digit: false,
+            },
             line_len: 0,
         }
     }
@@ -325,7 +353,7 @@ impl ChunkedDecoder {
         use Chunked::*;
         let counted = matches!(
             self.state,
-            Size(..) | Extension(_) | SizeLf(_) | Trailer { .. }
+            Size { .. } | Extension(_) | SizeLf(_) | Trailer { .. }
         );
         if counted {
             self.line_len += 1;
@@ -338,27 +366,56 @@ impl ChunkedDecoder {
             }
         }
         Ok(match (self.state, byte) {
-            (Size(value, _), digit) if digit.is_ascii_hexdigit() => {
+            (Size { value, .. }, digit) if digit.is_ascii_hexdigit() => {
                 let nibble = (digit as char).to_digit(16).expect("hex digit") as u64;
                 let value = value
                     .checked_mul(16)
                     .and_then(|v| v.checked_add(nibble))
                     .ok_or(CodecError::Chunked("chunk size overflows"))?;
-                Size(value, true)
+                Size {
+                    value,
+                    seen_digit: true,
+                }
             }
-            (Size(value, true), b'\r') => SizeLf(value),
-            (Size(value, true), b';' | b' ' | b'\t') => Extension(value),
-            (Size(_, false), b'\r' | b'\n' | b';') => {
-                return Err(CodecError::Chunked("missing chunk size"))
-            }
-            (Size(..), _) => return Err(CodecError::Chunked("invalid chunk size")),
+            (
+                Size {
+                    value,
+                    seen_digit: true,
+                },
+                b'\r',
+            ) => SizeLf(value),
+            // A bare LF ends a line, as after extensions and chunk data (RFC 9112 §2.2).
+            (
+                Size {
+                    value,
+                    seen_digit: true,
+                },
+                b'\n',
+            ) => return self.size_line_done(value),
+            (
+                Size {
+                    value,
+                    seen_digit: true,
+                },
+                b';' | b' ' | b'\t',
+            ) => Extension(value),
+            (
+                Size {
+                    seen_digit: false, ..
+                },
+                b'\r' | b'\n' | b';',
+            ) => return Err(CodecError::Chunked("missing chunk size")),
+            (Size { .. }, _) => return Err(CodecError::Chunked("invalid chunk size")),
             (Extension(value), b'\r') => SizeLf(value),
             (Extension(value), b'\n') => return self.size_line_done(value),
             (Extension(value), _) => Extension(value),
             (SizeLf(value), b'\n') => return self.size_line_done(value),
             (SizeLf(_), _) => return Err(CodecError::Chunked("expected LF after chunk size")),
             (DataCr, b'\r') => DataLf,
-            (DataCr | DataLf, b'\n') => Size(0, false),
+            (DataCr | DataLf, b'\n') => Size {
+                value: 0,
+                seen_digit: false,
+            },
             (DataCr | DataLf, _) => return Err(CodecError::Chunked("expected CRLF after data")),
             (Trailer { at_line_start }, b'\r') => Trailer { at_line_start },
             (

@@ -65,6 +65,16 @@ fn data_comes_out_as_slices_of_the_input() {
     assert_eq!(data.as_ptr(), input[3..].as_ptr(), "no copy");
 }
 
+/// A bare LF ends a line wherever a CRLF may (RFC 9112 §2.2): after the size, after an
+/// extension, after data, and in trailers.
+#[test]
+fn bare_line_feeds_end_lines() {
+    assert_eq!(
+        chunked(b"5\nhello\n3;x\nabc\n0\nX-T: t\n\n", &[]),
+        Ok((b"helloabc".to_vec(), Vec::new()))
+    );
+}
+
 #[test]
 fn malformed_chunked_input_is_an_error() {
     for (input, why) in [
@@ -73,6 +83,7 @@ fn malformed_chunked_input_is_an_error() {
         (b"5\rX", "expected LF after chunk size"),
         (b"2\r\nabXY", "expected CRLF after data"),
         (b"11111111111111111\r\n", "chunk size overflows"),
+        (b"\n", "missing chunk size"),
     ] {
         assert_eq!(
             chunked(input, &[]),
@@ -84,17 +95,22 @@ fn malformed_chunked_input_is_an_error() {
 
 #[test]
 fn size_lines_and_trailers_are_bounded() {
+    // Neither input ever ends: only the limits can make them fail (the helper's own error for
+    // an input that runs out is another one).
+    let too_long = Err(CodecError::Chunked("size line or trailers too long"));
     let mut line = b"5;".to_vec();
     line.resize(MAX_CHUNK_LINE + 10, b'a');
-    assert!(matches!(chunked(&line, &[]), Err(CodecError::Chunked(_))));
+    assert_eq!(chunked(&line, &[]), too_long);
     let mut trailers = b"0\r\n".to_vec();
     while trailers.len() < MAX_TRAILERS + 100 {
         trailers.extend_from_slice(b"X-A: b\r\n");
     }
-    assert!(matches!(
-        chunked(&trailers, &[]),
-        Err(CodecError::Chunked(_))
-    ));
+    assert_eq!(chunked(&trailers, &[]), too_long);
+    // Just under the limits, both are fine.
+    let mut line = b"5;".to_vec();
+    line.resize(MAX_CHUNK_LINE - 2, b'a');
+    line.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(chunked(&line, &[]), Ok((b"hello".to_vec(), Vec::new())));
 }
 
 proptest! {
@@ -150,11 +166,25 @@ fn response_heads_parse_and_say_when_more_is_needed() {
         parse_response_head(b"HTTP/1.1 2000 OK\r\n\r\n"),
         Err(CodecError::Head(_))
     ));
-    let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
-    while big.len() < MAX_HEAD + 10 {
-        big.extend_from_slice(b"X-Big: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
-    }
-    assert!(parse_response_head(&big).is_err(), "oversized head refused");
+    // Few headers, one long value: only MAX_HEAD can refuse it (not MAX_HEADERS).
+    let mut big = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+    big.resize(MAX_HEAD + 10, b'a');
+    assert!(matches!(
+        parse_response_head(&big),
+        Err(CodecError::HeadTooLarge)
+    ));
+    big.truncate(MAX_HEAD - 100);
+    assert!(
+        parse_response_head(&big).unwrap().is_none(),
+        "under it: more"
+    );
+    let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+    many.extend_from_slice(&b"X-A: b\r\n".repeat(MAX_HEADERS + 1));
+    many.extend_from_slice(b"\r\n");
+    assert!(matches!(
+        parse_response_head(&many),
+        Err(CodecError::Head(_))
+    ));
 }
 
 #[test]
@@ -205,6 +235,31 @@ fn framing_follows_rfc_9112() {
             "{bad}"
         );
     }
+}
+
+/// Transfer-Encoding overrides Content-Length: the length goes (the client's side would frame
+/// the relayed body by it and cut it short) and the stream is not reused; alone, each stays.
+#[test]
+fn a_length_beside_a_transfer_coding_is_dropped_and_the_stream_not_reused() {
+    let get = Method::GET;
+    let mut both =
+        head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+    assert_eq!(
+        settle_framing(&get, &mut both),
+        Ok((BodyFraming::Chunked, false))
+    );
+    assert!(!both.headers.contains_key("content-length"));
+    let mut length = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n");
+    assert_eq!(
+        settle_framing(&get, &mut length),
+        Ok((BodyFraming::Length(3), true))
+    );
+    assert!(length.headers.contains_key("content-length"));
+    let mut chunked = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(
+        settle_framing(&get, &mut chunked),
+        Ok((BodyFraming::Chunked, true))
+    );
 }
 
 #[test]

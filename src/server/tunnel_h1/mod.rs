@@ -128,8 +128,9 @@ pub(crate) async fn exchange(
             pending,
         });
     }
-    let framing = codec::response_framing(&parts.method, &head)?;
-    let reuse = reuse.filter(|_| head.keep_alive() && written.is_ok());
+    let mut head = head;
+    let (framing, reusable) = codec::settle_framing(&parts.method, &mut head)?;
+    let reuse = reuse.filter(|_| reusable && head.keep_alive() && written.is_ok());
     let mut response = Response::new(TunnelBody::new(conn, pending, framing, reuse));
     *response.status_mut() = head.status;
     *response.version_mut() = Version::HTTP_11;
@@ -151,37 +152,63 @@ fn request_framing(method: &Method, body: &Incoming) -> RequestFraming {
         .map_or(RequestFraming::Chunked, RequestFraming::Length)
 }
 
-/// Reads the final response head (skipping 1xx, except a 101 to an upgrade); returns it and
-/// the bytes that followed it. A head that fits one received chunk is parsed in place.
+/// Reads the final response head (at most [`codec::MAX_INTERIM`] 1xx before it; a 101 is
+/// final only for an upgrade, and an error otherwise); returns it and the bytes that followed
+/// it. A head that fits one received chunk is parsed in place; a head in pieces is gathered in
+/// one buffer and parsed again only when a piece ends a line, so an agent dribbling it byte by
+/// byte costs at most a parse per header line (≤ `MAX_HEADERS`), each within `MAX_HEAD`.
 async fn read_head(
     stream: &mut MuxStream,
     upgrade: bool,
 ) -> Result<(codec::ResponseHead, Bytes), ExchangeError> {
-    let mut pending = Bytes::new();
+    let mut gathered = BytesMut::new();
+    let mut interim = 0;
     loop {
-        while !pending.is_empty() {
-            let Some((head, len)) = parse_response_head(&pending)? else {
-                break;
-            };
-            let rest = pending.slice(len..);
-            let interim = head.status.is_informational()
-                && !(upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS);
-            if !interim {
-                return Ok((head, rest));
-            }
-            pending = rest;
-        }
-        let chunk = poll_fn(|cx| stream.poll_recv(cx, codec::MAX_HEAD))
+        let mut chunk = poll_fn(|cx| stream.poll_recv(cx, codec::MAX_HEAD))
             .await
             .map_err(ExchangeError::Read)?
             .ok_or(ExchangeError::NoAnswer)?;
-        pending = if pending.is_empty() {
-            chunk
-        } else {
-            let mut joined = BytesMut::with_capacity(pending.len() + chunk.len());
-            joined.extend_from_slice(&pending);
-            joined.extend_from_slice(&chunk);
-            joined.freeze()
-        };
+        if gathered.is_empty() {
+            if let Some(head) = final_head(&mut chunk, upgrade, &mut interim)? {
+                return Ok((head, chunk));
+            }
+            gathered.extend_from_slice(&chunk);
+            continue;
+        }
+        let ends_a_line = chunk.contains(&b'\n');
+        gathered.extend_from_slice(&chunk);
+        if !ends_a_line && gathered.len() < codec::MAX_HEAD {
+            continue;
+        }
+        if let Some(head) = final_head(&mut gathered, upgrade, &mut interim)? {
+            return Ok((head, gathered.split().freeze()));
+        }
     }
+}
+
+/// Takes the complete heads at the start of `bytes` until the final one, counting interim
+/// ones in `interim`; `None` when more bytes are needed.
+fn final_head<B>(
+    bytes: &mut B,
+    upgrade: bool,
+    interim: &mut usize,
+) -> Result<Option<codec::ResponseHead>, ExchangeError>
+where
+    B: bytes::Buf + std::ops::Deref<Target = [u8]>,
+{
+    while let Some((head, len)) = parse_response_head(bytes)? {
+        bytes.advance(len);
+        let status = head.status;
+        if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+            return Err(CodecError::UnexpectedUpgrade.into());
+        }
+        if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Some(head));
+        }
+        *interim += 1;
+        if *interim > codec::MAX_INTERIM {
+            return Err(CodecError::TooManyInterim.into());
+        }
+    }
+    Ok(None)
 }

@@ -1,6 +1,7 @@
 //! One multiplexed byte stream: `AsyncRead + AsyncWrite`. A reset or a lost session reads as an
 //! error, never as EOF; dropping the handle releases its memory and tells the peer.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -55,6 +56,28 @@ impl MuxStream {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<io::Result<Option<Bytes>>> {
+        let max = max.max(1);
+        self.poll_take(cx, None, |recv| {
+            let front = recv.front_mut()?;
+            let chunk = if front.len() > max {
+                front.split_to(max)
+            } else {
+                recv.pop_front().expect("front exists")
+            };
+            let len = chunk.len();
+            Some((Some(chunk), len))
+        })
+    }
+
+    /// The read path `poll_read` and `poll_recv` share: `take` removes bytes from the queue
+    /// and says how many; they are released (v1) or credited back (v2). With nothing taken, the
+    /// reader parks (and the stream counts as starved, window.rs) or gets `at_end` at EOF.
+    fn poll_take<T>(
+        &self,
+        cx: &mut Context<'_>,
+        at_end: T,
+        take: impl FnOnce(&mut VecDeque<Bytes>) -> Option<(T, usize)>,
+    ) -> Poll<io::Result<T>> {
         let shared = &self.shared;
         let mut guard = shared.lock();
         let state = &mut *guard;
@@ -64,19 +87,13 @@ impl MuxStream {
         if let ReadEnd::Failed(error) = &slot.read {
             return Poll::Ready(Err(error.to_io()));
         }
-        if let Some(front) = slot.recv.front_mut() {
-            let chunk = if front.len() > max.max(1) {
-                front.split_to(max.max(1))
-            } else {
-                slot.recv.pop_front().expect("front exists")
-            };
-            let len = chunk.len();
+        if let Some((taken, len)) = take(&mut slot.recv) {
             slot.recv_len -= len;
             match shared.config.version {
                 Version::V1 => shared.release(state, len),
                 Version::V2 => shared.credit_back(state, self.id, len),
             }
-            return Poll::Ready(Ok(Some(chunk)));
+            return Poll::Ready(Ok(taken));
         }
         match &slot.read {
             ReadEnd::Open => {
@@ -84,7 +101,7 @@ impl MuxStream {
                 slot.starved = true;
                 Poll::Pending
             }
-            ReadEnd::Eof => Poll::Ready(Ok(None)),
+            ReadEnd::Eof => Poll::Ready(Ok(at_end)),
             ReadEnd::Failed(error) => Poll::Ready(Err(error.to_io())),
         }
     }
@@ -116,45 +133,22 @@ impl AsyncRead for MuxStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let shared = &self.shared;
-        let mut guard = shared.lock();
-        let state = &mut *guard;
-        let Some(slot) = state.streams.get_mut(&self.id) else {
-            return Poll::Ready(Err(lost()));
-        };
-        if let ReadEnd::Failed(error) = &slot.read {
-            return Poll::Ready(Err(error.to_io()));
-        }
-        let mut copied = 0;
-        while buf.remaining() > 0 {
-            let Some(chunk) = slot.recv.front_mut() else {
-                break;
-            };
-            let n = chunk.len().min(buf.remaining());
-            buf.put_slice(&chunk[..n]);
-            chunk.advance(n);
-            if chunk.is_empty() {
-                slot.recv.pop_front();
+        self.poll_take(cx, (), |recv| {
+            let mut copied = 0;
+            while buf.remaining() > 0 {
+                let Some(chunk) = recv.front_mut() else {
+                    break;
+                };
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                chunk.advance(n);
+                if chunk.is_empty() {
+                    recv.pop_front();
+                }
+                copied += n;
             }
-            copied += n;
-        }
-        if copied > 0 {
-            slot.recv_len -= copied;
-            match shared.config.version {
-                Version::V1 => shared.release(state, copied),
-                Version::V2 => shared.credit_back(state, self.id, copied),
-            }
-            return Poll::Ready(Ok(()));
-        }
-        match &slot.read {
-            ReadEnd::Open => {
-                slot.read_waker = Some(cx.waker().clone());
-                slot.starved = true;
-                Poll::Pending
-            }
-            ReadEnd::Eof => Poll::Ready(Ok(())),
-            ReadEnd::Failed(error) => Poll::Ready(Err(error.to_io())),
-        }
+            (copied > 0).then_some(((), copied))
+        })
     }
 }
 

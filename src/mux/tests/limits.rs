@@ -245,6 +245,14 @@ async fn next_window_update(peer: &mut RawPeer, id: StreamId) -> u32 {
     .await
 }
 
+/// A stream the server opened and the raw peer answered (Connected).
+async fn open_answered(server: &Session, peer: &mut RawPeer) -> (MuxStream, StreamId) {
+    let stream = server.handle.open(b"t").await.unwrap();
+    let id = stream.id();
+    peer.send(Frame::Connected { id }).await;
+    (stream, id)
+}
+
 /// Answers the session's first Ping after `delay`, so the session measures that round trip.
 async fn answer_first_ping_after(peer: &mut RawPeer, delay: Duration) {
     let payload = within("the first Ping", async {
@@ -271,9 +279,7 @@ async fn a_reader_that_waits_between_bursts_grows_its_window() {
     let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
     // A 200 ms round trip: the quarter below goes by well within two.
     answer_first_ping_after(&mut peer, Duration::from_millis(200)).await;
-    let mut stream = server.handle.open(b"t").await.unwrap();
-    let id = stream.id();
-    peer.send(Frame::Connected { id }).await;
+    let (mut stream, id) = open_answered(&server, &mut peer).await;
     let mut piece = vec![0u8; 16 * 1024];
     // The reader is waiting when the burst arrives.
     assert!(stream.read(&mut piece).now_or_never().is_none());
@@ -299,9 +305,7 @@ async fn a_reader_that_waits_between_bursts_grows_its_window() {
 #[tokio::test]
 async fn a_stream_that_trickles_keeps_its_window() {
     let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
-    let mut stream = server.handle.open(b"t").await.unwrap();
-    let id = stream.id();
-    peer.send(Frame::Connected { id }).await;
+    let (mut stream, id) = open_answered(&server, &mut peer).await;
     let mut piece = vec![0u8; 16 * 1024];
     for _ in 0..4 {
         // No round trip measured: the floor (200 µs) applies, and the quarter takes ≥ 20 ms.
@@ -328,9 +332,7 @@ async fn a_reader_that_never_waits_keeps_its_window() {
     // A 200 ms round trip: every quarter goes by quickly, so only the reader's never having
     // waited can keep the window as it is.
     answer_first_ping_after(&mut peer, Duration::from_millis(200)).await;
-    let mut stream = server.handle.open(b"t").await.unwrap();
-    let id = stream.id();
-    peer.send(Frame::Connected { id }).await;
+    let (mut stream, id) = open_answered(&server, &mut peer).await;
     peer.send(Frame::Data {
         id,
         payload: Bytes::from(vec![3u8; window]),

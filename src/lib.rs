@@ -21,13 +21,17 @@
 //!   frame adapter with both sides of the upgrade, rustls client and server configurations
 //!   (mTLS, rotation), and the agent's egress `CONNECT` through an HTTP proxy.
 //! - [`http`]: HTTP hygiene both binaries share (hop-by-hop stripping, `Status` bodies);
-//!   [`listen`]: the accept loop of every listener.
+//!   `h1`: our own HTTP/1.1 client (a pure codec, an exchange over any connection read in
+//!   pieces, a body that holds no buffer while it waits), which the server runs on tunnel
+//!   streams and the agent on its connections for watches; [`listen`]: the accept loop of
+//!   every listener.
 //! - [`server`]: public `/connect` → negotiation → session in the registry; internal
 //!   `/tunnel/<cluster-id>/…` → a stream on that cluster's session, on which the server writes
 //!   the request and reads the answer with its own HTTP/1.1 client (an idle watch holds the
 //!   stream and a decoder, ~2 KiB); ops endpoints.
 //! - [`agent`]: dial → negotiate → accept streams → forward each request to the one configured
-//!   upstream with the agent's own credentials; health endpoints.
+//!   upstream with the agent's own credentials (watches and followed logs over `h1`
+//!   connections of their own, the rest over a pooled hyper client); health endpoints.
 //! - [`config`] (TOML → validated typed config), [`cli`] (what both binaries share),
 //!   [`reload`] (SIGHUP and config-file changes → the server's or agent's `Reloader`),
 //!   [`metrics`], [`telemetry`] (text, JSON or journald; a reloadable level; lines leave the event loop
@@ -43,6 +47,7 @@ pub mod protocol;
 pub mod mux;
 pub mod transport;
 pub mod http;
+mod h1;
 pub mod listen;
 pub mod server;
 pub mod agent;

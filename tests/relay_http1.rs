@@ -1,4 +1,4 @@
-//! The server's own HTTP/1.1 client on tunnel streams (`server::tunnel_h1`) against raw answers:
+//! The server's own HTTP/1.1 client on tunnel streams (`h1`) against raw answers:
 //! a Go (v1) agent pipes its upstream's bytes unchanged, so whatever an upstream writes reaches
 //! the relay's parser. Each case scripts the answer byte by byte with the Go-peer emulator,
 //! split across Data frames at awkward points, and checks what Argo CD's side gets; bad input

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 
 use super::token::TokenFile;
+use super::upstream_h1::UpstreamH1;
 use crate::config::AgentConfig;
 use crate::transport::tls::{self, TlsError, Trust, UpstreamClient};
 
@@ -27,20 +28,10 @@ pub(crate) struct Destination {
     pub(crate) path_prefix: String,
     /// The pooled client: HTTP/2 when the destination offers it by ALPN, else HTTP/1.1.
     pub(crate) client: UpstreamClient,
-    /// HTTP/1.1 only, for upgrade requests (exec, attach, port-forward) and long-lived ones
-    /// (watches, followed logs).
+    /// HTTP/1.1 only, for upgrade requests (exec, attach, port-forward).
     pub(crate) upgrade_client: UpstreamClient,
-}
-
-impl Destination {
-    /// The client for a request: upgrades need HTTP/1.1; long-lived requests take it too.
-    pub(crate) fn client_for(&self, http1: bool) -> &UpstreamClient {
-        if http1 {
-            &self.upgrade_client
-        } else {
-            &self.client
-        }
-    }
+    /// Our own HTTP/1.1 client, for long-lived requests (watches, followed logs).
+    pub(crate) long_lived: UpstreamH1,
 }
 
 /// The Kubernetes API and the extension backends.
@@ -67,6 +58,7 @@ impl Destinations {
             path_prefix: String::new(),
             client: tls::upstream_client(trust, true)?,
             upgrade_client: tls::upstream_client(trust, false)?,
+            long_lived: UpstreamH1::new(upstream.target.clone(), tls::upstream_h1_config(trust)?),
         });
         let mut backends = HashMap::new();
         for backend in &config.backends {
@@ -86,6 +78,10 @@ impl Destinations {
                     path_prefix: backend.path_prefix.clone(),
                     client: tls::upstream_client(trust, true)?,
                     upgrade_client: tls::upstream_client(trust, false)?,
+                    long_lived: UpstreamH1::new(
+                        backend.target.clone(),
+                        tls::upstream_h1_config(trust)?,
+                    ),
                 }),
             );
         }

@@ -217,11 +217,24 @@ async fn forward(
     if let Ok(host) = HeaderValue::from_str(&upstream.target) {
         parts.headers.insert(header::HOST, host);
     }
-    let response = match upstream
-        .client_for(tunnel_upgrade.is_some() || long_lived(&path))
-        .request(Request::from_parts(parts, body))
-        .await
-    {
+    let request = Request::from_parts(parts, body);
+    if tunnel_upgrade.is_none() && long_lived(&path) {
+        let response = match upstream.long_lived.send(request).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.map_err(Into::into).boxed())
+            }
+            Err(error) => upstream_failed(&state, upstream, &error),
+        };
+        log_proxied(&method, &path, &response, started, impersonate.as_deref());
+        return response;
+    }
+    let client = match tunnel_upgrade {
+        Some(_) => &upstream.upgrade_client,
+        None => &upstream.client,
+    };
+    let response = match client.request(request).await {
         Ok(mut response)
             if tunnel_upgrade.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS =>
         {
@@ -236,30 +249,48 @@ async fn forward(
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.map_err(Into::into).boxed())
         }
-        Err(error) => {
-            tracing::warn!(%error, target = %upstream.target, "upstream request failed");
-            state.metrics.upstream_errors.inc(&["upstream"]);
-            status_response(
-                StatusCode::BAD_GATEWAY,
-                "ServiceUnavailable",
-                &format!("the cluster agent could not reach {}", upstream.label),
-            )
-        }
+        Err(error) => upstream_failed(&state, upstream, &error),
     };
-    // The customer's audit trail of what the management side did.
+    log_proxied(&method, &path, &response, started, impersonate.as_deref());
+    response
+}
+
+/// The 502 for a request the destination did not answer.
+fn upstream_failed(
+    state: &AgentState,
+    upstream: &Destination,
+    error: &dyn std::fmt::Display,
+) -> Response<Body> {
+    tracing::warn!(%error, target = %upstream.target, "upstream request failed");
+    state.metrics.upstream_errors.inc(&["upstream"]);
+    status_response(
+        StatusCode::BAD_GATEWAY,
+        "ServiceUnavailable",
+        &format!("the cluster agent could not reach {}", upstream.label),
+    )
+}
+
+/// The customer's audit trail of what the management side did.
+fn log_proxied(
+    method: &http::Method,
+    path: &str,
+    response: &Response<Body>,
+    started: Instant,
+    impersonate: Option<&str>,
+) {
     tracing::info!(
         %method,
         path = %path,
         status = response.status().as_u16(),
         duration_ms = started.elapsed().as_millis() as u64,
-        impersonate_user = impersonate.as_deref().unwrap_or("-"),
+        impersonate_user = impersonate.unwrap_or("-"),
         "proxied"
     );
-    response
 }
 
 /// Watches and followed logs stay open for minutes: they go over HTTP/1.1 connections of their
-/// own, so they never fill the one HTTP/2 connection's stream limit (the API server's
+/// own (our own client, `upstream_h1`, which holds little while a watch idles), so they never
+/// fill the one HTTP/2 connection's stream limit (the API server's
 /// `--http2-max-streams-per-connection`) and stall short requests behind it — hyper opens no
 /// second HTTP/2 connection when the first is full.
 fn long_lived(path: &str) -> bool {

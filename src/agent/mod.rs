@@ -11,6 +11,7 @@ pub mod dial;
 mod forward;
 mod reload;
 mod token;
+mod upstream_h1;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};

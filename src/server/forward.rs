@@ -65,7 +65,7 @@ pub enum ForwardError {
     Upgrade,
     /// The exchange on the tunnel stream failed before a response head arrived.
     #[error("upstream: {0}")]
-    Upstream(crate::server::tunnel_h1::ExchangeError),
+    Upstream(crate::h1::ExchangeError),
 }
 
 /// The single error → status table (DESIGN.md §4). Every body is a Kubernetes `Status`.

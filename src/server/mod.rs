@@ -5,7 +5,7 @@
 //! served, B12) and reports the bound addresses; [`Server::run`] serves until the shutdown
 //! token fires. `public` handles `/connect` → negotiation → a mux session registered in the
 //! [`registry::Registry`]; `forward` routes each request to the registered session, and
-//! `relay` carries it there: a pooled or new stream, on which `tunnel_h1` (the server's own
+//! `relay` carries it there: a pooled or new stream, on which `h1` (our own
 //! HTTP/1.1 client: a pure codec and a body that hands on slices of what the stream received)
 //! writes the request and reads the response.
 
@@ -18,7 +18,6 @@ mod pool;
 mod public;
 mod ratelimit;
 mod relay;
-mod tunnel_h1;
 pub mod registry;
 mod reload;
 mod route;

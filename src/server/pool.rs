@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::tunnel_h1::TunnelConn;
-use crate::mux::SessionHandle;
+use crate::mux::{MuxStream, SessionHandle};
 
 /// An idle pooled stream is closed after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,7 +21,7 @@ pub const MAX_IDLE_PER_CLUSTER: usize = 64;
 /// An idle tunnel stream that carried a complete exchange, with the session it belongs to.
 pub struct Pooled {
     /// The stream, between HTTP/1.1 exchanges.
-    pub conn: TunnelConn,
+    pub conn: MuxStream,
     /// The tunnel it runs over.
     pub session: SessionHandle,
     idle_since: Instant,
@@ -30,7 +29,7 @@ pub struct Pooled {
 
 impl Pooled {
     /// A stream of `session`, fresh or just returned.
-    pub fn new(conn: TunnelConn, session: SessionHandle) -> Self {
+    pub fn new(conn: MuxStream, session: SessionHandle) -> Self {
         Self {
             conn,
             session,
@@ -64,7 +63,7 @@ impl StreamPool {
         let entries = idle.by_cluster.get_mut(cluster)?;
         while let Some(pooled) = entries.pop() {
             let fresh = pooled.idle_since.elapsed() < IDLE_TIMEOUT;
-            if fresh && pooled.session.same_session(session) && pooled.conn.stream.is_idle_open() {
+            if fresh && pooled.session.same_session(session) && pooled.conn.is_idle_open() {
                 return Some(pooled);
             }
         }
@@ -75,7 +74,7 @@ impl StreamPool {
     pub fn checkin(&self, cluster: &str, mut pooled: Pooled) {
         if pooled.session.is_closed()
             || pooled.session.peer_draining()
-            || !pooled.conn.stream.is_idle_open()
+            || !pooled.conn.is_idle_open()
         {
             return;
         }
@@ -126,7 +125,7 @@ mod tests {
     /// A pooled stream of `session` (the agent side holds it open).
     async fn pooled(session: &SessionHandle) -> Pooled {
         let stream = session.open(b"target").await.expect("open");
-        Pooled::new(TunnelConn { stream }, session.clone())
+        Pooled::new(stream, session.clone())
     }
 
     /// Ages every entry of `cluster` past the timeout, and dates the last sweep `ago`.

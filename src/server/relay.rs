@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 
 use super::forward::ForwardError;
 use super::pool::Pooled;
-use super::tunnel_h1::{self, Answer, Reuse, TunnelConn};
 use super::ServerState;
+use crate::h1::{self, Answer, Reuse};
 use crate::http::{append_forwarded_for, strip_hop_by_hop, wants_upgrade, Body};
 use crate::mux::SessionHandle;
 
@@ -65,12 +65,10 @@ pub(crate) async fn relay(
         .flatten();
     let conn = match pooled {
         Some(pooled) => pooled.conn,
-        None => TunnelConn {
-            stream: session
-                .open(&open_target)
-                .await
-                .map_err(ForwardError::Open)?,
-        },
+        None => session
+            .open(&open_target)
+            .await
+            .map_err(ForwardError::Open)?,
     };
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -102,15 +100,15 @@ pub(crate) async fn relay(
     // A stream whose response ended cleanly goes back to the pool for the next request.
     let reuse = pooling.then(|| {
         let (state, cluster, session) = (state.clone(), cluster_id.to_owned(), session.clone());
-        Box::new(move |conn| state.pool.checkin(&cluster, Pooled::new(conn, session))) as Reuse
+        Box::new(move |conn| state.pool.checkin(&cluster, Pooled::new(conn, session))) as Reuse<_>
     });
-    let answer = tunnel_h1::exchange(conn, outgoing, client_upgrade.is_some(), reuse)
+    let answer = h1::exchange(conn, outgoing, client_upgrade.is_some(), reuse)
         .await
         .map_err(ForwardError::Upstream)?;
     let response = match answer {
         Answer::Upgraded {
             head,
-            stream,
+            conn: stream,
             pending,
         } => {
             // The 101 goes back verbatim (every value of repeated headers, the accepted

@@ -28,6 +28,14 @@ pub enum TlsError {
         /// The error.
         source: std::io::Error,
     },
+    /// The TCP connection to an upstream failed or timed out.
+    #[error("connecting to {target}: {source}")]
+    Connect {
+        /// `host:port`.
+        target: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The host is not a valid DNS name or IP.
     #[error("invalid TLS server name {0:?}")]
     Name(String),
@@ -152,13 +160,26 @@ pub enum Trust<'a> {
     Ca(&'a Path),
 }
 
+fn trust_roots(trust: Trust<'_>) -> Result<RootCertStore, TlsError> {
+    match trust {
+        Trust::Plaintext => Ok(RootCertStore::empty()),
+        Trust::WebPki => roots(None),
+        Trust::Ca(path) => roots(Some(path)),
+    }
+}
+
+/// The TLS config of our own HTTP/1.1 connections to an upstream (ALPN `http/1.1`); `None`
+/// for plain HTTP.
+pub fn upstream_h1_config(trust: Trust<'_>) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    match trust {
+        Trust::Plaintext => Ok(None),
+        _ => Ok(Some(client_config(trust_roots(trust)?, &[b"http/1.1"]))),
+    }
+}
+
 /// A pooled client for an upstream; `h2` offers HTTP/2 by ALPN (see [`upstream_connector`]).
 pub fn upstream_client(trust: Trust<'_>, h2: bool) -> Result<UpstreamClient, TlsError> {
-    let roots = match trust {
-        Trust::Plaintext => RootCertStore::empty(),
-        Trust::WebPki => roots(None)?,
-        Trust::Ca(path) => roots(Some(path))?,
-    };
+    let roots = trust_roots(trust)?;
     // hyper-rustls sets ALPN itself (and refuses a config that already has it).
     let connector = upstream_connector(client_config(roots, &[]), h2);
     Ok(
@@ -188,4 +209,33 @@ pub fn upstream_connector(
     } else {
         builder.enable_http1().wrap_connector(http)
     }
+}
+
+/// A connection to an upstream: plain TCP, or TLS over it.
+pub type UpstreamIo =
+    tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// How long a TCP connect to an upstream may take (as the pooled clients' connector).
+const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Dials `target` (`host:port`) and, with `tls`, completes a handshake verifying its host.
+pub async fn dial_upstream(
+    tls: Option<&Arc<ClientConfig>>,
+    target: &str,
+) -> Result<UpstreamIo, TlsError> {
+    let connect_error = |source: std::io::Error| TlsError::Connect {
+        target: target.to_owned(),
+        source,
+    };
+    let tcp = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(target))
+        .await
+        .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(connect_error)?;
+    tcp.set_nodelay(true).map_err(connect_error)?;
+    let Some(config) = tls else {
+        return Ok(UpstreamIo::Left(tcp));
+    };
+    let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(UpstreamIo::Right(connect(config.clone(), host, tcp).await?))
 }

@@ -1,5 +1,6 @@
-//! HTTP/1.1 as the server's relay speaks it on a tunnel stream, without I/O: request heads out,
-//! response heads in, and the response body's framing decoded over `Bytes` without copying.
+//! HTTP/1.1 as our own client speaks it (the server on tunnel streams, the agent to its
+//! upstream for watches), without I/O: request heads out, response heads in, and the response
+//! body's framing decoded over `Bytes` without copying.
 //! (Why not hyper's client here: one hyper HTTP/1 client connection holds ~14 KiB for as long
 //! as a watch idles, the largest part of S9's per-stream memory; see docs/benchmarks.md, F.)
 //!
@@ -22,7 +23,7 @@ pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
 /// keep the request waiting for ever.
 pub(crate) const MAX_INTERIM: usize = 32;
 
-/// Malformed or oversized input from the agent's side.
+/// Malformed or oversized input from the peer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum CodecError {
     #[error("response head over {MAX_HEAD} bytes")]

@@ -1,6 +1,6 @@
-//! A response body read off a tunnel stream: data frames are slices of the stream's chunks, no
-//! buffer is held between them (an idle watch holds the stream and the decoder's few bytes),
-//! and the stream is handed back for reuse only after a clean end.
+//! A response body read off a connection: data frames are slices of the pieces it received, no
+//! buffer is held between them (an idle watch holds the connection and the decoder's few
+//! bytes), and the connection is handed back for reuse only after a clean end.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 
 use super::codec::{BodyFraming, ChunkedDecoder, CodecError, Decoded, LengthDecoder};
-use super::TunnelConn;
+use super::Conn;
 
 /// Most bytes taken off the stream per read. The stream's window grows when a read leaves
 /// its queue empty; reading whole 64 KiB chunks did so at every read on loopback, and windows
@@ -20,13 +20,13 @@ const RECV_PIECE: usize = 16 * 1024;
 /// Why a response body could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
-    /// The agent's side framed it wrongly.
+    /// The peer framed it wrongly.
     #[error("{0}")]
     Codec(#[from] CodecError),
-    /// The stream failed or ended early.
-    #[error("tunnel stream: {0}")]
+    /// The connection failed or ended early.
+    #[error("reading the response body: {0}")]
     Stream(std::io::Error),
-    #[error("the tunnel stream ended inside the response body")]
+    #[error("the connection ended inside the response body")]
     Truncated,
 }
 
@@ -37,27 +37,27 @@ enum Decoder {
     UntilClose,
 }
 
-/// Called with the stream when the body ended cleanly and the stream may carry another request.
-pub(crate) type Reuse = Box<dyn FnOnce(TunnelConn) + Send + Sync>;
+/// Called with the connection when the body ended cleanly and it may carry another request.
+pub(crate) type Reuse<C> = Box<dyn FnOnce(C) + Send + Sync>;
 
 /// The response body of one exchange.
-pub(crate) struct TunnelBody {
-    conn: Option<TunnelConn>,
+pub(crate) struct ResponseBody<C> {
+    conn: Option<C>,
     /// Received and not yet decoded (a slice of the last chunk).
     pending: Bytes,
     decoder: Decoder,
     finished: bool,
-    reuse: Option<Reuse>,
+    reuse: Option<Reuse<C>>,
 }
 
-impl TunnelBody {
+impl<C: Conn> ResponseBody<C> {
     /// `pending`: bytes that followed the head in its last chunk. `reuse` is dropped (not
     /// called) when the framing cannot tell the body's end (the stream's end is the end).
     pub(crate) fn new(
-        conn: TunnelConn,
+        conn: C,
         pending: Bytes,
         framing: BodyFraming,
-        reuse: Option<Reuse>,
+        reuse: Option<Reuse<C>>,
     ) -> Self {
         let decoder = match framing {
             BodyFraming::Empty => Decoder::Empty,
@@ -90,7 +90,7 @@ impl TunnelBody {
     }
 }
 
-impl hyper::body::Body for TunnelBody {
+impl<C: Conn> hyper::body::Body for ResponseBody<C> {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -132,7 +132,7 @@ impl hyper::body::Body for TunnelBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match ready!(conn.stream.poll_recv(cx, RECV_PIECE)) {
+            match ready!(conn.poll_recv(cx, RECV_PIECE)) {
                 Ok(Some(chunk)) => this.pending = chunk,
                 Ok(None) if matches!(this.decoder, Decoder::UntilClose) => {
                     this.finished = true;

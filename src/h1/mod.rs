@@ -1,43 +1,89 @@
-//! The server's HTTP/1.1 client on tunnel streams: one request written, its response head
-//! read, the body handed on as slices of what the stream received. It replaces a hyper client
-//! connection per stream, which holds ~14 KiB for as long as a watch idles (S9 and F in
-//! docs/benchmarks.md); this holds the stream and a decoder.
+//! Our own HTTP/1.1 client: one request written on a connection, its response head read, the
+//! body handed on as slices of what the connection received. The server runs it on tunnel
+//! streams (to the agent), the agent on its connections to the upstream for watches. It
+//! replaces a hyper client connection, which holds ~14 KiB for as long as a watch idles (S9
+//! and F in docs/benchmarks.md); this holds the connection and a decoder.
 //!
 //! The request body is written before the response is read, as the Go agent does; if the
-//! agent answers early and stops reading, the write fails and the answer is read anyway.
+//! peer answers early and stops reading, the write fails and the answer is read anyway.
 
 mod body;
 pub(crate) mod codec;
 
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
-use tokio::io::AsyncWriteExt;
+use hyper::body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-pub(crate) use body::{Reuse, TunnelBody};
+pub(crate) use body::{ResponseBody, Reuse};
 use codec::{encode_chunk, encode_request_head, parse_response_head, CodecError, RequestFraming};
 
+use crate::http::BoxError;
 use crate::mux::MuxStream;
 
-/// A tunnel stream that carries HTTP/1.1 exchanges one after another.
-pub(crate) struct TunnelConn {
-    pub(crate) stream: MuxStream,
+/// A connection HTTP/1.1 exchanges run on, one after another: written as a byte stream, read
+/// as the pieces it received, so that a body waiting for its next piece holds no buffer.
+pub(crate) trait Conn: AsyncWrite + Unpin + Send + 'static {
+    /// The next piece received, at most `max` bytes; `None` at the end.
+    fn poll_recv(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>>;
 }
 
-/// What the agent answered.
-pub(crate) enum Answer {
-    /// A response; its body reads the rest of it from the stream.
-    Response(Response<TunnelBody>),
-    /// 101 to an upgrade request: the stream now carries the new protocol; `pending` is what
-    /// followed the head.
+impl Conn for MuxStream {
+    fn poll_recv(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        MuxStream::poll_recv(self, cx, max)
+    }
+}
+
+/// Most bytes a [`Pieces`] reads at once (the stack buffer it reads into).
+const PIECE: usize = 16 * 1024;
+
+/// A byte-stream connection (TCP, TLS) read in pieces: each read goes into a buffer on the
+/// stack of the poll and is copied out, so nothing is held while the peer is silent.
+pub(crate) struct Pieces<T>(pub(crate) T);
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for Pieces<T> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        let mut scratch = [0u8; PIECE];
+        let mut buf = ReadBuf::new(&mut scratch[..max.clamp(1, PIECE)]);
+        std::task::ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(
+            (!buf.filled().is_empty()).then(|| Bytes::copy_from_slice(buf.filled()))
+        ))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Pieces<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// What the peer answered.
+pub(crate) enum Answer<C> {
+    /// A response; its body reads the rest of it from the connection.
+    Response(Response<ResponseBody<C>>),
+    /// 101 to an upgrade request: the connection now carries the new protocol; `pending` is
+    /// what followed the head.
     Upgraded {
         head: Response<()>,
-        stream: MuxStream,
+        conn: C,
         pending: Bytes,
     },
 }
@@ -48,10 +94,10 @@ pub(crate) enum ExchangeError {
     #[error("writing the request: {0}")]
     Write(io::Error),
     #[error("reading the request body: {0}")]
-    RequestBody(hyper::Error),
+    RequestBody(BoxError),
     #[error("reading the response: {0}")]
     Read(io::Error),
-    #[error("the agent closed the stream before answering")]
+    #[error("the peer closed the connection before answering")]
     NoAnswer,
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -59,13 +105,18 @@ pub(crate) enum ExchangeError {
 
 /// Sends `request` (origin-form URI, hop-by-hop headers already removed) on `conn` and reads
 /// the response head. `upgrade`: a 101 is an upgrade, not an interim response. `reuse` gets
-/// the stream back after a body that ended cleanly, when both sides keep the connection.
-pub(crate) async fn exchange(
-    mut conn: TunnelConn,
-    request: Request<Incoming>,
+/// the connection back after a body that ended cleanly, when both sides keep it.
+pub(crate) async fn exchange<C, B>(
+    mut conn: C,
+    request: Request<B>,
     upgrade: bool,
-    reuse: Option<Reuse>,
-) -> Result<Answer, ExchangeError> {
+    reuse: Option<Reuse<C>>,
+) -> Result<Answer<C>, ExchangeError>
+where
+    C: Conn,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, mut body) = request.into_parts();
     let framing = request_framing(&parts.method, &body);
     // Framing is this hop's; `Expect` was answered by the client's connection already.
@@ -76,15 +127,12 @@ pub(crate) async fn exchange(
     let mut head = Vec::with_capacity(512);
     encode_request_head(&parts.method, path, &parts.headers, framing, &mut head);
     let written = async {
-        conn.stream
-            .write_all(&head)
-            .await
-            .map_err(ExchangeError::Write)?;
+        conn.write_all(&head).await.map_err(ExchangeError::Write)?;
         if framing == RequestFraming::None {
             return Ok(());
         }
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(ExchangeError::RequestBody)?;
+            let frame = frame.map_err(|error| ExchangeError::RequestBody(error.into()))?;
             let Ok(data) = frame.into_data() else {
                 continue; // request trailers are not relayed
             };
@@ -94,15 +142,14 @@ pub(crate) async fn exchange(
             let write = if framing == RequestFraming::Chunked {
                 let mut chunk = Vec::with_capacity(data.len() + 16);
                 encode_chunk(&data, &mut chunk);
-                conn.stream.write_all(&chunk).await
+                conn.write_all(&chunk).await
             } else {
-                conn.stream.write_all(&data).await
+                conn.write_all(&data).await
             };
             write.map_err(ExchangeError::Write)?;
         }
         if framing == RequestFraming::Chunked {
-            conn.stream
-                .write_all(b"0\r\n\r\n")
+            conn.write_all(b"0\r\n\r\n")
                 .await
                 .map_err(ExchangeError::Write)?;
         }
@@ -113,7 +160,7 @@ pub(crate) async fn exchange(
         Err(ExchangeError::RequestBody(error)) => return Err(ExchangeError::RequestBody(error)),
         other => other,
     };
-    let (head, pending) = match read_head(&mut conn.stream, upgrade).await {
+    let (head, pending) = match read_head(&mut conn, upgrade).await {
         Ok(answer) => answer,
         // No answer: the write's failure, if there was one, is the cause.
         Err(error) => return Err(written.err().unwrap_or(error)),
@@ -124,14 +171,14 @@ pub(crate) async fn exchange(
         *response.headers_mut() = head.headers;
         return Ok(Answer::Upgraded {
             head: response,
-            stream: conn.stream,
+            conn,
             pending,
         });
     }
     let mut head = head;
     let (framing, reusable) = codec::settle_framing(&parts.method, &mut head)?;
     let reuse = reuse.filter(|_| reusable && head.keep_alive() && written.is_ok());
-    let mut response = Response::new(TunnelBody::new(conn, pending, framing, reuse));
+    let mut response = Response::new(ResponseBody::new(conn, pending, framing, reuse));
     *response.status_mut() = head.status;
     *response.version_mut() = Version::HTTP_11;
     *response.headers_mut() = head.headers;
@@ -140,7 +187,7 @@ pub(crate) async fn exchange(
 
 /// How the request body goes on the stream: its length when known, else chunked; none for a
 /// bodiless request, except `Content-Length: 0` for the methods that expect a body.
-fn request_framing(method: &Method, body: &Incoming) -> RequestFraming {
+fn request_framing(method: &Method, body: &impl Body) -> RequestFraming {
     if body.is_end_stream() {
         return match *method {
             Method::POST | Method::PUT | Method::PATCH => RequestFraming::Length(0),
@@ -155,16 +202,16 @@ fn request_framing(method: &Method, body: &Incoming) -> RequestFraming {
 /// Reads the final response head (at most [`codec::MAX_INTERIM`] 1xx before it; a 101 is
 /// final only for an upgrade, and an error otherwise); returns it and the bytes that followed
 /// it. A head that fits one received chunk is parsed in place; a head in pieces is gathered in
-/// one buffer and parsed again only when a piece ends a line, so an agent dribbling it byte by
+/// one buffer and parsed again only when a piece ends a line, so a peer dribbling it byte by
 /// byte costs at most a parse per header line (≤ `MAX_HEADERS`), each within `MAX_HEAD`.
 async fn read_head(
-    stream: &mut MuxStream,
+    conn: &mut impl Conn,
     upgrade: bool,
 ) -> Result<(codec::ResponseHead, Bytes), ExchangeError> {
     let mut gathered = BytesMut::new();
     let mut interim = 0;
     loop {
-        let mut chunk = poll_fn(|cx| stream.poll_recv(cx, codec::MAX_HEAD))
+        let mut chunk = poll_fn(|cx| conn.poll_recv(cx, codec::MAX_HEAD))
             .await
             .map_err(ExchangeError::Read)?
             .ok_or(ExchangeError::NoAnswer)?;

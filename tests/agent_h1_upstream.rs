@@ -1,0 +1,186 @@
+//! The agent's own HTTP/1.1 client for long-lived requests (`agent::upstream_h1`: watches and
+//! followed logs) against a scripted upstream on a raw socket: the answer reaches Argo CD's
+//! side intact, a connection is reused only after a clean end and while the upstream keeps
+//! it, and a cut or malformed answer fails that one request.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+use support::stack::{agent, get, server, try_get, wait_routed, Inject, TestAgent, TestServer};
+use support::{listener, within, TempDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WATCH: &str = "/tunnel/c1/api/v1/pods?watch=true";
+
+/// A server with cluster `c1` and its agent, whose upstream is `upstream`.
+async fn stack(dir: &TempDir, upstream: SocketAddr) -> (TestServer, TestAgent) {
+    let target = upstream.to_string();
+    let server = server(&dir.0, &[("c1", "agent-token", &target)]).await;
+    let agent = agent(
+        &dir.0,
+        "a",
+        server.addrs.public,
+        "agent-token",
+        &target,
+        Inject::Nothing,
+    )
+    .await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    (server, agent)
+}
+
+/// Reads one request head from `conn`; `None` if the connection ended first.
+async fn read_head(conn: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if within("request head", conn.read(&mut byte)).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8(head).expect("UTF-8 head"))
+}
+
+async fn accept(listener: &TcpListener) -> TcpStream {
+    within("upstream connection", listener.accept())
+        .await
+        .unwrap()
+        .0
+}
+
+const CHUNKED_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
+
+#[tokio::test]
+async fn a_watch_connection_is_reused_only_after_a_clean_end_and_while_open() {
+    let dir = TempDir::new();
+    let (upstream, addr) = listener().await;
+    let (server, _agent) = stack(&dir, addr).await;
+    let internal = server.addrs.internal;
+
+    // First watch: a chunked answer that ends cleanly.
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    let mut first = accept(&upstream).await;
+    let head = read_head(&mut first).await.expect("the watch request");
+    assert!(
+        head.starts_with("GET /api/v1/pods?watch=true HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("host: {addr}\r\n")),
+        "{head}"
+    );
+    first.write_all(CHUNKED_OK).await.unwrap();
+    let (status, _, body) = within("first watch", client).await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"{\"a\":1}"[..]));
+
+    // Second watch: the same connection carries it.
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    read_head(&mut first)
+        .await
+        .expect("the second watch on the first connection");
+    first
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    let (status, _, body) = within("second watch", client).await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+
+    // The upstream closes the idle connection: the next watch dials a new one.
+    drop(first);
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    let mut second = accept(&upstream).await;
+    read_head(&mut second).await.expect("the third watch");
+    second.write_all(CHUNKED_OK).await.unwrap();
+    let (status, _, _) = within("third watch", client).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    // Bytes after the end of an answer: the connection is not used again.
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    read_head(&mut second).await.expect("the fourth watch");
+    second
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = within("fourth watch", client).await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    let mut third = accept(&upstream).await;
+    read_head(&mut third).await.expect("the fifth watch");
+    third.write_all(CHUNKED_OK).await.unwrap();
+    let (status, _, _) = within("fifth watch", client).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_watch_the_upstream_cuts_is_an_error_for_the_client_not_an_end() {
+    let dir = TempDir::new();
+    let (upstream, addr) = listener().await;
+    let (server, _agent) = stack(&dir, addr).await;
+    let internal = server.addrs.internal;
+    for cut_after in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"a\":"[..],
+    ] {
+        let client = tokio::spawn(async move { try_get(internal, WATCH, &[]).await });
+        let mut conn = accept(&upstream).await;
+        read_head(&mut conn).await.expect("the watch request");
+        conn.write_all(cut_after).await.unwrap();
+        drop(conn);
+        // The agent's side may not have sent the head on before the cut: a 502 then.
+        let result = within("the cut watch", client).await.unwrap();
+        assert!(
+            matches!(&result, Err(_) | Ok((StatusCode::BAD_GATEWAY, ..))),
+            "a cut answer must fail the client's request, got {result:?}"
+        );
+    }
+    // The tunnel still serves.
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    let mut conn = accept(&upstream).await;
+    read_head(&mut conn).await.expect("the watch request");
+    conn.write_all(CHUNKED_OK).await.unwrap();
+    assert_eq!(within("watch", client).await.unwrap().0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_malformed_or_oversized_watch_answer_is_a_502() {
+    let dir = TempDir::new();
+    let (upstream, addr) = listener().await;
+    let (server, _agent) = stack(&dir, addr).await;
+    let internal = server.addrs.internal;
+    let oversized = {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while head.len() <= 64 * 1024 {
+            head.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        head
+    };
+    for answer in [
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(),
+        b"SPDY/3 200 OK\r\n\r\n".to_vec(),
+        // Over the head limit, with no end: only the limit can end this request.
+        oversized,
+    ] {
+        let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+        let mut conn = accept(&upstream).await;
+        read_head(&mut conn).await.expect("the watch request");
+        // The agent may stop reading once it has refused the head.
+        let _ = conn.write_all(&answer).await;
+        let (status, _, body) = within("the refused watch", client).await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::BAD_GATEWAY,
+            "{}",
+            String::from_utf8_lossy(&answer[..40])
+        );
+        assert!(
+            String::from_utf8_lossy(&body).contains("could not reach"),
+            "{body:?}"
+        );
+    }
+}

@@ -80,23 +80,11 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
     }
 }
 
-/// Joins two upgraded connections (client ⇄ tunnel stream, or tunnel stream ⇄ upstream) after
-/// a 101: bytes are copied both ways; an end that finishes sending shuts the other's write
-/// side (so an exec's stdin EOF and exit travel), and an error on either ends both.
-pub async fn splice(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) {
-    let (a, b) = match tokio::try_join!(a, b) {
-        Ok(both) => both,
-        Err(error) => return tracing::debug!(%error, "upgrade did not complete"),
-    };
-    let mut a = hyper_util::rt::TokioIo::new(a);
-    let mut b = hyper_util::rt::TokioIo::new(b);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
-        tracing::debug!(%error, "upgraded connection ended with an error");
-    }
-}
-
-/// Splices the client's upgraded connection with a tunnel stream that carries the upgraded
-/// protocol; `pending` (what followed the agent's 101 on the stream) goes to the client first.
+/// Splices an upgraded connection (the client's at the server, the upstream's at the agent)
+/// with a tunnel stream that carries the upgraded protocol after a 101: bytes are copied both
+/// ways; an end that finishes sending shuts the other's write side (so an exec's stdin EOF
+/// and exit travel), and an error on either ends both. `pending` (what followed the head on
+/// the stream) goes to the connection first.
 pub async fn splice_stream(
     client: hyper::upgrade::OnUpgrade,
     mut stream: crate::mux::MuxStream,

@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue};
 use super::token::TokenFile;
 use super::upstream_h1::UpstreamH1;
 use crate::config::AgentConfig;
+use crate::h1::RequestBody;
 use crate::transport::tls::{self, TlsError, Trust, UpstreamClient};
 
 /// One place requests go.
@@ -27,9 +28,9 @@ pub(crate) struct Destination {
     /// Prepended to the path.
     pub(crate) path_prefix: String,
     /// The pooled client: HTTP/2 when the destination offers it by ALPN, else HTTP/1.1.
-    pub(crate) client: UpstreamClient,
+    pub(crate) client: UpstreamClient<RequestBody>,
     /// HTTP/1.1 only, for upgrade requests (exec, attach, port-forward).
-    pub(crate) upgrade_client: UpstreamClient,
+    pub(crate) upgrade_client: UpstreamClient<RequestBody>,
     /// Our own HTTP/1.1 client, for long-lived requests (watches, followed logs).
     pub(crate) long_lived: UpstreamH1,
 }

@@ -1,21 +1,18 @@
 //! Per tunnel stream: decide where it goes — the Kubernetes API, or an extension backend this
 //! agent allows by name (the agent never dials an address from the wire) — then serve HTTP/1.1
-//! on it: each request gets the agent's own credentials for that destination and goes there
-//! over a pooled client; the response streams back.
+//! on it (our own server, `h1::serve`): each request gets the agent's own credentials for that
+//! destination and goes there over a pooled client (watches over our own, `upstream_h1`); the
+//! response streams back.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
 use super::destination::Destination;
 use super::AgentState;
+use crate::h1::RequestBody;
 use crate::http::{status_response, strip_hop_by_hop, wants_upgrade, Body};
 use crate::mux::IncomingStream;
 use crate::protocol::{ResetReason, Version};
@@ -86,51 +83,34 @@ pub async fn serve_stream(
     };
     let stream = incoming.accept();
     state.metrics.upstream_requests.inc(&[]);
-    let service = {
+    // v1 streams carry exactly one request (the Go server sends `Connection: close`).
+    let keep_alive = version == Version::V2;
+    crate::h1::serve(stream, keep_alive, shutdown, |request| {
         let state = state.clone();
-        service_fn(move |request| {
-            let state = state.clone();
-            let destination = target.resolve(&state);
-            // Boxed: hyper keeps a slot the size of this future for the stream's whole life;
-            // boxed, an idle watch holds a pointer, not the forwarding state (S9).
-            Box::pin(async move {
-                let response = match destination {
-                    Ok(destination) => forward(state, destination, request).await,
-                    Err(why) => status_response(StatusCode::FORBIDDEN, "Forbidden", &why),
-                };
-                Ok::<_, Infallible>(response)
-            })
+        let destination = target.resolve(&state);
+        // Boxed: the stream's task would otherwise be the size of the forwarding state for
+        // its whole life; boxed, an idle watch holds a pointer (S9).
+        Box::pin(async move {
+            match destination {
+                Ok(destination) => forward(state, destination, request).await,
+                Err(why) => status_response(StatusCode::FORBIDDEN, "Forbidden", &why),
+            }
         })
-    };
-    let connection = http1::Builder::new()
-        // v1 streams carry exactly one request (the Go server sends `Connection: close`).
-        .keep_alive(version == Version::V2)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "tunnel stream ended with an error");
-    }
+    })
+    .await;
 }
 
 async fn forward(
     state: Arc<AgentState>,
     destination: Arc<Destination>,
-    mut request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Response<Body> {
     let started = Instant::now();
     let upgrade = match (
         wants_upgrade(request.headers()),
         request.headers().get(header::UPGRADE),
     ) {
-        (true, Some(value)) => Some((value.clone(), hyper::upgrade::on(&mut request))),
+        (true, Some(value)) => Some(value.clone()),
         _ => None,
     };
     let (mut parts, body) = request.into_parts();
@@ -149,10 +129,7 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(header::PROXY_AUTHORIZATION);
-    let tunnel_upgrade = upgrade.map(|(value, on_upgrade)| {
-        crate::http::keep_upgrade(&mut parts.headers, value);
-        on_upgrade
-    });
+    let tunnel_upgrade = upgrade.map(|value| crate::http::keep_upgrade(&mut parts.headers, value));
     if let Some(token_file) = &upstream.token_file {
         // Checked now: projected service-account tokens rotate. Never forward without it (B18).
         let token = match token_file.current().await {
@@ -238,11 +215,12 @@ async fn forward(
         Ok(mut response)
             if tunnel_upgrade.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS =>
         {
+            // `h1::serve` splices the tunnel stream with it after writing the 101.
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let tunnel_upgrade = tunnel_upgrade.expect("checked above");
-            tokio::spawn(crate::http::splice(tunnel_upgrade, upstream_upgrade));
             let (parts, _) = response.into_parts();
-            Response::from_parts(parts, crate::http::full(""))
+            let mut response = Response::from_parts(parts, crate::http::full(""));
+            response.extensions_mut().insert(upstream_upgrade);
+            response
         }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();

@@ -26,9 +26,9 @@ pub(crate) const MAX_INTERIM: usize = 32;
 /// Malformed or oversized input from the peer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum CodecError {
-    #[error("response head over {MAX_HEAD} bytes")]
+    #[error("head over {MAX_HEAD} bytes")]
     HeadTooLarge,
-    #[error("malformed response head: {0}")]
+    #[error("malformed head: {0}")]
     Head(String),
     #[error("conflicting or invalid Content-Length")]
     ContentLength,
@@ -101,19 +101,60 @@ impl ResponseHead {
     /// Whether the connection stays open after this response (HTTP/1.1 unless `close`;
     /// HTTP/1.0 only with `keep-alive`).
     pub(crate) fn keep_alive(&self) -> bool {
-        let tokens = self
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(|token| token.trim().to_ascii_lowercase())
-            .collect::<Vec<_>>();
-        match self.version {
-            Version::HTTP_11 => !tokens.iter().any(|t| t == "close"),
-            _ => tokens.iter().any(|t| t == "keep-alive"),
+        keep_alive(self.version, &self.headers)
+    }
+}
+
+/// Whether a message of `version` with `headers` keeps its connection open (HTTP/1.1 unless
+/// `close`; HTTP/1.0 only with `keep-alive`).
+pub(crate) fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut tokens = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim);
+    match version {
+        Version::HTTP_11 => !tokens.any(|t| t.eq_ignore_ascii_case("close")),
+        _ => tokens.any(|t| t.eq_ignore_ascii_case("keep-alive")),
+    }
+}
+
+/// The headers of a parsed head; names and values are checked as `http` requires.
+pub(crate) fn header_map(parsed: &[httparse::Header<'_>]) -> Result<HeaderMap, CodecError> {
+    let mut headers = HeaderMap::with_capacity(parsed.len());
+    for slot in parsed {
+        let name = HeaderName::from_bytes(slot.name.as_bytes())
+            .map_err(|_| CodecError::Head(format!("invalid header name {:?}", slot.name)))?;
+        let value = HeaderValue::from_bytes(slot.value)
+            .map_err(|_| CodecError::Head(format!("invalid value for {name}")))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// The `Content-Length`, if any: every value (and every comma-separated part of one) must be
+/// the same number of digits' value.
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, CodecError> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value
+            .to_str()
+            .map_err(|_| CodecError::ContentLength)?
+            .split(',')
+        {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(CodecError::ContentLength);
+            }
+            let parsed: u64 = part.parse().map_err(|_| CodecError::ContentLength)?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(CodecError::ContentLength);
+            }
+            length = Some(parsed);
         }
     }
+    Ok(length)
 }
 
 /// Parses a response head at the start of `buf`: `Ok(None)` when more bytes are needed,
@@ -140,14 +181,7 @@ pub(crate) fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, us
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for slot in response.headers.iter() {
-        let name = HeaderName::from_bytes(slot.name.as_bytes())
-            .map_err(|_| CodecError::Head(format!("invalid header name {:?}", slot.name)))?;
-        let value = HeaderValue::from_bytes(slot.value)
-            .map_err(|_| CodecError::Head(format!("invalid value for {name}")))?;
-        headers.append(name, value);
-    }
+    let headers = header_map(response.headers)?;
     Ok(Some((
         ResponseHead {
             status,
@@ -219,25 +253,7 @@ pub(crate) fn response_framing(
             BodyFraming::UntilClose
         });
     }
-    let mut length = None;
-    for value in head.headers.get_all(header::CONTENT_LENGTH) {
-        for part in value
-            .to_str()
-            .map_err(|_| CodecError::ContentLength)?
-            .split(',')
-        {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(CodecError::ContentLength);
-            }
-            let parsed: u64 = part.parse().map_err(|_| CodecError::ContentLength)?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(CodecError::ContentLength);
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(length.map_or(BodyFraming::UntilClose, BodyFraming::Length))
+    Ok(content_length(&head.headers)?.map_or(BodyFraming::UntilClose, BodyFraming::Length))
 }
 
 /// What a decoder got from its input.

@@ -9,6 +9,9 @@
 
 mod body;
 pub(crate) mod codec;
+mod request_body;
+mod serve;
+mod server_codec;
 
 use std::future::poll_fn;
 use std::io;
@@ -24,6 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 pub(crate) use body::{ResponseBody, Reuse};
 use codec::{encode_chunk, encode_request_head, parse_response_head, CodecError, RequestFraming};
+pub(crate) use request_body::RequestBody;
+pub(crate) use serve::serve;
 
 use crate::http::BoxError;
 use crate::mux::MuxStream;

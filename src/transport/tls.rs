@@ -143,10 +143,10 @@ pub async fn connect(
         })
 }
 
-/// The agent's pooled HTTP client to one upstream.
-pub type UpstreamClient = hyper_util::client::legacy::Client<
+/// The agent's pooled HTTP client to one upstream, sending request bodies of type `B`.
+pub type UpstreamClient<B> = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    hyper::body::Incoming,
+    B,
 >;
 
 /// What an upstream's certificate is verified against.
@@ -178,7 +178,12 @@ pub fn upstream_h1_config(trust: Trust<'_>) -> Result<Option<Arc<ClientConfig>>,
 }
 
 /// A pooled client for an upstream; `h2` offers HTTP/2 by ALPN (see [`upstream_connector`]).
-pub fn upstream_client(trust: Trust<'_>, h2: bool) -> Result<UpstreamClient, TlsError> {
+pub fn upstream_client<B>(trust: Trust<'_>, h2: bool) -> Result<UpstreamClient<B>, TlsError>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let roots = trust_roots(trust)?;
     // hyper-rustls sets ALPN itself (and refuses a config that already has it).
     let connector = upstream_connector(client_config(roots, &[]), h2);

@@ -1,0 +1,186 @@
+//! The stream an HTTP/1.1 server connection runs on, shared by the serve loop (heads in,
+//! responses out) and the request body of the exchange in progress, which reads the rest of
+//! the request off it as it is polled. While no body reads it, [`watch_for_cancel`] does, to
+//! see the peer go away.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Frame, SizeHint};
+
+use super::codec::{ChunkedDecoder, CodecError, Decoded, LengthDecoder, MAX_HEAD};
+use crate::mux::MuxStream;
+
+/// Most bytes a request body takes off the stream per read (as the client's response bodies).
+const RECV_PIECE: usize = 16 * 1024;
+
+/// The stream and what was received on it and not yet used: shared by the serve loop (heads in,
+/// responses out) and the request body of the exchange in progress.
+pub(super) struct Conn {
+    pub(super) stream: MuxStream,
+    pub(super) pending: Bytes,
+    /// The request body in progress: `None` when it ended cleanly (or there was none).
+    pub(super) body: Option<BodyDecoder>,
+    /// The request body failed or was left unread: the stream cannot carry another request.
+    pub(super) spoiled: bool,
+    /// [`watch_for_cancel`], parked while a request body reads the stream.
+    pub(super) watcher: Option<Waker>,
+}
+
+impl Conn {
+    /// The request body is done with the stream (ended, failed or dropped).
+    fn body_done(&mut self, clean: bool) {
+        if self.body.take().is_some() && !clean {
+            self.spoiled = true;
+        }
+        if let Some(watcher) = self.watcher.take() {
+            watcher.wake();
+        }
+    }
+}
+
+pub(super) enum BodyDecoder {
+    Length(LengthDecoder),
+    Chunked(ChunkedDecoder),
+}
+
+pub(super) type Shared = Arc<Mutex<Conn>>;
+
+pub(super) fn lock(conn: &Shared) -> MutexGuard<'_, Conn> {
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why a request body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestBodyError {
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    #[error("tunnel stream: {0}")]
+    Stream(io::Error),
+    #[error("the tunnel stream ended inside the request body")]
+    Truncated,
+}
+
+/// A request's body, read off the tunnel stream as it is polled.
+pub(crate) struct RequestBody {
+    /// `None`: no body.
+    pub(super) conn: Option<Shared>,
+    pub(super) remaining: Option<u64>,
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let Some(shared) = self.conn.clone() else {
+            return Poll::Ready(None);
+        };
+        let mut guard = lock(&shared);
+        let conn = &mut *guard;
+        loop {
+            let decoded = match &mut conn.body {
+                None => Ok(Decoded::End),
+                Some(BodyDecoder::Length(decoder)) => Ok(decoder.decode(&mut conn.pending)),
+                Some(BodyDecoder::Chunked(decoder)) => decoder.decode(&mut conn.pending),
+            };
+            let decoded = match decoded {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    conn.body_done(false);
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            };
+            match decoded {
+                Decoded::Data(data) if data.is_empty() => continue,
+                Decoded::Data(data) => {
+                    if let Some(BodyDecoder::Length(decoder)) = &conn.body {
+                        if decoder.remaining() == 0 {
+                            conn.body_done(true);
+                        }
+                    }
+                    drop(guard);
+                    if let Some(remaining) = &mut self.remaining {
+                        *remaining -= data.len() as u64;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decoded::End => {
+                    conn.body_done(true);
+                    drop(guard);
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Decoded::NeedMore => {}
+            }
+            match std::task::ready!(conn.stream.poll_recv(cx, RECV_PIECE)) {
+                Ok(Some(chunk)) => conn.pending = chunk,
+                Ok(None) => {
+                    conn.body_done(false);
+                    return Poll::Ready(Some(Err(RequestBodyError::Truncated)));
+                }
+                Err(error) => {
+                    conn.body_done(false);
+                    return Poll::Ready(Some(Err(RequestBodyError::Stream(error))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.remaining == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.conn, self.remaining) {
+            (None, _) => SizeHint::with_exact(0),
+            (Some(_), Some(remaining)) => SizeHint::with_exact(remaining),
+            (Some(_), None) => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    /// Dropped before its end (the upstream answered without reading it all): the stream
+    /// cannot carry another request, and [`watch_for_cancel`] may read it now.
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            lock(&conn).body_done(false);
+        }
+    }
+}
+
+/// Ends when the peer resets or ends the stream while its request is served (hyper's server
+/// does the same: an end of the request side cancels the exchange). It reads only once the
+/// request body is done with the stream; bytes it reads (a pipelined next request) are kept,
+/// up to a head's worth, for the next head — or dropped if the body was left unread.
+pub(super) async fn watch_for_cancel(conn: &Shared) {
+    poll_fn(|cx| {
+        let mut guard = lock(conn);
+        let conn = &mut *guard;
+        loop {
+            if conn.body.is_some() || conn.pending.len() >= MAX_HEAD {
+                conn.watcher = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            match std::task::ready!(conn.stream.poll_recv(cx, MAX_HEAD)) {
+                Ok(Some(piece)) if conn.spoiled => drop(piece),
+                Ok(Some(piece)) if conn.pending.is_empty() => conn.pending = piece,
+                Ok(Some(piece)) => {
+                    let mut joined = BytesMut::from(std::mem::take(&mut conn.pending));
+                    joined.extend_from_slice(&piece);
+                    conn.pending = joined.freeze();
+                }
+                Ok(None) | Err(_) => return Poll::Ready(()),
+            }
+        }
+    })
+    .await
+}

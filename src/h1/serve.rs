@@ -1,0 +1,324 @@
+//! Our own HTTP/1.1 server on a tunnel stream (the agent's side of every stream): a request
+//! head parsed, the request handed on with a body that reads the rest of it off the stream,
+//! the response written back; then the next request while both sides keep the connection. It
+//! replaces a hyper server connection per stream, which holds ~9 KiB for as long as a watch
+//! idles (S9 and F in docs/benchmarks.md); between pieces this holds the stream, a decoder and
+//! the task.
+//!
+//! An upgrade (exec, attach, port-forward) answered 101 by the handler: the head goes back and
+//! the stream is spliced with the handler's upgraded connection, which it puts in the
+//! response's extensions as a [`hyper::upgrade::OnUpgrade`].
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{EXPECT, UPGRADE};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use tokio::io::AsyncWrite;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{encode_chunk, ChunkedDecoder, CodecError, LengthDecoder, MAX_HEAD};
+use super::request_body::{lock, watch_for_cancel, BodyDecoder, Conn, RequestBody, Shared};
+use super::server_codec::{
+    bodiless, encode_response_head, parse_request_head, RequestBodyFraming, RequestHead,
+    ResponseFraming,
+};
+use crate::http::{status_response, Body};
+use crate::mux::MuxStream;
+
+/// Serves the requests on `stream` until it ends, one at a time, each answered by `handler`.
+/// `keep_alive`: more than one request per stream (v2; a v1 stream carries one). On
+/// `shutdown`, a request in progress is finished and the stream closes; an idle one closes at
+/// once.
+pub(crate) async fn serve<H, F>(
+    stream: MuxStream,
+    keep_alive: bool,
+    shutdown: CancellationToken,
+    mut handler: H,
+) where
+    H: FnMut(Request<RequestBody>) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    let conn: Shared = Arc::new(Mutex::new(Conn {
+        stream,
+        pending: Bytes::new(),
+        body: None,
+        spoiled: false,
+        watcher: None,
+    }));
+    loop {
+        let head = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            head = read_request_head(&conn) => head,
+        };
+        let mut head = match head {
+            Ok(Some(head)) => head,
+            Ok(None) | Err(None) => return, // the peer's clean end between requests, or a failure
+            Err(Some(error)) => return refuse(&conn, &error).await,
+        };
+        let framing = match head.body_framing() {
+            Ok(framing) => framing,
+            Err(error) => return refuse(&conn, &error).await,
+        };
+        let keep = keep_alive && head.keep_alive();
+        let continue_first = head
+            .headers
+            .remove(EXPECT)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if continue_first && framing != RequestBodyFraming::Empty {
+            // The peer waits for this before it sends the body; the handler reads it at once.
+            if write_all(&conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let upgrade = head.headers.contains_key(UPGRADE);
+        let (method, version) = (head.method.clone(), head.version);
+        let Some(request) = request(head, &conn, framing) else {
+            let error = CodecError::Head("invalid request target".into());
+            return refuse(&conn, &error).await;
+        };
+        // The peer may go away (Argo CD's client cancelled): then the handler is dropped, and
+        // with it the upstream request.
+        let mut response = tokio::select! {
+            response = handler(request) => response,
+            () = watch_for_cancel(&conn) => return,
+        };
+        let status = response.status();
+        if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(upgraded) = response
+                .extensions_mut()
+                .remove::<hyper::upgrade::OnUpgrade>()
+            {
+                return splice(conn, response, upgraded).await;
+            }
+        }
+        let (parts, body) = response.into_parts();
+        let framing = match body.size_hint().exact() {
+            _ if bodiless(&method, status) => ResponseFraming::NoBody,
+            Some(len) => ResponseFraming::Length(len),
+            None if version == Version::HTTP_11 => ResponseFraming::Chunked,
+            None => ResponseFraming::UntilClose,
+        };
+        let close = !keep || framing == ResponseFraming::UntilClose || shutdown.is_cancelled();
+        let mut head = Vec::with_capacity(512);
+        encode_response_head(parts.status, &parts.headers, framing, close, &mut head);
+        let written = tokio::select! {
+            written = write_body(&conn, head, body, framing) => written,
+            () = watch_for_cancel(&conn) => return,
+        };
+        if written.is_err() {
+            // Dropped unfinished: the peer gets a Reset (v2) or Close (v1), never a clean end.
+            return;
+        }
+        let reusable = {
+            let conn = lock(&conn);
+            conn.body.is_none() && !conn.spoiled
+        };
+        if close || !reusable {
+            let _ = poll_fn(|cx| Pin::new(&mut lock(&conn).stream).poll_shutdown(cx)).await;
+            return;
+        }
+    }
+}
+
+/// The request to hand on; `None` if the target is not a valid URI.
+fn request(
+    head: RequestHead,
+    conn: &Shared,
+    framing: RequestBodyFraming,
+) -> Option<Request<RequestBody>> {
+    let uri = head.target.parse::<http::Uri>().ok()?;
+    let (decoder, remaining) = match framing {
+        RequestBodyFraming::Empty => (None, Some(0)),
+        RequestBodyFraming::Length(len) => (
+            Some(BodyDecoder::Length(LengthDecoder::new(len))),
+            Some(len),
+        ),
+        RequestBodyFraming::Chunked => {
+            (Some(BodyDecoder::Chunked(ChunkedDecoder::default())), None)
+        }
+    };
+    let body = RequestBody {
+        conn: decoder.is_some().then(|| conn.clone()),
+        remaining,
+    };
+    lock(conn).body = decoder;
+    let mut request = Request::new(body);
+    *request.method_mut() = head.method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers;
+    Some(request)
+}
+
+/// Reads the next request head; `None` if the stream ended cleanly before one began. Gathered
+/// like the client's response heads: parsed again only when a piece ends a line. `Err(None)`:
+/// the stream failed or ended inside the head (nobody to answer).
+async fn read_request_head(conn: &Shared) -> Result<Option<RequestHead>, Option<CodecError>> {
+    let mut gathered = BytesMut::new();
+    loop {
+        let pending = std::mem::take(&mut lock(conn).pending);
+        let mut piece = if pending.is_empty() {
+            let received = poll_fn(|cx| lock(conn).stream.poll_recv(cx, MAX_HEAD)).await;
+            match received {
+                Ok(Some(piece)) => piece,
+                Ok(None) if gathered.is_empty() => return Ok(None),
+                Ok(None) | Err(_) => return Err(None),
+            }
+        } else {
+            pending
+        };
+        if gathered.is_empty() {
+            if let Some((head, len)) = parse_request_head(&piece)? {
+                lock(conn).pending = piece.split_off(len);
+                return Ok(Some(head));
+            }
+            gathered.extend_from_slice(&piece);
+            continue;
+        }
+        let ends_a_line = piece.contains(&b'\n');
+        gathered.extend_from_slice(&piece);
+        if !ends_a_line && gathered.len() < MAX_HEAD {
+            continue;
+        }
+        if let Some((head, len)) = parse_request_head(&gathered)? {
+            lock(conn).pending = gathered.split_off(len).freeze();
+            return Ok(Some(head));
+        }
+    }
+}
+
+/// Answers a request that cannot be served (400, or 431 for a head over the limit) and closes.
+async fn refuse(conn: &Shared, error: &CodecError) {
+    tracing::debug!(%error, "refused a request on a tunnel stream");
+    let status = match error {
+        CodecError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let response = status_response(status, "BadRequest", &error.to_string());
+    let (parts, body) = response.into_parts();
+    let framing = ResponseFraming::Length(body.size_hint().exact().unwrap_or(0));
+    let mut head = Vec::with_capacity(256);
+    encode_response_head(parts.status, &parts.headers, framing, true, &mut head);
+    if write_body(conn, head, body, framing).await.is_ok() {
+        let _ = poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_shutdown(cx)).await;
+    }
+}
+
+/// Writes `head` and then `body` in `framing`. The head waits for the body's first piece when
+/// that is ready at once, so a small response leaves in one write (one frame on the tunnel).
+/// A body that does not match its `Content-Length` is an error: the peer would read the next
+/// response as its rest.
+async fn write_body(
+    conn: &Shared,
+    mut head: Vec<u8>,
+    mut body: Body,
+    framing: ResponseFraming,
+) -> io::Result<()> {
+    if framing == ResponseFraming::NoBody {
+        return write_all(conn, &head).await;
+    }
+    let mut out = std::mem::take(&mut head);
+    let mut unsent = match framing {
+        ResponseFraming::Length(len) => Some(len),
+        _ => None,
+    };
+    loop {
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    write_all(conn, &out).await?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers are not relayed
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if let Some(unsent) = &mut unsent {
+                    *unsent = unsent
+                        .checked_sub(data.len() as u64)
+                        .ok_or_else(|| io::Error::other("response body over its Content-Length"))?;
+                }
+                if framing == ResponseFraming::Chunked {
+                    encode_chunk(&data, &mut out);
+                    write_all(conn, &out).await?;
+                    out.clear();
+                } else if out.is_empty() {
+                    write_all(conn, &data).await?;
+                } else {
+                    out.extend_from_slice(&data);
+                    write_all(conn, &out).await?;
+                    out.clear();
+                }
+            }
+            Some(Err(error)) => {
+                tracing::debug!(%error, "response body failed; the tunnel stream is dropped");
+                return Err(io::Error::other(error));
+            }
+            None => {
+                if unsent.is_some_and(|unsent| unsent > 0) {
+                    return Err(io::Error::other("response body under its Content-Length"));
+                }
+                if framing == ResponseFraming::Chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                return write_all(conn, &out).await;
+            }
+        }
+    }
+}
+
+async fn write_all(conn: &Shared, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let written = poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_write(cx, buf)).await?;
+        buf = &buf[written..];
+    }
+    Ok(())
+}
+
+/// Writes the 101 and splices the stream with the handler's upgraded connection; what the
+/// peer sent after its request head goes there first.
+async fn splice(conn: Shared, response: Response<Body>, upgraded: hyper::upgrade::OnUpgrade) {
+    let mut head = Vec::with_capacity(256);
+    let (parts, _) = response.into_parts();
+    encode_response_head(
+        parts.status,
+        &parts.headers,
+        ResponseFraming::NoBody,
+        false,
+        &mut head,
+    );
+    if write_all(&conn, &head).await.is_err() {
+        return;
+    }
+    // An upgrade request has no body, so nothing else holds the stream.
+    let Ok(conn) = Arc::try_unwrap(conn) else {
+        return;
+    };
+    let conn = conn
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    tokio::spawn(crate::http::splice_stream(
+        upgraded,
+        conn.stream,
+        conn.pending,
+    ));
+}

@@ -1,0 +1,281 @@
+//! HTTP/1.1 as our own server speaks it (the agent, on tunnel streams), without I/O: request
+//! heads in, response heads out. The body decoders are the client's (`codec`): a request body
+//! is framed by the same rules minus "until close" (RFC 9112 §6.3 items 4–7).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+use super::codec::{CodecError, MAX_HEAD, MAX_HEADERS};
+
+/// A parsed request head.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub method: Method,
+    /// The request target as sent (origin-form for every peer we serve).
+    pub target: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// How a request's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestBodyFraming {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+}
+
+impl RequestHead {
+    /// Whether the connection stays open after this exchange (HTTP/1.1 unless `close`;
+    /// HTTP/1.0 only with `keep-alive`).
+    pub(crate) fn keep_alive(&self) -> bool {
+        super::codec::keep_alive(self.version, &self.headers)
+    }
+
+    /// The body's framing (RFC 9112 §6.3): a `Transfer-Encoding` must end in `chunked` (else
+    /// the length cannot be told: an error, answered 400), and wins over a `Content-Length`,
+    /// which is then removed; several differing lengths are an error.
+    pub(crate) fn body_framing(&mut self) -> Result<RequestBodyFraming, CodecError> {
+        let codings: Vec<String> = self
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .map(|value| value.to_str().map(str::to_owned))
+            .collect::<Result<_, _>>()
+            .map_err(|_| CodecError::Head("invalid Transfer-Encoding".into()))?;
+        if !codings.is_empty() {
+            let last = codings
+                .iter()
+                .flat_map(|value| value.split(','))
+                .map(str::trim)
+                .rfind(|coding| !coding.is_empty());
+            if !last.is_some_and(|coding| coding.eq_ignore_ascii_case("chunked")) {
+                return Err(CodecError::Head(
+                    "a request Transfer-Encoding must end in chunked".into(),
+                ));
+            }
+            self.headers.remove(header::CONTENT_LENGTH);
+            return Ok(RequestBodyFraming::Chunked);
+        }
+        match super::codec::content_length(&self.headers)? {
+            None | Some(0) => Ok(RequestBodyFraming::Empty),
+            Some(len) => Ok(RequestBodyFraming::Length(len)),
+        }
+    }
+}
+
+/// Parses a request head at the start of `buf`: `Ok(None)` when more bytes are needed, else
+/// the head and how many bytes it took. Limits: [`MAX_HEAD`] bytes, [`MAX_HEADERS`] headers.
+pub(crate) fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, CodecError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(CodecError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(CodecError::Head(error.to_string())),
+    };
+    if len > MAX_HEAD {
+        return Err(CodecError::HeadTooLarge);
+    }
+    let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
+        .map_err(|_| CodecError::Head("invalid method".into()))?;
+    let target = request.path.unwrap_or_default().to_owned();
+    let version = match request.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let headers = super::codec::header_map(request.headers)?;
+    Ok(Some((
+        RequestHead {
+            method,
+            target,
+            version,
+            headers,
+        },
+        len,
+    )))
+}
+
+/// How a response body goes on the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ResponseFraming {
+    /// None may follow (HEAD, 1xx, 204, 304): the headers go as they are.
+    NoBody,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, length unknown).
+    UntilClose,
+}
+
+/// Whether a response to a `method` request with `status` carries no body.
+pub(crate) fn bodiless(method: &Method, status: StatusCode) -> bool {
+    method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// Appends a response head. `headers` must be free of hop-by-hop headers; unless the framing
+/// is `NoBody`, framing headers in it are replaced by `framing`'s. `close` adds
+/// `Connection: close`.
+pub(crate) fn encode_response_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: ResponseFraming,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        let framing_header = name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
+        if framing_header && framing != ResponseFraming::NoBody {
+            continue;
+        }
+        write_header(out, name, value);
+    }
+    match framing {
+        ResponseFraming::Length(len) => {
+            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes())
+        }
+        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ResponseFraming::NoBody | ResponseFraming::UntilClose => {}
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &str) -> RequestHead {
+        parse_request_head(head.as_bytes())
+            .expect("valid")
+            .expect("complete")
+            .0
+    }
+
+    #[test]
+    fn a_request_head_parses_once_complete_and_says_how_long_it_was() {
+        let text = "GET /api?x=1 HTTP/1.1\r\nHost: a\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nBODY";
+        for end in 0..text.len() - 4 {
+            assert!(parse_request_head(&text.as_bytes()[..end])
+                .unwrap()
+                .is_none());
+        }
+        let (head, len) = parse_request_head(text.as_bytes()).unwrap().unwrap();
+        assert_eq!(len, text.len() - 4);
+        assert_eq!(
+            (head.method, head.target.as_str(), head.version),
+            (Method::GET, "/api?x=1", Version::HTTP_11)
+        );
+        assert_eq!(head.headers.get_all("x-two").iter().count(), 2);
+    }
+
+    #[test]
+    fn malformed_and_oversized_request_heads_are_errors() {
+        for bad in [
+            "GARBAGE\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET / HTTP/9\r\n\r\n",
+        ] {
+            assert!(parse_request_head(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(
+            parse_request_head(long.as_bytes()).unwrap_err(),
+            CodecError::HeadTooLarge
+        );
+    }
+
+    #[test]
+    fn request_body_framing_follows_rfc_9112() {
+        let framing = |head: &str| parsed(head).body_framing();
+        assert_eq!(
+            framing("GET / HTTP/1.1\r\n\r\n"),
+            Ok(RequestBodyFraming::Empty)
+        );
+        assert_eq!(
+            framing("PUT / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Ok(RequestBodyFraming::Empty)
+        );
+        assert_eq!(
+            framing("PUT / HTTP/1.1\r\nContent-Length: 7, 7\r\n\r\n"),
+            Ok(RequestBodyFraming::Length(7))
+        );
+        assert_eq!(
+            framing("PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            Ok(RequestBodyFraming::Chunked)
+        );
+        for bad in [
+            "PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "PUT / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "PUT / HTTP/1.1\r\nTransfer-Encoding: \r\n\r\n",
+        ] {
+            assert!(framing(bad).is_err(), "{bad:?}");
+        }
+        // A length beside chunked is removed: it must not reach the upstream.
+        let mut head =
+            parsed("PUT / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(head.body_framing(), Ok(RequestBodyFraming::Chunked));
+        assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn keep_alive_is_http_1_1s_default() {
+        assert!(parsed("GET / HTTP/1.1\r\n\r\n").keep_alive());
+        assert!(!parsed("GET / HTTP/1.1\r\nConnection: x, Close\r\n\r\n").keep_alive());
+        assert!(!parsed("GET / HTTP/1.0\r\n\r\n").keep_alive());
+        assert!(parsed("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive());
+    }
+
+    #[test]
+    fn a_response_head_carries_the_framing_it_is_written_with() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        headers.insert("x-a", HeaderValue::from_static("b"));
+        let encode = |framing, close| {
+            let mut out = Vec::new();
+            encode_response_head(StatusCode::OK, &headers, framing, close, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            encode(ResponseFraming::Length(5), false),
+            "HTTP/1.1 200 OK\r\nx-a: b\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert_eq!(
+            encode(ResponseFraming::Chunked, true),
+            "HTTP/1.1 200 OK\r\nx-a: b\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        // No body (a HEAD's answer): the upstream's length is the resource's, kept as it is.
+        assert_eq!(
+            encode(ResponseFraming::NoBody, false),
+            "HTTP/1.1 200 OK\r\ncontent-length: 99\r\nx-a: b\r\n\r\n"
+        );
+        assert!(bodiless(&Method::HEAD, StatusCode::OK));
+        assert!(bodiless(&Method::GET, StatusCode::NOT_MODIFIED));
+        assert!(!bodiless(&Method::GET, StatusCode::OK));
+    }
+}

@@ -57,29 +57,9 @@ pub async fn serve_stream(
     version: Version,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let config = state.config();
-    let upstream = &config.upstream;
-    let target = match version {
-        // S6: a v1 Connect names an address; we serve our configured upstream whatever it says.
-        Version::V1 => {
-            if incoming.target() != upstream.target.as_bytes() {
-                tracing::warn!(
-                    requested = %String::from_utf8_lossy(incoming.target()),
-                    configured = %upstream.target,
-                    "server asked for a different target; serving the configured upstream"
-                );
-                state.metrics.upstream_errors.inc(&["target_mismatch"]);
-            }
-            Target::Kubernetes
-        }
-        Version::V2 if incoming.target() == KUBERNETES => Target::Kubernetes,
-        Version::V2 if incoming.target().starts_with(EXTENSION_PREFIX) => Target::Backend(
-            String::from_utf8_lossy(&incoming.target()[EXTENSION_PREFIX.len()..]).into_owned(),
-        ),
-        Version::V2 => {
-            state.metrics.upstream_errors.inc(&["unknown_target"]);
-            return incoming.refuse(ResetReason::Refused, "target not configured on this agent");
-        }
+    let Some(target) = stream_target(&state, &incoming, version) else {
+        state.metrics.upstream_errors.inc(&["unknown_target"]);
+        return incoming.refuse(ResetReason::Refused, "target not configured on this agent");
     };
     let stream = incoming.accept();
     state.metrics.upstream_requests.inc(&[]);
@@ -98,6 +78,35 @@ pub async fn serve_stream(
         })
     })
     .await;
+}
+
+/// What an opened stream is for; `None` for a v2 target this agent does not know.
+fn stream_target(
+    state: &AgentState,
+    incoming: &IncomingStream,
+    version: Version,
+) -> Option<Target> {
+    let config = state.config();
+    let upstream = &config.upstream;
+    Some(match version {
+        // S6: a v1 Connect names an address; we serve our configured upstream whatever it says.
+        Version::V1 => {
+            if incoming.target() != upstream.target.as_bytes() {
+                tracing::warn!(
+                    requested = %String::from_utf8_lossy(incoming.target()),
+                    configured = %upstream.target,
+                    "server asked for a different target; serving the configured upstream"
+                );
+                state.metrics.upstream_errors.inc(&["target_mismatch"]);
+            }
+            Target::Kubernetes
+        }
+        Version::V2 if incoming.target() == KUBERNETES => Target::Kubernetes,
+        Version::V2 if incoming.target().starts_with(EXTENSION_PREFIX) => Target::Backend(
+            String::from_utf8_lossy(&incoming.target()[EXTENSION_PREFIX.len()..]).into_owned(),
+        ),
+        Version::V2 => return None,
+    })
 }
 
 async fn forward(

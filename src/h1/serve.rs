@@ -58,65 +58,38 @@ pub(crate) async fn serve<H, F>(
             _ = shutdown.cancelled() => return,
             head = read_request_head(&conn) => head,
         };
-        let mut head = match head {
+        let head = match head {
             Ok(Some(head)) => head,
             Ok(None) | Err(None) => return, // the peer's clean end between requests, or a failure
-            Err(Some(error)) => return refuse(&conn, &error).await,
-        };
-        let framing = match head.body_framing() {
-            Ok(framing) => framing,
-            Err(error) => return refuse(&conn, &error).await,
-        };
-        let keep = keep_alive && head.keep_alive();
-        let continue_first = head
-            .headers
-            .remove(EXPECT)
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if continue_first && framing != RequestBodyFraming::Empty {
-            // The peer waits for this before it sends the body; the handler reads it at once.
-            if write_all(&conn, b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-            {
+            Err(Some(error)) => {
+                Box::pin(refuse(&conn, &error)).await;
                 return;
             }
-        }
-        let upgrade = head.headers.contains_key(UPGRADE);
-        let (method, version) = (head.method.clone(), head.version);
-        let Some(request) = request(head, &conn, framing) else {
-            let error = CodecError::Head("invalid request target".into());
-            return refuse(&conn, &error).await;
         };
-        // The peer may go away (Argo CD's client cancelled): then the handler is dropped, and
-        // with it the upstream request.
-        let mut response = tokio::select! {
-            response = handler(request) => response,
-            () = watch_for_cancel(&conn) => return,
-        };
-        let status = response.status();
-        if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(upgraded) = response
-                .extensions_mut()
-                .remove::<hyper::upgrade::OnUpgrade>()
-            {
-                return splice(conn, response, upgraded).await;
+        // Each phase is boxed and freed when it ends: the stream's task holds little, and a
+        // watch streaming its events holds only the send phase's state (S9).
+        let answer = Box::pin(answer(&conn, head, keep_alive, &shutdown, &mut handler)).await;
+        let (head, body, framing, close) = match answer {
+            Answer::Send {
+                head,
+                body,
+                framing,
+                close,
+            } => (head, body, framing, close),
+            Answer::Drop => return,
+            Answer::Upgrade(response, upgraded) => {
+                return Box::pin(splice(conn, response, upgraded)).await
             }
-        }
-        let (parts, body) = response.into_parts();
-        let framing = match body.size_hint().exact() {
-            _ if bodiless(&method, status) => ResponseFraming::NoBody,
-            Some(len) => ResponseFraming::Length(len),
-            None if version == Version::HTTP_11 => ResponseFraming::Chunked,
-            None => ResponseFraming::UntilClose,
         };
-        let close = !keep || framing == ResponseFraming::UntilClose || shutdown.is_cancelled();
-        let mut head = Vec::with_capacity(512);
-        encode_response_head(parts.status, &parts.headers, framing, close, &mut head);
-        let written = tokio::select! {
-            written = write_body(&conn, head, body, framing) => written,
-            () = watch_for_cancel(&conn) => return,
-        };
-        if written.is_err() {
+        let sent = Box::pin(async {
+            tokio::select! {
+                sent = write_body(&conn, head, body, framing) => sent,
+                // The peer went away: the body (and the upstream request) is dropped.
+                () = watch_for_cancel(&conn) => Err(io::ErrorKind::ConnectionReset.into()),
+            }
+        })
+        .await;
+        if sent.is_err() {
             // Dropped unfinished: the peer gets a Reset (v2) or Close (v1), never a clean end.
             return;
         }
@@ -128,6 +101,90 @@ pub(crate) async fn serve<H, F>(
             let _ = poll_fn(|cx| Pin::new(&mut lock(&conn).stream).poll_shutdown(cx)).await;
             return;
         }
+    }
+}
+
+/// What the handler's answer to a request is to become.
+enum Answer {
+    /// A response: its head, then its body in `framing`; `close` ends the stream after it.
+    Send {
+        head: Vec<u8>,
+        body: Body,
+        framing: ResponseFraming,
+        close: bool,
+    },
+    /// Nothing more: the stream is dropped (the peer went away, or the request was refused).
+    Drop,
+    /// A 101: the stream is spliced with the upgraded connection after writing it.
+    Upgrade(Response<Body>, hyper::upgrade::OnUpgrade),
+}
+
+/// Hands one request to `handler` and returns its response, ready to send.
+async fn answer<H, F>(
+    conn: &Shared,
+    mut head: RequestHead,
+    keep_alive: bool,
+    shutdown: &CancellationToken,
+    handler: &mut H,
+) -> Answer
+where
+    H: FnMut(Request<RequestBody>) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    let framing = match head.body_framing() {
+        Ok(framing) => framing,
+        Err(error) => return refuse(conn, &error).await,
+    };
+    let keep = keep_alive && head.keep_alive();
+    let continue_first = head
+        .headers
+        .remove(EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if continue_first && framing != RequestBodyFraming::Empty {
+        // The peer waits for this before it sends the body; the handler reads it at once.
+        if write_all(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return Answer::Drop;
+        }
+    }
+    let upgrade = head.headers.contains_key(UPGRADE);
+    let (method, version) = (head.method.clone(), head.version);
+    let Some(request) = request(head, conn, framing) else {
+        let error = CodecError::Head("invalid request target".into());
+        return refuse(conn, &error).await;
+    };
+    // The peer may go away (Argo CD's client cancelled): then the handler is dropped, and
+    // with it the upstream request.
+    let mut response = tokio::select! {
+        response = handler(request) => response,
+        () = watch_for_cancel(conn) => return Answer::Drop,
+    };
+    let status = response.status();
+    if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(upgraded) = response
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+        {
+            return Answer::Upgrade(response, upgraded);
+        }
+    }
+    let (parts, body) = response.into_parts();
+    let framing = match body.size_hint().exact() {
+        _ if bodiless(&method, status) => ResponseFraming::NoBody,
+        Some(len) => ResponseFraming::Length(len),
+        None if version == Version::HTTP_11 => ResponseFraming::Chunked,
+        None => ResponseFraming::UntilClose,
+    };
+    let close = !keep || framing == ResponseFraming::UntilClose || shutdown.is_cancelled();
+    let mut head = Vec::with_capacity(512);
+    encode_response_head(parts.status, &parts.headers, framing, close, &mut head);
+    Answer::Send {
+        head,
+        body,
+        framing,
+        close,
     }
 }
 
@@ -199,7 +256,7 @@ async fn read_request_head(conn: &Shared) -> Result<Option<RequestHead>, Option<
 }
 
 /// Answers a request that cannot be served (400, or 431 for a head over the limit) and closes.
-async fn refuse(conn: &Shared, error: &CodecError) {
+async fn refuse(conn: &Shared, error: &CodecError) -> Answer {
     tracing::debug!(%error, "refused a request on a tunnel stream");
     let status = match error {
         CodecError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -213,6 +270,7 @@ async fn refuse(conn: &Shared, error: &CodecError) {
     if write_body(conn, head, body, framing).await.is_ok() {
         let _ = poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_shutdown(cx)).await;
     }
+    Answer::Drop
 }
 
 /// Writes `head` and then `body` in `framing`. The head waits for the body's first piece when
@@ -238,8 +296,7 @@ async fn write_body(
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 if !out.is_empty() {
-                    write_all(conn, &out).await?;
-                    out.clear();
+                    flush(conn, &mut out).await?;
                 }
                 body.frame().await
             }
@@ -259,14 +316,12 @@ async fn write_body(
                 }
                 if framing == ResponseFraming::Chunked {
                     encode_chunk(&data, &mut out);
-                    write_all(conn, &out).await?;
-                    out.clear();
+                    flush(conn, &mut out).await?;
                 } else if out.is_empty() {
                     write_all(conn, &data).await?;
                 } else {
                     out.extend_from_slice(&data);
-                    write_all(conn, &out).await?;
-                    out.clear();
+                    flush(conn, &mut out).await?;
                 }
             }
             Some(Err(error)) => {
@@ -284,6 +339,13 @@ async fn write_body(
             }
         }
     }
+}
+
+/// Writes `out` and frees it: a watch waiting for its next event holds no buffer.
+async fn flush(conn: &Shared, out: &mut Vec<u8>) -> io::Result<()> {
+    write_all(conn, out).await?;
+    *out = Vec::new();
+    Ok(())
 }
 
 async fn write_all(conn: &Shared, mut buf: &[u8]) -> io::Result<()> {

@@ -216,9 +216,10 @@ pub fn upstream_connector(
     }
 }
 
-/// A connection to an upstream: plain TCP, or TLS over it.
+/// A connection to an upstream: plain TCP, or TLS over it (boxed: a TLS session's state is
+/// ~1 KiB, which a plain connection would otherwise carry unused).
 pub type UpstreamIo =
-    tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+    tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// How long a TCP connect to an upstream may take (as the pooled clients' connector).
 const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -242,5 +243,7 @@ pub async fn dial_upstream(
     };
     let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok(UpstreamIo::Right(connect(config.clone(), host, tcp).await?))
+    Ok(UpstreamIo::Right(Box::new(
+        connect(config.clone(), host, tcp).await?,
+    )))
 }

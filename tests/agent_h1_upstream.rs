@@ -184,3 +184,35 @@ async fn a_malformed_or_oversized_watch_answer_is_a_502() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_watch_on_a_pooled_connection_the_upstream_closes_is_sent_again_on_a_new_one() {
+    let dir = TempDir::new();
+    let (upstream, addr) = listener().await;
+    let (server, _agent) = stack(&dir, addr).await;
+    let internal = server.addrs.internal;
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    let mut first = accept(&upstream).await;
+    read_head(&mut first).await.expect("the first watch");
+    first.write_all(CHUNKED_OK).await.unwrap();
+    assert_eq!(
+        within("first watch", client).await.unwrap().0,
+        StatusCode::OK
+    );
+    // The pooled connection carries the next watch, and the upstream closes it unanswered
+    // (its idle timeout raced the request).
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    read_head(&mut first)
+        .await
+        .expect("the second watch on the pooled connection");
+    drop(first);
+    let mut second = accept(&upstream).await;
+    let head = read_head(&mut second).await.expect("the watch sent again");
+    assert!(
+        head.starts_with("GET /api/v1/pods?watch=true HTTP/1.1\r\n"),
+        "{head}"
+    );
+    second.write_all(CHUNKED_OK).await.unwrap();
+    let (status, _, body) = within("second watch", client).await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"{\"a\":1}"[..]));
+}

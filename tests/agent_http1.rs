@@ -155,12 +155,27 @@ async fn requests_one_after_another_on_a_stream_with_every_body_framing() {
     assert!(read_response(&mut stream)
         .await
         .ends_with("\r\n\r\nPOST /d\nok"));
-    // `Connection: close`: answered, then the stream ends.
+    // `Connection: close`: answered, then the stream ends. (Below, on a new stream: a length
+    // beside chunked is ambiguous framing, served with chunked and then closed.)
     stream
         .write_all(b"GET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let response = read_response(&mut stream).await;
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
+    assert_ends(&mut stream).await;
+    let mut stream = open(&server).await;
+    stream
+        .write_all(b"POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.ends_with("\r\n\r\nPOST /f\nabcd"), "{response}");
     assert!(
         response
             .to_ascii_lowercase()
@@ -183,10 +198,15 @@ async fn a_malformed_or_oversized_request_gets_an_error_and_a_closed_stream() {
         }
         head
     };
-    let cases: [(&[u8], &str); 5] = [
+    let cases: [(&[u8], &str); 6] = [
         (b"GARBAGE\r\n\r\n", "HTTP/1.1 400 "),
+        // A coding the agent would have to decode: not implemented.
         (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 501 ",
+        ),
+        (
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 400 ",
         ),
         (
@@ -233,11 +253,20 @@ async fn a_malformed_or_oversized_request_gets_an_error_and_a_closed_stream() {
 }
 
 #[tokio::test]
-async fn a_stream_reset_mid_watch_closes_the_upstream_connection() {
+async fn a_stream_reset_or_flooded_mid_watch_closes_the_upstream_connection() {
     let dir = TempDir::new();
     let (upstream, addr) = listener().await;
     let (server, _agent) = agent_session(&dir, addr).await;
-    let mut stream = open(&server).await;
+    for flood in [false, true] {
+        watch_then_leave(&server, &upstream, flood).await;
+    }
+}
+
+/// A watch whose first event arrives; then the server's side resets the stream, or (`flood`)
+/// sends more than a request head's worth ahead of the answer. Either way the agent must
+/// drop the upstream connection.
+async fn watch_then_leave(server: &ServerSide, upstream: &tokio::net::TcpListener, flood: bool) {
+    let mut stream = open(server).await;
     stream
         .write_all(b"GET /api/v1/pods?watch=1 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -260,8 +289,13 @@ async fn a_stream_reset_mid_watch_closes_the_upstream_connection() {
         assert!(len > 0, "{}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..len]);
     }
-    // The client went away: the server resets the stream.
-    drop(stream);
+    if flood {
+        let junk = vec![b'x'; 70 * 1024];
+        let _ = stream.write_all(&junk).await;
+    } else {
+        // The client went away: the server resets the stream.
+        drop(stream);
+    }
     within("the agent closes the upstream connection", async {
         loop {
             match conn.read(&mut head).await {
@@ -288,15 +322,37 @@ async fn a_request_body_the_upstream_leaves_unread_ends_the_stream_after_the_ans
         .unwrap();
     let mut head = vec![0u8; 4096];
     within("request head", conn.read(&mut head)).await.unwrap();
-    conn.write_all(
-        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig",
-    )
-    .await
-    .unwrap();
+    conn.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        .await
+        .unwrap();
     drop(conn);
     let response = read_response(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 413 "), "{response}");
     assert!(response.ends_with("\r\n\r\nbig"), "{response}");
-    // The rest of the body would read as the next request: the stream is not used again.
+    // The rest of the body would read as the next request: the stream is not used again, and
+    // the answer says so (the server must not pool it).
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
+    assert_ends(&mut stream).await;
+    // The same for a refusal the agent makes itself (a backend it does not allow).
+    let mut stream = within("open", server.session.handle.open(b"extension/unknown"))
+        .await
+        .expect("stream");
+    stream
+        .write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 403 "), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
     assert_ends(&mut stream).await;
 }

@@ -63,14 +63,47 @@ impl UpstreamH1 {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        let conn = match self.checkout() {
-            Some(conn) => conn,
-            None => Pieces(dial_upstream(self.tls.as_ref(), &self.target).await?),
-        };
+        if let Some(conn) = self.checkout() {
+            if !request.body().is_end_stream() {
+                return self.exchange(conn, request).await;
+            }
+            // The upstream may close an idle connection just as we take it: a bodiless
+            // request (a watch) is sent again on a new one if that one fails before answering.
+            let (parts, body) = request.into_parts();
+            let mut again = Request::new(http_body_util::Empty::<Bytes>::new());
+            *again.method_mut() = parts.method.clone();
+            *again.uri_mut() = parts.uri.clone();
+            *again.version_mut() = parts.version;
+            *again.headers_mut() = parts.headers.clone();
+            return match self.exchange(conn, Request::from_parts(parts, body)).await {
+                Err(H1Error::Exchange(
+                    ExchangeError::Write(_) | ExchangeError::Read(_) | ExchangeError::NoAnswer,
+                )) => {
+                    let conn = Pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
+                    self.exchange(conn, again).await
+                }
+                other => other,
+            };
+        }
+        let conn = Pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
+        self.exchange(conn, request).await
+    }
+
+    async fn exchange<B>(
+        &self,
+        conn: UpstreamConn,
+        request: Request<B>,
+    ) -> Result<Response<ResponseBody<UpstreamConn>>, H1Error>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         let idle = Arc::downgrade(&self.idle);
         let reuse: Reuse<UpstreamConn> = Box::new(move |conn| {
             if let Some(idle) = idle.upgrade() {
-                let mut idle = idle.lock().expect("idle pool lock");
+                let mut idle = idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                // Expired ones go now, not only at the next checkout.
+                idle.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
                 if idle.len() < MAX_IDLE {
                     idle.push((conn, Instant::now()));
                 }
@@ -88,7 +121,10 @@ impl UpstreamH1 {
     /// The most recently returned idle connection that is still open and silent; the
     /// others that are not, or are past [`IDLE_TIMEOUT`], are closed on the way.
     fn checkout(&self) -> Option<UpstreamConn> {
-        let mut idle = self.idle.lock().expect("idle pool lock");
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         idle.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
         while let Some((mut conn, _)) = idle.pop() {
             // An idle HTTP/1.1 connection has nothing to say: bytes or an end mean the peer

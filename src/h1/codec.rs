@@ -38,6 +38,8 @@ pub(crate) enum CodecError {
     TooManyInterim,
     #[error("101 Switching Protocols to a request that asked for no upgrade")]
     UnexpectedUpgrade,
+    #[error("a transfer coding other than chunked alone")]
+    UnsupportedCoding,
 }
 
 /// How a request's body is framed on the stream.

@@ -134,7 +134,8 @@ where
     let written = async {
         conn.write_all(&head).await.map_err(ExchangeError::Write)?;
         if framing == RequestFraming::None {
-            return Ok(());
+            // A TLS connection may hold written bytes in its buffer until flushed.
+            return conn.flush().await.map_err(ExchangeError::Write);
         }
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|error| ExchangeError::RequestBody(error.into()))?;
@@ -158,7 +159,7 @@ where
                 .await
                 .map_err(ExchangeError::Write)?;
         }
-        Ok(())
+        conn.flush().await.map_err(ExchangeError::Write)
     }
     .await;
     let written = match written {

@@ -101,14 +101,19 @@ impl hyper::body::Body for RequestBody {
             match decoded {
                 Decoded::Data(data) if data.is_empty() => continue,
                 Decoded::Data(data) => {
-                    if let Some(BodyDecoder::Length(decoder)) = &conn.body {
-                        if decoder.remaining() == 0 {
-                            conn.body_done(true);
-                        }
+                    let ended =
+                        matches!(&conn.body, Some(BodyDecoder::Length(d)) if d.remaining() == 0);
+                    if ended {
+                        conn.body_done(true);
                     }
                     drop(guard);
+                    if ended {
+                        // Done with the stream: a body kept past its exchange must not touch
+                        // the next request's.
+                        self.conn = None;
+                    }
                     if let Some(remaining) = &mut self.remaining {
-                        *remaining -= data.len() as u64;
+                        *remaining = remaining.saturating_sub(data.len() as u64);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -159,14 +164,19 @@ impl Drop for RequestBody {
 
 /// Ends when the peer resets or ends the stream while its request is served (hyper's server
 /// does the same: an end of the request side cancels the exchange). It reads only once the
-/// request body is done with the stream; bytes it reads (a pipelined next request) are kept,
-/// up to a head's worth, for the next head — or dropped if the body was left unread.
+/// request body is done with the stream; bytes it reads (a pipelined next request) are kept
+/// for the next head — or dropped if the body was left unread. More than a head's worth sent
+/// ahead of our answer ends the exchange too: no client we serve does that.
 pub(super) async fn watch_for_cancel(conn: &Shared) {
     poll_fn(|cx| {
         let mut guard = lock(conn);
         let conn = &mut *guard;
         loop {
-            if conn.body.is_some() || conn.pending.len() >= MAX_HEAD {
+            if conn.pending.len() >= MAX_HEAD {
+                // More than a head's worth sent ahead of our answer: not a client we serve.
+                return Poll::Ready(());
+            }
+            if conn.body.is_some() {
                 conn.watcher = Some(cx.waker().clone());
                 return Poll::Pending;
             }

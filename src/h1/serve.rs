@@ -135,12 +135,13 @@ where
         Ok(framing) => framing,
         Err(error) => return refuse(conn, &error).await,
     };
-    let keep = keep_alive && head.keep_alive();
+    let keep = keep_alive && head.keep_alive() && !head.close_after;
     let continue_first = head
         .headers
         .remove(EXPECT)
         .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if continue_first && framing != RequestBodyFraming::Empty {
+    // Only an HTTP/1.1 client may be sent a 1xx (RFC 9110 §15.2).
+    if continue_first && framing != RequestBodyFraming::Empty && head.version == Version::HTTP_11 {
         // The peer waits for this before it sends the body; the handler reads it at once.
         if write_all(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
@@ -177,7 +178,14 @@ where
         None if version == Version::HTTP_11 => ResponseFraming::Chunked,
         None => ResponseFraming::UntilClose,
     };
-    let close = !keep || framing == ResponseFraming::UntilClose || shutdown.is_cancelled();
+    // A request body the handler left unread (an early answer, a refusal) would read as the
+    // next request: the stream closes after this answer, and the answer says so.
+    let body_left = {
+        let conn = lock(conn);
+        conn.spoiled || conn.body.is_some()
+    };
+    let close =
+        !keep || body_left || framing == ResponseFraming::UntilClose || shutdown.is_cancelled();
     let mut head = Vec::with_capacity(512);
     encode_response_head(parts.status, &parts.headers, framing, close, &mut head);
     Answer::Send {
@@ -260,6 +268,7 @@ async fn refuse(conn: &Shared, error: &CodecError) -> Answer {
     tracing::debug!(%error, "refused a request on a tunnel stream");
     let status = match error {
         CodecError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        CodecError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::BAD_REQUEST,
     };
     let response = status_response(status, "BadRequest", &error.to_string());

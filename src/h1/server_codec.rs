@@ -15,6 +15,9 @@ pub(crate) struct RequestHead {
     pub target: String,
     pub version: Version,
     pub headers: HeaderMap,
+    /// Framed ambiguously (`Transfer-Encoding` beside `Content-Length`): served, then the
+    /// connection closes (RFC 9112 §6.1).
+    pub close_after: bool,
 }
 
 /// How a request's body is delimited.
@@ -35,9 +38,10 @@ impl RequestHead {
         super::codec::keep_alive(self.version, &self.headers)
     }
 
-    /// The body's framing (RFC 9112 §6.3): a `Transfer-Encoding` must end in `chunked` (else
-    /// the length cannot be told: an error, answered 400), and wins over a `Content-Length`,
-    /// which is then removed; several differing lengths are an error.
+    /// The body's framing (RFC 9112 §6.3): a `Transfer-Encoding` must be `chunked` alone (we
+    /// decode no other coding, and the header is hop-by-hop: 501 otherwise; HTTP/1.0 has none:
+    /// 400), and wins over a `Content-Length`, which is then removed and the connection closed
+    /// after the exchange; several differing lengths are an error.
     pub(crate) fn body_framing(&mut self) -> Result<RequestBodyFraming, CodecError> {
         let codings: Vec<String> = self
             .headers
@@ -47,17 +51,26 @@ impl RequestHead {
             .collect::<Result<_, _>>()
             .map_err(|_| CodecError::Head("invalid Transfer-Encoding".into()))?;
         if !codings.is_empty() {
-            let last = codings
+            if self.version != Version::HTTP_11 {
+                return Err(CodecError::Head(
+                    "Transfer-Encoding in an HTTP/1.0 request".into(),
+                ));
+            }
+            let mut listed = codings
                 .iter()
                 .flat_map(|value| value.split(','))
                 .map(str::trim)
-                .rfind(|coding| !coding.is_empty());
-            if !last.is_some_and(|coding| coding.eq_ignore_ascii_case("chunked")) {
-                return Err(CodecError::Head(
-                    "a request Transfer-Encoding must end in chunked".into(),
-                ));
+                .filter(|coding| !coding.is_empty());
+            let only_chunked = listed
+                .next()
+                .is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
+                && listed.next().is_none();
+            if !only_chunked {
+                return Err(CodecError::UnsupportedCoding);
             }
-            self.headers.remove(header::CONTENT_LENGTH);
+            if self.headers.remove(header::CONTENT_LENGTH).is_some() {
+                self.close_after = true;
+            }
             return Ok(RequestBodyFraming::Chunked);
         }
         match super::codec::content_length(&self.headers)? {
@@ -97,6 +110,7 @@ pub(crate) fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usiz
             target,
             version,
             headers,
+            close_after: false,
         },
         len,
     )))
@@ -225,22 +239,32 @@ mod tests {
             Ok(RequestBodyFraming::Length(7))
         );
         assert_eq!(
-            framing("PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            framing("PUT / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
             Ok(RequestBodyFraming::Chunked)
         );
         for bad in [
             "PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "PUT / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
-            "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            "PUT / HTTP/1.1\r\nTransfer-Encoding: \r\n\r\n",
+            "PUT / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(framing(bad).is_err(), "{bad:?}");
         }
-        // A length beside chunked is removed: it must not reach the upstream.
+        // Codings we would have to decode (the header is hop-by-hop): refused as unsupported.
+        for coding in ["gzip, chunked", "chunked, gzip", "chunked, chunked", ""] {
+            let head = format!("PUT / HTTP/1.1\r\nTransfer-Encoding: {coding}\r\n\r\n");
+            assert_eq!(
+                framing(&head),
+                Err(CodecError::UnsupportedCoding),
+                "{coding:?}"
+            );
+        }
+        // A length beside chunked is removed (it must not reach the upstream), and the
+        // connection closes after the exchange.
         let mut head =
             parsed("PUT / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(head.body_framing(), Ok(RequestBodyFraming::Chunked));
         assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(head.close_after);
     }
 
     #[test]

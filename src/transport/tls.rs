@@ -224,7 +224,8 @@ pub type UpstreamIo =
 /// How long a TCP connect to an upstream may take (as the pooled clients' connector).
 const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Dials `target` (`host:port`) and, with `tls`, completes a handshake verifying its host.
+/// Dials `target` (`host:port`, or `host` for the scheme's port) and, with `tls`, completes a
+/// handshake verifying its host; each step within [`UPSTREAM_CONNECT_TIMEOUT`].
 pub async fn dial_upstream(
     tls: Option<&Arc<ClientConfig>>,
     target: &str,
@@ -233,7 +234,15 @@ pub async fn dial_upstream(
         target: target.to_owned(),
         source,
     };
-    let tcp = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(target))
+    // As a URI authority: without a port, the scheme's (hyper's clients do the same).
+    let (host, address) = match target.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !port.contains(']') => (host, target.to_owned()),
+        _ => (
+            target,
+            format!("{target}:{}", if tls.is_some() { 443 } else { 80 }),
+        ),
+    };
+    let tcp = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(&address))
         .await
         .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
         .map_err(connect_error)?;
@@ -241,9 +250,13 @@ pub async fn dial_upstream(
     let Some(config) = tls else {
         return Ok(UpstreamIo::Left(tcp));
     };
-    let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok(UpstreamIo::Right(Box::new(
-        connect(config.clone(), host, tcp).await?,
-    )))
+    let handshake = connect(config.clone(), host, tcp);
+    let stream = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| TlsError::Handshake {
+            host: host.to_owned(),
+            source: std::io::ErrorKind::TimedOut.into(),
+        })??;
+    Ok(UpstreamIo::Right(Box::new(stream)))
 }

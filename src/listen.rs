@@ -1,6 +1,7 @@
 //! The accept loop every listener of both binaries uses: plain or TLS (rustls, optional mTLS),
-//! hyper HTTP/1.1 connections with upgrades or HTTP/2 when ALPN chose it, one task each,
-//! tracked, and shut down gracefully when the token fires.
+//! HTTP/1.1 connections with upgrades (hyper's, or with `own_http1` our own `h1::serve`) or
+//! hyper HTTP/2 when ALPN chose it, one task each, tracked, and shut down gracefully when the
+//! token fires.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,8 +21,10 @@ use tokio_util::task::TaskTracker;
 
 mod idle;
 
+use crate::h1::Pieces;
 use crate::http::Body;
 use crate::transport::tls_server::{ClientCert, TlsSlot};
+use http_body_util::BodyExt;
 
 /// A listener bound to a port (possibly 0) whose address is known before serving.
 pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -58,7 +61,16 @@ pub struct ServeOptions {
     pub max_h2_streams: u32,
     /// TLS for new connections (swapped by a reload); `None`: plain HTTP/1.1.
     pub tls: Option<Arc<TlsSlot>>,
+    /// HTTP/1.1 connections are served by our own server (`h1::serve`), which holds ~3 KiB per
+    /// idle watch where hyper's holds ~12 (S9); requests it serves carry [`ServedHere`], and an
+    /// upgrade is answered by putting the connection to splice with in the response.
+    pub own_http1: bool,
 }
+
+/// In the extensions of a request our own HTTP/1.1 server serves: an upgrade's other end goes
+/// in the response's extensions (`h1::UpgradeTo`), not through `hyper::upgrade::on`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServedHere;
 
 /// Serves one connection; on shutdown, finishes the request in flight, then closes (the
 /// caller bounds the wait). A macro because hyper's HTTP/1.1-with-upgrades and HTTP/2
@@ -90,7 +102,7 @@ pub async fn serve<H, F>(
     tracker: TaskTracker,
     options: ServeOptions,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
@@ -115,7 +127,12 @@ pub async fn serve<H, F>(
         let (handle, shutdown, options) = (handle.clone(), shutdown.clone(), options.clone());
         // One task per connection, each path a future of its own: an idle plain connection (a
         // watch holds one for hours) carries no TLS handshake or HTTP/2 state (S9).
-        if options.tls.is_none() {
+        if options.tls.is_none() && options.own_http1 {
+            tracker.spawn(async move {
+                let _slot = slot;
+                serve_own(Pieces(tcp), peer, None, handle, shutdown, &options).await
+            });
+        } else if options.tls.is_none() {
             tracker.spawn(async move {
                 let _slot = slot;
                 let service = service(handle, peer, None, None);
@@ -138,7 +155,7 @@ async fn serve_tls<H, F>(
     shutdown: CancellationToken,
     options: ServeOptions,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let Some(tls) = &options.tls else {
@@ -166,6 +183,9 @@ async fn serve_tls<H, F>(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|leaf| ClientCert(leaf.clone().into_owned()));
+    if !h2 && options.own_http1 {
+        return serve_own(Pieces(stream), peer, cert, handle, shutdown, &options).await;
+    }
     let io = TokioIo::new(stream);
     if !h2 {
         let service = service(handle, peer, cert, None);
@@ -193,6 +213,36 @@ async fn serve_tls<H, F>(
     .await
 }
 
+/// Serves one HTTP/1.1 connection with our own server.
+async fn serve_own<S, H, F>(
+    io: S,
+    peer: SocketAddr,
+    cert: Option<ClientCert>,
+    handle: H,
+    shutdown: CancellationToken,
+    options: &ServeOptions,
+) where
+    S: crate::h1::ServerIo,
+    H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let limits = crate::h1::ServeLimits {
+        max_head: options.max_header_bytes,
+        head_timeout: Some(options.header_read_timeout),
+        keep_alive: true,
+    };
+    crate::h1::serve(io, limits, shutdown, move |request| {
+        let mut request = request.map(|body| body.map_err(Into::into).boxed());
+        if let Some(cert) = &cert {
+            request.extensions_mut().insert(cert.clone());
+        }
+        request.extensions_mut().insert(ServedHere);
+        // Boxed: freed when the response head is out (S9).
+        Box::pin(handle(request, peer))
+    })
+    .await
+}
+
 /// Response bytes HTTP/2 buffers per stream for a slow reader.
 const H2_SEND_BUFFER: usize = 64 * 1024;
 
@@ -210,10 +260,11 @@ fn service<H, F>(
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    service_fn(move |mut request: Request<Incoming>| {
+    service_fn(move |request: Request<Incoming>| {
+        let mut request = request.map(|body| body.map_err(Into::into).boxed());
         if let Some(cert) = &cert {
             request.extensions_mut().insert(cert.clone());
         }
@@ -228,7 +279,6 @@ where
                 return Ok::<_, Infallible>(response);
             };
             Ok(response.map(|body| {
-                use http_body_util::BodyExt;
                 body.map_frame(move |frame| {
                     let _ = &in_flight;
                     frame

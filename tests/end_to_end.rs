@@ -416,6 +416,39 @@ async fn slow_request_heads_are_cut_off() {
     }
 }
 
+/// An idle keep-alive connection on the internal listener (our own HTTP/1.1 server) is closed
+/// after header_read_timeout, as idle HTTP/2 connections are; one carrying a request is not.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(stack.internal())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /tunnel/c1/api HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The whole answer, then the close; `within` fails the test if the connection stays open.
+    within("the idle connection is closed", async {
+        loop {
+            let read = tcp.read(&mut buf).await.unwrap();
+            if read == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..read]);
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+}
+
 /// B17: on SIGTERM new requests are refused at once, a watch in flight keeps streaming during
 /// the grace (1s in the test config), is then cut with an error, and the server exits.
 #[tokio::test]

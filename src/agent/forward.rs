@@ -63,9 +63,14 @@ pub async fn serve_stream(
     };
     let stream = incoming.accept();
     state.metrics.upstream_requests.inc(&[]);
-    // v1 streams carry exactly one request (the Go server sends `Connection: close`).
-    let keep_alive = version == Version::V2;
-    crate::h1::serve(stream, keep_alive, shutdown, |request| {
+    let limits = crate::h1::ServeLimits {
+        max_head: crate::h1::codec::MAX_HEAD,
+        // The peer is the server, and a stream waiting for a head costs only its slot.
+        head_timeout: None,
+        // v1 streams carry exactly one request (the Go server sends `Connection: close`).
+        keep_alive: version == Version::V2,
+    };
+    crate::h1::serve(stream, limits, shutdown, |request| {
         let state = state.clone();
         let destination = target.resolve(&state);
         // Boxed: the stream's task would otherwise be the size of the forwarding state for
@@ -228,7 +233,9 @@ async fn forward(
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (parts, _) = response.into_parts();
             let mut response = Response::from_parts(parts, crate::http::full(""));
-            response.extensions_mut().insert(upstream_upgrade);
+            response
+                .extensions_mut()
+                .insert(crate::h1::UpgradeTo::hyper(upstream_upgrade));
             response
         }
         Ok(response) => {

@@ -18,7 +18,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -125,6 +124,7 @@ impl Agent {
                 max_connections: 256, // probes and a Prometheus scraper
                 max_h2_streams: 1,
                 tls: None,
+                own_http1: false,
             };
             tracker.spawn(listen::serve(
                 listener,
@@ -242,7 +242,7 @@ async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &Cancel
     tracing::warn!(reason = %end, "tunnel down");
 }
 
-async fn health(state: Arc<AgentState>, request: Request<Incoming>) -> Response<Body> {
+async fn health(state: Arc<AgentState>, request: Request<Body>) -> Response<Body> {
     match request.uri().path() {
         "/healthz" => text_response(StatusCode::OK, "ok"),
         "/readyz" if state.connected.load(Ordering::Acquire) => text_response(StatusCode::OK, "ok"),

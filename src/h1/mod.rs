@@ -27,8 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 pub(crate) use body::{ResponseBody, Reuse};
 use codec::{encode_chunk, encode_request_head, parse_response_head, CodecError, RequestFraming};
-pub(crate) use request_body::RequestBody;
-pub(crate) use serve::serve;
+pub(crate) use request_body::{RequestBody, ServerIo};
+pub(crate) use serve::{serve, ServeLimits, UpgradeTo};
 
 use crate::http::BoxError;
 use crate::mux::MuxStream;
@@ -61,6 +61,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for Pieces<T> {
         Poll::Ready(Ok(
             (!buf.filled().is_empty()).then(|| Bytes::copy_from_slice(buf.filled()))
         ))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Pieces<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 

@@ -1,7 +1,7 @@
-//! The stream an HTTP/1.1 server connection runs on, shared by the serve loop (heads in,
-//! responses out) and the request body of the exchange in progress, which reads the rest of
-//! the request off it as it is polled. While no body reads it, [`watch_for_cancel`] does, to
-//! see the peer go away.
+//! The connection an HTTP/1.1 server runs on (a tunnel stream at the agent, a client's TCP or
+//! TLS connection at the server), shared by the serve loop (heads in, responses out) and the
+//! request body of the exchange in progress, which reads the rest of the request off it as it
+//! is polled. While no body reads it, [`watch_for_cancel`] does, to see the peer go away.
 
 use std::future::poll_fn;
 use std::io;
@@ -9,19 +9,24 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::codec::{ChunkedDecoder, CodecError, Decoded, LengthDecoder, MAX_HEAD};
-use crate::mux::MuxStream;
+use super::Conn;
+
+/// What our server runs on: read in pieces, written, and read as bytes once upgraded.
+pub(crate) trait ServerIo: Conn + AsyncRead {}
+
+impl<T: Conn + AsyncRead> ServerIo for T {}
 
 /// Most bytes a request body takes off the stream per read (as the client's response bodies).
 const RECV_PIECE: usize = 16 * 1024;
 
-/// The stream and what was received on it and not yet used: shared by the serve loop (heads in,
-/// responses out) and the request body of the exchange in progress.
-pub(super) struct Conn {
-    pub(super) stream: MuxStream,
+/// The connection and what was received on it and not yet used: shared by the serve loop
+/// (heads in, responses out) and the request body of the exchange in progress.
+pub(super) struct ServerConn<S: ?Sized> {
     pub(super) pending: Bytes,
     /// The request body in progress: `None` when it ended cleanly (or there was none).
     pub(super) body: Option<BodyDecoder>,
@@ -29,9 +34,11 @@ pub(super) struct Conn {
     pub(super) spoiled: bool,
     /// [`watch_for_cancel`], parked while a request body reads the stream.
     pub(super) watcher: Option<Waker>,
+    /// Last: the one unsized field of a [`Shared`].
+    pub(super) stream: S,
 }
 
-impl Conn {
+impl<S: ?Sized> ServerConn<S> {
     /// The request body is done with the stream (ended, failed or dropped).
     fn body_done(&mut self, clean: bool) {
         if self.body.take().is_some() && !clean {
@@ -48,10 +55,47 @@ pub(super) enum BodyDecoder {
     Chunked(ChunkedDecoder),
 }
 
-pub(super) type Shared = Arc<Mutex<Conn>>;
+/// One connection, whatever it runs on.
+pub(super) type Shared = Arc<Mutex<ServerConn<dyn ServerIo>>>;
 
-pub(super) fn lock(conn: &Shared) -> MutexGuard<'_, Conn> {
+pub(super) fn lock(conn: &Shared) -> MutexGuard<'_, ServerConn<dyn ServerIo>> {
     conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The connection as a byte stream after a 101: what was received after the head first.
+pub(super) struct Upgraded(pub(super) Shared);
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut conn = lock(&self.0);
+        if !conn.pending.is_empty() {
+            let len = conn.pending.len().min(buf.remaining());
+            buf.put_slice(&conn.pending[..len]);
+            conn.pending.advance(len);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut conn.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut lock(&self.0).stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut lock(&self.0).stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut lock(&self.0).stream).poll_shutdown(cx)
+    }
 }
 
 /// Why a request body could not be read to its end.
@@ -59,13 +103,13 @@ pub(super) fn lock(conn: &Shared) -> MutexGuard<'_, Conn> {
 pub(crate) enum RequestBodyError {
     #[error("{0}")]
     Codec(#[from] CodecError),
-    #[error("tunnel stream: {0}")]
+    #[error("reading the request body: {0}")]
     Stream(io::Error),
-    #[error("the tunnel stream ended inside the request body")]
+    #[error("the connection ended inside the request body")]
     Truncated,
 }
 
-/// A request's body, read off the tunnel stream as it is polled.
+/// A request's body, read off the connection as it is polled.
 pub(crate) struct RequestBody {
     /// `None`: no body.
     pub(super) conn: Option<Shared>,

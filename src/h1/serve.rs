@@ -1,30 +1,32 @@
-//! Our own HTTP/1.1 server on a tunnel stream (the agent's side of every stream): a request
-//! head parsed, the request handed on with a body that reads the rest of it off the stream,
-//! the response written back; then the next request while both sides keep the connection. It
-//! replaces a hyper server connection per stream, which holds ~9 KiB for as long as a watch
-//! idles (S9 and F in docs/benchmarks.md); between pieces this holds the stream, a decoder and
-//! the task.
+//! Our own HTTP/1.1 server on one connection (the agent on every tunnel stream; the server on
+//! its internal listener's HTTP/1.1 clients): a request head parsed, the request handed on
+//! with a body that reads the rest of it off the connection, the response written back; then
+//! the next request while both sides keep the connection. It replaces a hyper server
+//! connection, which holds ~9 KiB for as long as a watch idles (S9 and F in
+//! docs/benchmarks.md); between pieces this holds the connection, a decoder and the task.
 //!
 //! An upgrade (exec, attach, port-forward) answered 101 by the handler: the head goes back and
-//! the stream is spliced with the handler's upgraded connection, which it puts in the
-//! response's extensions as a [`hyper::upgrade::OnUpgrade`].
+//! the connection is spliced with what the handler put in the response's extensions, an
+//! [`UpgradeTo`].
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{EXPECT, UPGRADE};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{encode_chunk, ChunkedDecoder, CodecError, LengthDecoder, MAX_HEAD};
-use super::request_body::{lock, watch_for_cancel, BodyDecoder, Conn, RequestBody, Shared};
+use super::request_body::{
+    lock, watch_for_cancel, BodyDecoder, RequestBody, ServerConn, ServerIo, Shared, Upgraded,
+};
 use super::server_codec::{
     bodiless, encode_response_head, parse_request_head, RequestBodyFraming, RequestHead,
     ResponseFraming,
@@ -32,31 +34,45 @@ use super::server_codec::{
 use crate::http::{status_response, Body};
 use crate::mux::MuxStream;
 
+/// What one connection's peer may send, and how the connection is kept.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServeLimits {
+    /// Largest request head (at most [`MAX_HEAD`]); more is answered 431.
+    pub(crate) max_head: usize,
+    /// Time a request head has to arrive whole, counted from the end of the previous exchange
+    /// (or the connection's start); `None`: unbounded (a tunnel stream, whose peer is our own
+    /// server). A late head, or an idle connection, is closed without an answer.
+    pub(crate) head_timeout: Option<Duration>,
+    /// More than one request per connection (a v1 tunnel stream carries one).
+    pub(crate) keep_alive: bool,
+}
+
 /// Serves the requests on `stream` until it ends, one at a time, each answered by `handler`.
-/// `keep_alive`: more than one request per stream (v2; a v1 stream carries one). On
-/// `shutdown`, a request in progress is finished and the stream closes; an idle one closes at
-/// once.
-pub(crate) async fn serve<H, F>(
-    stream: MuxStream,
-    keep_alive: bool,
+/// On `shutdown`, a request in progress is finished and the connection closes; an idle one
+/// closes at once.
+pub(crate) async fn serve<S, H, F>(
+    stream: S,
+    limits: ServeLimits,
     shutdown: CancellationToken,
     mut handler: H,
 ) where
+    S: ServerIo,
     H: FnMut(Request<RequestBody>) -> F,
     F: Future<Output = Response<Body>>,
 {
-    let conn: Shared = Arc::new(Mutex::new(Conn {
-        stream,
+    let conn: Shared = Arc::new(Mutex::new(ServerConn {
         pending: Bytes::new(),
         body: None,
         spoiled: false,
         watcher: None,
+        stream,
     }));
+    let keep_alive = limits.keep_alive;
     loop {
         let head = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            head = read_request_head(&conn) => head,
+            head = read_request_head(&conn, &limits) => head,
         };
         let head = match head {
             Ok(Some(head)) => head,
@@ -116,7 +132,7 @@ enum Answer {
     /// Nothing more: the stream is dropped (the peer went away, or the request was refused).
     Drop,
     /// A 101: the stream is spliced with the upgraded connection after writing it.
-    Upgrade(Response<Body>, hyper::upgrade::OnUpgrade),
+    Upgrade(Response<Body>, UpgradeTo),
 }
 
 /// Hands one request to `handler` and returns its response, ready to send.
@@ -164,15 +180,18 @@ where
     };
     let status = response.status();
     if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(upgraded) = response
-            .extensions_mut()
-            .remove::<hyper::upgrade::OnUpgrade>()
-        {
+        if let Some(upgraded) = response.extensions_mut().remove::<UpgradeTo>() {
             return Answer::Upgrade(response, upgraded);
         }
     }
     let (parts, body) = response.into_parts();
-    let framing = match body.size_hint().exact() {
+    // The body's exact size, else the handler's `Content-Length` (a relayed body's size is
+    // not known to the wrappers around it; `write_body` holds the body to it), else chunked.
+    let length = body
+        .size_hint()
+        .exact()
+        .or_else(|| super::codec::content_length(&parts.headers).ok().flatten());
+    let framing = match length {
         _ if bodiless(&method, status) => ResponseFraming::NoBody,
         Some(len) => ResponseFraming::Length(len),
         None if version == Version::HTTP_11 => ResponseFraming::Chunked,
@@ -229,12 +248,31 @@ fn request(
 /// Reads the next request head; `None` if the stream ended cleanly before one began. Gathered
 /// like the client's response heads: parsed again only when a piece ends a line. `Err(None)`:
 /// the stream failed or ended inside the head (nobody to answer).
-async fn read_request_head(conn: &Shared) -> Result<Option<RequestHead>, Option<CodecError>> {
+async fn read_request_head(
+    conn: &Shared,
+    limits: &ServeLimits,
+) -> Result<Option<RequestHead>, Option<CodecError>> {
+    let max_head = limits.max_head.min(MAX_HEAD);
     let mut gathered = BytesMut::new();
+    // From the start of the wait: an idle keep-alive connection closes too (as the listener's
+    // HTTP/2 connections do after the same time).
+    let deadline = limits
+        .head_timeout
+        .map(|timeout| tokio::time::Instant::now() + timeout);
     loop {
         let pending = std::mem::take(&mut lock(conn).pending);
         let mut piece = if pending.is_empty() {
-            let received = poll_fn(|cx| lock(conn).stream.poll_recv(cx, MAX_HEAD)).await;
+            let receive = poll_fn(|cx| lock(conn).stream.poll_recv(cx, max_head));
+            let received = match deadline {
+                None => receive.await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, receive).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        tracing::debug!("request head not complete in time; connection closed");
+                        return Err(None);
+                    }
+                },
+            };
             match received {
                 Ok(Some(piece)) => piece,
                 Ok(None) if gathered.is_empty() => return Ok(None),
@@ -244,7 +282,7 @@ async fn read_request_head(conn: &Shared) -> Result<Option<RequestHead>, Option<
             pending
         };
         if gathered.is_empty() {
-            if let Some((head, len)) = parse_request_head(&piece)? {
+            if let Some((head, len)) = parse_request_head(&piece, max_head)? {
                 lock(conn).pending = piece.split_off(len);
                 return Ok(Some(head));
             }
@@ -253,10 +291,10 @@ async fn read_request_head(conn: &Shared) -> Result<Option<RequestHead>, Option<
         }
         let ends_a_line = piece.contains(&b'\n');
         gathered.extend_from_slice(&piece);
-        if !ends_a_line && gathered.len() < MAX_HEAD {
+        if !ends_a_line && gathered.len() < max_head {
             continue;
         }
-        if let Some((head, len)) = parse_request_head(&gathered)? {
+        if let Some((head, len)) = parse_request_head(&gathered, max_head)? {
             lock(conn).pending = gathered.split_off(len).freeze();
             return Ok(Some(head));
         }
@@ -265,7 +303,7 @@ async fn read_request_head(conn: &Shared) -> Result<Option<RequestHead>, Option<
 
 /// Answers a request that cannot be served (400, or 431 for a head over the limit) and closes.
 async fn refuse(conn: &Shared, error: &CodecError) -> Answer {
-    tracing::debug!(%error, "refused a request on a tunnel stream");
+    tracing::debug!(%error, "refused a request");
     let status = match error {
         CodecError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         CodecError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
@@ -365,9 +403,48 @@ async fn write_all(conn: &Shared, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes the 101 and splices the stream with the handler's upgraded connection; what the
-/// peer sent after its request head goes there first.
-async fn splice(conn: Shared, response: Response<Body>, upgraded: hyper::upgrade::OnUpgrade) {
+/// Where a 101's connection goes: the handler puts it in the response's extensions (which
+/// hold only `Clone` values: hence the shared slot).
+#[derive(Clone)]
+pub(crate) struct UpgradeTo(Arc<Mutex<Option<Upgrade>>>);
+
+enum Upgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Stream {
+        stream: MuxStream,
+        pending: Bytes,
+        guard: Box<dyn Send + Sync>,
+    },
+}
+
+impl UpgradeTo {
+    /// An upgraded hyper client connection (the agent's, to its upstream).
+    pub(crate) fn hyper(upgraded: hyper::upgrade::OnUpgrade) -> Self {
+        Self(Arc::new(Mutex::new(Some(Upgrade::Hyper(upgraded)))))
+    }
+
+    /// A tunnel stream the agent answered 101 on (the server's relay): `pending` followed
+    /// that head; `guard` is held until the splice ends.
+    pub(crate) fn stream(stream: MuxStream, pending: Bytes, guard: Box<dyn Send + Sync>) -> Self {
+        let upgrade = Upgrade::Stream {
+            stream,
+            pending,
+            guard,
+        };
+        Self(Arc::new(Mutex::new(Some(upgrade))))
+    }
+
+    fn take(&self) -> Option<Upgrade> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
+/// Writes the 101 and splices the connection with `to`; what each side sent after its head
+/// goes to the other first. Spawned: a splice outlives the exchange (an exec session).
+async fn splice(conn: Shared, response: Response<Body>, to: UpgradeTo) {
     let mut head = Vec::with_capacity(256);
     let (parts, _) = response.into_parts();
     encode_response_head(
@@ -380,16 +457,35 @@ async fn splice(conn: Shared, response: Response<Body>, upgraded: hyper::upgrade
     if write_all(&conn, &head).await.is_err() {
         return;
     }
-    // An upgrade request has no body, so nothing else holds the stream.
-    let Ok(conn) = Arc::try_unwrap(conn) else {
+    let Some(to) = to.take() else {
         return;
     };
-    let conn = conn
-        .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    tokio::spawn(crate::http::splice_stream(
-        upgraded,
-        conn.stream,
-        conn.pending,
-    ));
+    let mut ours = Upgraded(conn);
+    tokio::spawn(async move {
+        let result = match to {
+            Upgrade::Hyper(upgraded) => match upgraded.await {
+                Ok(upgraded) => {
+                    let mut theirs = hyper_util::rt::TokioIo::new(upgraded);
+                    tokio::io::copy_bidirectional(&mut ours, &mut theirs).await
+                }
+                Err(error) => return tracing::debug!(%error, "upgrade did not complete"),
+            },
+            Upgrade::Stream {
+                mut stream,
+                pending,
+                guard,
+            } => {
+                let result = async {
+                    tokio::io::AsyncWriteExt::write_all(&mut ours, &pending).await?;
+                    tokio::io::copy_bidirectional(&mut ours, &mut stream).await
+                }
+                .await;
+                drop(guard);
+                result
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "upgraded connection ended with an error");
+        }
+    });
 }

@@ -81,19 +81,24 @@ impl RequestHead {
 }
 
 /// Parses a request head at the start of `buf`: `Ok(None)` when more bytes are needed, else
-/// the head and how many bytes it took. Limits: [`MAX_HEAD`] bytes, [`MAX_HEADERS`] headers.
-pub(crate) fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, CodecError> {
+/// the head and how many bytes it took. Limits: `max_head` bytes (at most [`MAX_HEAD`]),
+/// [`MAX_HEADERS`] headers.
+pub(crate) fn parse_request_head(
+    buf: &[u8],
+    max_head: usize,
+) -> Result<Option<(RequestHead, usize)>, CodecError> {
+    let max_head = max_head.min(MAX_HEAD);
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
     let len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
             return Err(CodecError::HeadTooLarge)
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(CodecError::Head(error.to_string())),
     };
-    if len > MAX_HEAD {
+    if len > max_head {
         return Err(CodecError::HeadTooLarge);
     }
     let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
@@ -184,7 +189,7 @@ mod tests {
     use super::*;
 
     fn parsed(head: &str) -> RequestHead {
-        parse_request_head(head.as_bytes())
+        parse_request_head(head.as_bytes(), MAX_HEAD)
             .expect("valid")
             .expect("complete")
             .0
@@ -194,11 +199,13 @@ mod tests {
     fn a_request_head_parses_once_complete_and_says_how_long_it_was() {
         let text = "GET /api?x=1 HTTP/1.1\r\nHost: a\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nBODY";
         for end in 0..text.len() - 4 {
-            assert!(parse_request_head(&text.as_bytes()[..end])
+            assert!(parse_request_head(&text.as_bytes()[..end], MAX_HEAD)
                 .unwrap()
                 .is_none());
         }
-        let (head, len) = parse_request_head(text.as_bytes()).unwrap().unwrap();
+        let (head, len) = parse_request_head(text.as_bytes(), MAX_HEAD)
+            .unwrap()
+            .unwrap();
         assert_eq!(len, text.len() - 4);
         assert_eq!(
             (head.method, head.target.as_str(), head.version),
@@ -214,11 +221,14 @@ mod tests {
             "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
             "GET / HTTP/9\r\n\r\n",
         ] {
-            assert!(parse_request_head(bad.as_bytes()).is_err(), "{bad:?}");
+            assert!(
+                parse_request_head(bad.as_bytes(), MAX_HEAD).is_err(),
+                "{bad:?}"
+            );
         }
         let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
         assert_eq!(
-            parse_request_head(long.as_bytes()).unwrap_err(),
+            parse_request_head(long.as_bytes(), MAX_HEAD).unwrap_err(),
             CodecError::HeadTooLarge
         );
     }

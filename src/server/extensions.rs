@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::authenticate;
@@ -54,7 +53,7 @@ impl Slots {
 /// Handles one request on the extensions listener.
 pub async fn handle(
     state: Arc<ServerState>,
-    request: Request<Incoming>,
+    request: Request<Body>,
     client: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -85,7 +84,7 @@ pub async fn handle(
 
 async fn forward(
     state: &Arc<ServerState>,
-    request: Request<Incoming>,
+    request: Request<Body>,
     client: SocketAddr,
     extension_label: &mut String,
     cluster_label: &mut String,

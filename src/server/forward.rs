@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::callers::Refusal;
 use super::relay::{relay, Route};
@@ -178,7 +177,7 @@ pub(crate) fn rescue(error: &ForwardError) -> Response<Body> {
 /// Handles one request on the internal listener.
 pub async fn handle(
     state: Arc<ServerState>,
-    request: Request<Incoming>,
+    request: Request<Body>,
     client: SocketAddr,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
@@ -210,7 +209,7 @@ pub async fn handle(
 
 async fn forward(
     state: &Arc<ServerState>,
-    request: Request<Incoming>,
+    request: Request<Body>,
     client: SocketAddr,
     path: &str,
 ) -> Result<Response<Body>, ForwardError> {

@@ -231,6 +231,14 @@ impl Server {
             max_connections: limits.max_connections_per_listener,
             max_h2_streams: limits.max_h2_streams_per_connection,
             tls: tls.clone(),
+            own_http1: false,
+        };
+        // Argo CD's requests (watches among them) are served by our own HTTP/1.1 server on
+        // the listeners that relay them (S9); hyper's serves the agents' WebSocket upgrades
+        // and the ops endpoints.
+        let relaying = |tls: &Option<Arc<TlsSlot>>| listen::ServeOptions {
+            own_http1: true,
+            ..options(tls)
         };
         let connections = TaskTracker::new();
         let stop = CancellationToken::new();
@@ -249,7 +257,7 @@ impl Server {
             servers.push(tokio::spawn(public));
         }
         {
-            let serve_options = options(&state.internal_tls);
+            let serve_options = relaying(&state.internal_tls);
             let state = state.clone();
             let handler = move |request, peer| forward::handle(state.clone(), request, peer);
             let internal = listen::serve(
@@ -273,7 +281,7 @@ impl Server {
             )));
         }
         if let Some(listener) = self.extensions {
-            let serve_options = options(&state.extensions_tls);
+            let serve_options = relaying(&state.extensions_tls);
             let state = state.clone();
             let handler = move |request, peer| extensions::handle(state.clone(), request, peer);
             servers.push(tokio::spawn(listen::serve(

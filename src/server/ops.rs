@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::ServerState;
 use crate::http::{text_response, Body};
 
 /// Routes one request on the ops listener.
-pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: Arc<ServerState>, request: Request<Body>) -> Response<Body> {
     match request.uri().path() {
         "/healthz" => text_response(StatusCode::OK, "ok"),
         "/readyz" => readyz(&state, request.uri().query()),

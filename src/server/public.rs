@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::auth::authenticate;
@@ -18,7 +17,7 @@ use crate::transport::tls_server::ClientCert;
 use crate::transport::websocket;
 
 /// Routes one request on the public listener.
-pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: Arc<ServerState>, request: Request<Body>) -> Response<Body> {
     match request.uri().path() {
         "/connect" => connect(state, request),
         "/healthz" => text_response(StatusCode::OK, "ok"),
@@ -26,7 +25,7 @@ pub async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Resp
     }
 }
 
-fn connect(state: Arc<ServerState>, mut request: Request<Incoming>) -> Response<Body> {
+fn connect(state: Arc<ServerState>, mut request: Request<Body>) -> Response<Body> {
     let headers = request.headers();
     // The Go server strips a case-sensitive "Bearer " and otherwise uses the whole value.
     let presented = headers

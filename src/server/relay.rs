@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderValue, Request, Response, Version as HttpVersion};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::forward::ForwardError;
 use super::pool::Pooled;
@@ -35,7 +34,7 @@ pub(crate) async fn relay(
     state: &Arc<ServerState>,
     session: &SessionHandle,
     route: Route<'_>,
-    request: Request<Incoming>,
+    request: Request<Body>,
     client: SocketAddr,
     rest: &str,
     prepare: impl FnOnce(&mut HeaderMap),
@@ -49,6 +48,12 @@ pub(crate) async fn relay(
     // An upgrade (exec, attach, port-forward): relayed as a raw pipe once the upstream's 101
     // is relayed; any other answer goes back as a normal response (clients fall back to SPDY).
     let mut request = request;
+    // Served by our own HTTP/1.1 server: it splices an upgrade itself, with what we put in
+    // the response; else hyper's connection hands the client's side over.
+    let served_here = request
+        .extensions()
+        .get::<crate::listen::ServedHere>()
+        .is_some();
     let upgrade = match (
         wants_upgrade(request.headers()),
         request.headers().get(header::UPGRADE),
@@ -114,12 +119,18 @@ pub(crate) async fn relay(
             // The 101 goes back verbatim (every value of repeated headers, the accepted
             // subprotocol); then the client's connection and the tunnel stream are spliced.
             let client_upgrade = client_upgrade.expect("a 101 is an upgrade only when asked");
+            let (parts, ()) = head.into_parts();
+            let mut response = Response::from_parts(parts, crate::http::full(""));
+            if served_here {
+                let to = crate::h1::UpgradeTo::stream(stream, pending, Box::new(active));
+                response.extensions_mut().insert(to);
+                return Ok(response);
+            }
             state.tracker.spawn(async move {
                 crate::http::splice_stream(client_upgrade, stream, pending).await;
                 drop(active);
             });
-            let (parts, ()) = head.into_parts();
-            return Ok(Response::from_parts(parts, crate::http::full("")));
+            return Ok(response);
         }
         Answer::Response(response) => response,
     };

@@ -21,10 +21,11 @@
 //!   frame adapter with both sides of the upgrade, rustls client and server configurations
 //!   (mTLS, rotation), and the agent's egress `CONNECT` through an HTTP proxy.
 //! - [`http`]: HTTP hygiene both binaries share (hop-by-hop stripping, `Status` bodies);
-//!   `h1`: our own HTTP/1.1 client (a pure codec, an exchange over any connection read in
-//!   pieces, a body that holds no buffer while it waits), which the server runs on tunnel
-//!   streams and the agent on its connections for watches; [`listen`]: the accept loop of
-//!   every listener.
+//!   `h1`: our own HTTP/1.1 client and server (pure codecs; an exchange, or a serve loop, over
+//!   any connection read in pieces; bodies that hold no buffer while they wait): the server's
+//!   relay is its client on tunnel streams and its internal listener's HTTP/1.1 server, the
+//!   agent is its server on tunnel streams and its client for watches — an idle watch costs
+//!   ~3 KiB at each end (S9); [`listen`]: the accept loop of every listener.
 //! - [`server`]: public `/connect` → negotiation → session in the registry; internal
 //!   `/tunnel/<cluster-id>/…` → a stream on that cluster's session, on which the server writes
 //!   the request and reads the answer with its own HTTP/1.1 client (an idle watch holds the

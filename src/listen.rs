@@ -62,7 +62,7 @@ pub struct ServeOptions {
     /// TLS for new connections (swapped by a reload); `None`: plain HTTP/1.1.
     pub tls: Option<Arc<TlsSlot>>,
     /// HTTP/1.1 connections are served by our own server (`h1::serve`), which holds ~3 KiB per
-    /// idle watch where hyper's holds ~12 (S9); requests it serves carry [`ServedHere`], and an
+    /// idle watch where hyper's holds ~12 (S9); requests it serves carry `ServedHere`, and an
     /// upgrade is answered by putting the connection to splice with in the response.
     pub own_http1: bool,
 }

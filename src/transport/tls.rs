@@ -225,7 +225,7 @@ pub type UpstreamIo =
 const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Dials `target` (`host:port`, or `host` for the scheme's port) and, with `tls`, completes a
-/// handshake verifying its host; each step within [`UPSTREAM_CONNECT_TIMEOUT`].
+/// handshake verifying its host; each step within `UPSTREAM_CONNECT_TIMEOUT` (10 s).
 pub async fn dial_upstream(
     tls: Option<&Arc<ClientConfig>>,
     target: &str,

@@ -127,10 +127,11 @@ pub async fn serve<H, F>(
         let (handle, shutdown, options) = (handle.clone(), shutdown.clone(), options.clone());
         // One task per connection, each path a future of its own: an idle plain connection (a
         // watch holds one for hours) carries no TLS handshake or HTTP/2 state (S9).
+        let splices = tracker.clone();
         if options.tls.is_none() && options.own_http1 {
             tracker.spawn(async move {
                 let _slot = slot;
-                serve_own(Pieces(tcp), peer, None, handle, shutdown, &options).await
+                serve_own(Pieces(tcp), peer, None, handle, shutdown, &options, splices).await
             });
         } else if options.tls.is_none() {
             tracker.spawn(async move {
@@ -141,7 +142,7 @@ pub async fn serve<H, F>(
         } else {
             tracker.spawn(async move {
                 let _slot = slot;
-                serve_tls(tcp, peer, handle, shutdown, options).await
+                serve_tls(tcp, peer, handle, shutdown, options, splices).await
             });
         }
     }
@@ -154,6 +155,7 @@ async fn serve_tls<H, F>(
     handle: H,
     shutdown: CancellationToken,
     options: ServeOptions,
+    splices: TaskTracker,
 ) where
     H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -184,7 +186,16 @@ async fn serve_tls<H, F>(
         .and_then(|chain| chain.first())
         .map(|leaf| ClientCert(leaf.clone().into_owned()));
     if !h2 && options.own_http1 {
-        return serve_own(Pieces(stream), peer, cert, handle, shutdown, &options).await;
+        return serve_own(
+            Pieces(stream),
+            peer,
+            cert,
+            handle,
+            shutdown,
+            &options,
+            splices,
+        )
+        .await;
     }
     let io = TokioIo::new(stream);
     if !h2 {
@@ -221,6 +232,7 @@ async fn serve_own<S, H, F>(
     handle: H,
     shutdown: CancellationToken,
     options: &ServeOptions,
+    tracker: TaskTracker,
 ) where
     S: crate::h1::ServerIo,
     H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -231,7 +243,7 @@ async fn serve_own<S, H, F>(
         head_timeout: Some(options.header_read_timeout),
         keep_alive: true,
     };
-    crate::h1::serve(io, limits, shutdown, move |request| {
+    crate::h1::serve(io, limits, shutdown, Some(tracker), move |request| {
         let mut request = request.map(|body| body.map_err(Into::into).boxed());
         if let Some(cert) = &cert {
             request.extensions_mut().insert(cert.clone());

@@ -190,10 +190,11 @@ async fn a_malformed_or_oversized_request_gets_an_error_and_a_closed_stream() {
     let dir = TempDir::new();
     let (server, _agent) = agent_session(&dir, echo_upstream().await).await;
     let oversized = {
-        // Under the header count limit (128): the byte limit must be what refuses it.
+        // Over the agent's head limit (1 MiB, the server's default `max_request_header_bytes`)
+        // and under the header count limit (128): the byte limit must be what refuses it.
         let mut head = b"GET / HTTP/1.1\r\n".to_vec();
-        let filler = format!("X-Filler: {}\r\n", "a".repeat(1000));
-        while head.len() <= 64 * 1024 {
+        let filler = format!("X-Filler: {}\r\n", "a".repeat(10_000));
+        while head.len() <= 1024 * 1024 {
             head.extend_from_slice(filler.as_bytes());
         }
         head
@@ -223,7 +224,7 @@ async fn a_malformed_or_oversized_request_gets_an_error_and_a_closed_stream() {
     for (request, status) in cases {
         let mut stream = open(&server).await;
         // Dribbled in pieces that end lines, so the head is parsed again and again.
-        for piece in request.chunks(1000) {
+        for piece in request.chunks(4096) {
             if stream.write_all(piece).await.is_err() {
                 break; // the agent answered and closed before it all went
             }
@@ -338,12 +339,15 @@ async fn a_request_body_the_upstream_leaves_unread_ends_the_stream_after_the_ans
         "{response}"
     );
     assert_ends(&mut stream).await;
-    // The same for a refusal the agent makes itself (a backend it does not allow).
+    // The same for a refusal the agent makes itself (a backend it does not allow); a client
+    // that waits for `100 Continue` gets the refusal instead, and never sends its body.
     let mut stream = within("open", server.session.handle.open(b"extension/unknown"))
         .await
         .expect("stream");
     stream
-        .write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .write_all(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
         .await
         .unwrap();
     let response = read_response(&mut stream).await;

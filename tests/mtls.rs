@@ -400,3 +400,77 @@ async fn argo_cd_multiplexes_watches_over_one_http2_connection_with_a_client_cer
             .unwrap();
     }
 }
+
+/// HTTP/1.1 over TLS on the internal listener (our own HTTP/1.1 server): a large answer to a
+/// reader that pauses (so the server meets a full socket) arrives whole and intact. (That the
+/// server flushes what TLS buffered is shown without timing by `h1::serve`'s own test.)
+#[tokio::test]
+async fn a_large_answer_over_tls_http1_reaches_a_pausing_reader_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LEN: usize = 8 * 1024 * 1024;
+    let dir = TempDir::new();
+    let ca = TestCa::new("internal CA");
+    let (cert, key) = ca.issue(&dir.0, "internal", &["localhost"], false);
+    let ca_file = ca.write(&dir.0, "ca.pem");
+    std::fs::write(dir.0.join("c1.token"), "t1").unwrap();
+    let server = server_from_toml(
+        &dir.0,
+        &format!(
+            "[public]\nlisten = \"127.0.0.1:0\"\n[internal]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\n\
+             tls_key = \"{}\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[limits]\nheader_read_timeout = \"2s\"\n\
+             [[cluster]]\nid = \"c1\"\ntoken_file = \"c1.token\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let upstream = support::pattern_upstream().await;
+    let _agent = agent_from_toml(
+        &dir.0,
+        "a1",
+        &format!(
+            "server_url = \"ws://{}/connect\"\nallow_insecure_server = true\ntoken_file = \"c1.token\"\n\
+             health_listen = \"127.0.0.1:0\"\n[upstream]\ntarget = \"{upstream}\"\nplaintext = true\ninject_token = false\n",
+            server.addrs.public
+        ),
+    )
+    .await;
+    wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    let tcp = tokio::net::TcpStream::connect(server.addrs.internal)
+        .await
+        .unwrap();
+    let mut tls = tls::connect(client(&ca_file, None, &[b"http/1.1"]), "localhost", tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        format!("GET /tunnel/c1/bytes/{LEN} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut received = Vec::with_capacity(LEN + 1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    // The pause: the server fills the socket and its TLS buffer meanwhile.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    within("the whole answer", async {
+        loop {
+            let read = tls.read(&mut buf).await.expect("the connection stays up");
+            assert!(
+                read > 0,
+                "the connection ended after {} bytes",
+                received.len()
+            );
+            received.extend_from_slice(&buf[..read]);
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                if received.len() - end - 4 >= LEN {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        received[end..] == support::pattern(7, LEN)[..],
+        "body intact"
+    );
+}

@@ -17,6 +17,11 @@ use crate::http::{status_response, strip_hop_by_hop, wants_upgrade, Body};
 use crate::mux::IncomingStream;
 use crate::protocol::{ResetReason, Version};
 
+/// Largest request head the agent reads off a tunnel stream: the server's default
+/// `max_request_header_bytes`, which bounds what it relays (hyper's server, here before, took
+/// ~408 KiB).
+const TUNNEL_MAX_HEAD: usize = 1024 * 1024;
+
 /// The v2 target name of the Kubernetes API.
 pub const KUBERNETES: &[u8] = b"kubernetes";
 
@@ -64,13 +69,13 @@ pub async fn serve_stream(
     let stream = incoming.accept();
     state.metrics.upstream_requests.inc(&[]);
     let limits = crate::h1::ServeLimits {
-        max_head: crate::h1::codec::MAX_HEAD,
+        max_head: TUNNEL_MAX_HEAD,
         // The peer is the server, and a stream waiting for a head costs only its slot.
         head_timeout: None,
         // v1 streams carry exactly one request (the Go server sends `Connection: close`).
         keep_alive: version == Version::V2,
     };
-    crate::h1::serve(stream, limits, shutdown, |request| {
+    crate::h1::serve(stream, limits, shutdown, None, |request| {
         let state = state.clone();
         let destination = target.resolve(&state);
         // Boxed: the stream's task would otherwise be the size of the forwarding state for

@@ -26,7 +26,7 @@ pub(crate) const MAX_INTERIM: usize = 32;
 /// Malformed or oversized input from the peer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum CodecError {
-    #[error("head over {MAX_HEAD} bytes")]
+    #[error("head over its size limit")]
     HeadTooLarge,
     #[error("malformed head: {0}")]
     Head(String),
@@ -40,6 +40,8 @@ pub(crate) enum CodecError {
     UnexpectedUpgrade,
     #[error("a transfer coding other than chunked alone")]
     UnsupportedCoding,
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
 }
 
 /// How a request's body is framed on the stream.

@@ -11,6 +11,7 @@ mod body;
 pub(crate) mod codec;
 mod request_body;
 mod serve;
+mod upgrade;
 mod server_codec;
 
 use std::future::poll_fn;
@@ -28,7 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 pub(crate) use body::{ResponseBody, Reuse};
 use codec::{encode_chunk, encode_request_head, parse_response_head, CodecError, RequestFraming};
 pub(crate) use request_body::{RequestBody, ServerIo};
-pub(crate) use serve::{serve, ServeLimits, UpgradeTo};
+pub(crate) use serve::{serve, ServeLimits};
+pub(crate) use upgrade::UpgradeTo;
 
 use crate::http::BoxError;
 use crate::mux::MuxStream;

@@ -34,6 +34,8 @@ pub(super) struct ServerConn<S: ?Sized> {
     pub(super) spoiled: bool,
     /// [`watch_for_cancel`], parked while a request body reads the stream.
     pub(super) watcher: Option<Waker>,
+    /// What is left to write of a `100 Continue` the body sends when first read.
+    pub(super) continue_unsent: &'static [u8],
     /// Last: the one unsized field of a [`Shared`].
     pub(super) stream: S,
 }
@@ -129,6 +131,12 @@ impl hyper::body::Body for RequestBody {
         };
         let mut guard = lock(&shared);
         let conn = &mut *guard;
+        if !conn.continue_unsent.is_empty() {
+            if let Err(error) = std::task::ready!(send_continue(conn, cx)) {
+                conn.body_done(false);
+                return Poll::Ready(Some(Err(RequestBodyError::Stream(error))));
+            }
+        }
         loop {
             let decoded = match &mut conn.body {
                 None => Ok(Decoded::End),
@@ -194,6 +202,22 @@ impl hyper::body::Body for RequestBody {
             (Some(_), None) => SizeHint::default(),
         }
     }
+}
+
+/// Writes what is left of the `100 Continue` and flushes it.
+fn send_continue(
+    conn: &mut ServerConn<dyn ServerIo>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !conn.continue_unsent.is_empty() {
+        let written =
+            std::task::ready!(Pin::new(&mut conn.stream).poll_write(cx, conn.continue_unsent))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        conn.continue_unsent = &conn.continue_unsent[written..];
+    }
+    Pin::new(&mut conn.stream).poll_flush(cx)
 }
 
 impl Drop for RequestBody {

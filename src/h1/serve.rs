@@ -22,22 +22,26 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::codec::{encode_chunk, ChunkedDecoder, CodecError, LengthDecoder, MAX_HEAD};
+use super::codec::{encode_chunk, ChunkedDecoder, CodecError, LengthDecoder};
 use super::request_body::{
-    lock, watch_for_cancel, BodyDecoder, RequestBody, ServerConn, ServerIo, Shared, Upgraded,
+    lock, watch_for_cancel, BodyDecoder, RequestBody, ServerConn, ServerIo, Shared,
 };
 use super::server_codec::{
     bodiless, encode_response_head, parse_request_head, RequestBodyFraming, RequestHead,
     ResponseFraming,
 };
+use super::upgrade::{splice, UpgradeTo};
 use crate::http::{status_response, Body};
-use crate::mux::MuxStream;
+
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What one connection's peer may send, and how the connection is kept.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServeLimits {
-    /// Largest request head (at most [`MAX_HEAD`]); more is answered 431.
+    /// Largest request head; more is answered 431.
     pub(crate) max_head: usize,
     /// Time a request head has to arrive whole, counted from the end of the previous exchange
     /// (or the connection's start); `None`: unbounded (a tunnel stream, whose peer is our own
@@ -49,11 +53,13 @@ pub(crate) struct ServeLimits {
 
 /// Serves the requests on `stream` until it ends, one at a time, each answered by `handler`.
 /// On `shutdown`, a request in progress is finished and the connection closes; an idle one
-/// closes at once.
+/// closes at once. An upgrade's splice outlives the loop: it is spawned on `splices` (so a
+/// shutdown waits for it) or, without one, on the runtime.
 pub(crate) async fn serve<S, H, F>(
     stream: S,
     limits: ServeLimits,
     shutdown: CancellationToken,
+    splices: Option<TaskTracker>,
     mut handler: H,
 ) where
     S: ServerIo,
@@ -65,6 +71,7 @@ pub(crate) async fn serve<S, H, F>(
         body: None,
         spoiled: false,
         watcher: None,
+        continue_unsent: &[],
         stream,
     }));
     let keep_alive = limits.keep_alive;
@@ -94,7 +101,7 @@ pub(crate) async fn serve<S, H, F>(
             } => (head, body, framing, close),
             Answer::Drop => return,
             Answer::Upgrade(response, upgraded) => {
-                return Box::pin(splice(conn, response, upgraded)).await
+                return Box::pin(splice(conn, response, upgraded, splices)).await
             }
         };
         let sent = Box::pin(async {
@@ -156,15 +163,10 @@ where
         .headers
         .remove(EXPECT)
         .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    // Only an HTTP/1.1 client may be sent a 1xx (RFC 9110 §15.2).
+    // Only an HTTP/1.1 client may be sent a 1xx (RFC 9110 §15.2). It goes when the handler
+    // first reads the body, as hyper's server did: a refused request's body is never sent.
     if continue_first && framing != RequestBodyFraming::Empty && head.version == Version::HTTP_11 {
-        // The peer waits for this before it sends the body; the handler reads it at once.
-        if write_all(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-        {
-            return Answer::Drop;
-        }
+        lock(conn).continue_unsent = CONTINUE;
     }
     let upgrade = head.headers.contains_key(UPGRADE);
     let (method, version) = (head.method.clone(), head.version);
@@ -183,6 +185,12 @@ where
         if let Some(upgraded) = response.extensions_mut().remove::<UpgradeTo>() {
             return Answer::Upgrade(response, upgraded);
         }
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 with nothing to splice with: the peer would speak another protocol to a loop
+        // that reads HTTP requests.
+        tracing::warn!("a 101 answer without an upgraded connection; the connection is dropped");
+        return Answer::Drop;
     }
     let (parts, body) = response.into_parts();
     // The body's exact size, else the handler's `Content-Length` (a relayed body's size is
@@ -203,6 +211,8 @@ where
         let conn = lock(conn);
         conn.spoiled || conn.body.is_some()
     };
+    // Answered before the body was read: no `100 Continue` after the final head.
+    lock(conn).continue_unsent = &[];
     let close =
         !keep || body_left || framing == ResponseFraming::UntilClose || shutdown.is_cancelled();
     let mut head = Vec::with_capacity(512);
@@ -252,7 +262,7 @@ async fn read_request_head(
     conn: &Shared,
     limits: &ServeLimits,
 ) -> Result<Option<RequestHead>, Option<CodecError>> {
-    let max_head = limits.max_head.min(MAX_HEAD);
+    let max_head = limits.max_head;
     let mut gathered = BytesMut::new();
     // From the start of the wait: an idle keep-alive connection closes too (as the listener's
     // HTTP/2 connections do after the same time).
@@ -305,7 +315,9 @@ async fn read_request_head(
 async fn refuse(conn: &Shared, error: &CodecError) -> Answer {
     tracing::debug!(%error, "refused a request");
     let status = match error {
-        CodecError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        CodecError::HeadTooLarge | CodecError::TooManyHeaders => {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        }
         CodecError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::BAD_REQUEST,
     };
@@ -395,97 +407,16 @@ async fn flush(conn: &Shared, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-async fn write_all(conn: &Shared, mut buf: &[u8]) -> io::Result<()> {
+/// Writes `buf` and flushes it: a TLS connection may otherwise keep the tail of a response in
+/// its buffer while the loop waits for the next request (as hyper flushes every message).
+pub(super) async fn write_all(conn: &Shared, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let written = poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_write(cx, buf)).await?;
         buf = &buf[written..];
     }
-    Ok(())
+    poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_flush(cx)).await
 }
 
-/// Where a 101's connection goes: the handler puts it in the response's extensions (which
-/// hold only `Clone` values: hence the shared slot).
-#[derive(Clone)]
-pub(crate) struct UpgradeTo(Arc<Mutex<Option<Upgrade>>>);
-
-enum Upgrade {
-    Hyper(hyper::upgrade::OnUpgrade),
-    Stream {
-        stream: MuxStream,
-        pending: Bytes,
-        guard: Box<dyn Send + Sync>,
-    },
-}
-
-impl UpgradeTo {
-    /// An upgraded hyper client connection (the agent's, to its upstream).
-    pub(crate) fn hyper(upgraded: hyper::upgrade::OnUpgrade) -> Self {
-        Self(Arc::new(Mutex::new(Some(Upgrade::Hyper(upgraded)))))
-    }
-
-    /// A tunnel stream the agent answered 101 on (the server's relay): `pending` followed
-    /// that head; `guard` is held until the splice ends.
-    pub(crate) fn stream(stream: MuxStream, pending: Bytes, guard: Box<dyn Send + Sync>) -> Self {
-        let upgrade = Upgrade::Stream {
-            stream,
-            pending,
-            guard,
-        };
-        Self(Arc::new(Mutex::new(Some(upgrade))))
-    }
-
-    fn take(&self) -> Option<Upgrade> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-    }
-}
-
-/// Writes the 101 and splices the connection with `to`; what each side sent after its head
-/// goes to the other first. Spawned: a splice outlives the exchange (an exec session).
-async fn splice(conn: Shared, response: Response<Body>, to: UpgradeTo) {
-    let mut head = Vec::with_capacity(256);
-    let (parts, _) = response.into_parts();
-    encode_response_head(
-        parts.status,
-        &parts.headers,
-        ResponseFraming::NoBody,
-        false,
-        &mut head,
-    );
-    if write_all(&conn, &head).await.is_err() {
-        return;
-    }
-    let Some(to) = to.take() else {
-        return;
-    };
-    let mut ours = Upgraded(conn);
-    tokio::spawn(async move {
-        let result = match to {
-            Upgrade::Hyper(upgraded) => match upgraded.await {
-                Ok(upgraded) => {
-                    let mut theirs = hyper_util::rt::TokioIo::new(upgraded);
-                    tokio::io::copy_bidirectional(&mut ours, &mut theirs).await
-                }
-                Err(error) => return tracing::debug!(%error, "upgrade did not complete"),
-            },
-            Upgrade::Stream {
-                mut stream,
-                pending,
-                guard,
-            } => {
-                let result = async {
-                    tokio::io::AsyncWriteExt::write_all(&mut ours, &pending).await?;
-                    tokio::io::copy_bidirectional(&mut ours, &mut stream).await
-                }
-                .await;
-                drop(guard);
-                result
-            }
-        };
-        if let Err(error) = result {
-            tracing::debug!(%error, "upgraded connection ended with an error");
-        }
-    });
-}
+#[cfg(test)]
+#[path = "serve_tests.rs"]
+mod tests;

@@ -5,7 +5,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-use super::codec::{CodecError, MAX_HEAD, MAX_HEADERS};
+use super::codec::{CodecError, MAX_HEADERS};
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -81,13 +81,12 @@ impl RequestHead {
 }
 
 /// Parses a request head at the start of `buf`: `Ok(None)` when more bytes are needed, else
-/// the head and how many bytes it took. Limits: `max_head` bytes (at most [`MAX_HEAD`]),
-/// [`MAX_HEADERS`] headers.
+/// the head and how many bytes it took. Limits: `max_head` bytes, [`MAX_HEADERS`] headers
+/// (both answered 431).
 pub(crate) fn parse_request_head(
     buf: &[u8],
     max_head: usize,
 ) -> Result<Option<(RequestHead, usize)>, CodecError> {
-    let max_head = max_head.min(MAX_HEAD);
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
     let len = match request.parse(buf) {
@@ -96,6 +95,7 @@ pub(crate) fn parse_request_head(
             return Err(CodecError::HeadTooLarge)
         }
         Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooManyHeaders),
         Err(error) => return Err(CodecError::Head(error.to_string())),
     };
     if len > max_head {
@@ -187,6 +187,7 @@ fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::codec::MAX_HEAD;
 
     fn parsed(head: &str) -> RequestHead {
         parse_request_head(head.as_bytes(), MAX_HEAD)
@@ -230,6 +231,18 @@ mod tests {
         assert_eq!(
             parse_request_head(long.as_bytes(), MAX_HEAD).unwrap_err(),
             CodecError::HeadTooLarge
+        );
+        // The limit is the caller's (a listener's `max_request_header_bytes`).
+        assert!(parse_request_head(long.as_bytes(), 2 * MAX_HEAD)
+            .unwrap()
+            .is_none());
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(
+            parse_request_head(many.as_bytes(), MAX_HEAD).unwrap_err(),
+            CodecError::TooManyHeaders
         );
     }
 

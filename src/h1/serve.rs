@@ -76,10 +76,18 @@ pub(crate) async fn serve<S, H, F>(
     }));
     let keep_alive = limits.keep_alive;
     loop {
-        let head = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            head = read_request_head(&conn, &limits) => head,
+        // Boxed like the other phases: the wait for a head (its timer, the shutdown watch and
+        // the gathered bytes) is not part of what a streaming watch holds.
+        let head = Box::pin(async {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => None,
+                head = read_request_head(&conn, &limits) => Some(head),
+            }
+        })
+        .await;
+        let Some(head) = head else {
+            return;
         };
         let head = match head {
             Ok(Some(head)) => head,

@@ -97,6 +97,16 @@ async fn read_response(stream: &mut MuxStream) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
+/// The response announces that the stream ends after it.
+fn assert_says_close(response: &str) {
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
+}
+
 /// The stream's end after a response: a clean EOF.
 async fn assert_ends(stream: &mut MuxStream) {
     let mut rest = Vec::new();
@@ -162,12 +172,7 @@ async fn requests_one_after_another_on_a_stream_with_every_body_framing() {
         .await
         .unwrap();
     let response = read_response(&mut stream).await;
-    assert!(
-        response
-            .to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{response}"
-    );
+    assert_says_close(&response);
     assert_ends(&mut stream).await;
     let mut stream = open(&server).await;
     stream
@@ -176,12 +181,7 @@ async fn requests_one_after_another_on_a_stream_with_every_body_framing() {
         .unwrap();
     let response = read_response(&mut stream).await;
     assert!(response.ends_with("\r\n\r\nPOST /f\nabcd"), "{response}");
-    assert!(
-        response
-            .to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{response}"
-    );
+    assert_says_close(&response);
     assert_ends(&mut stream).await;
 }
 
@@ -236,12 +236,7 @@ async fn a_malformed_or_oversized_request_gets_an_error_and_a_closed_stream() {
             String::from_utf8_lossy(&request[..20])
         );
         assert!(response.contains("\"kind\":\"Status\""), "{response}");
-        assert!(
-            response
-                .to_ascii_lowercase()
-                .contains("\r\nconnection: close\r\n"),
-            "{response}"
-        );
+        assert_says_close(&response);
         assert_ends(&mut stream).await;
     }
     // The session still serves.
@@ -332,12 +327,7 @@ async fn a_request_body_the_upstream_leaves_unread_ends_the_stream_after_the_ans
     assert!(response.ends_with("\r\n\r\nbig"), "{response}");
     // The rest of the body would read as the next request: the stream is not used again, and
     // the answer says so (the server must not pool it).
-    assert!(
-        response
-            .to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{response}"
-    );
+    assert_says_close(&response);
     assert_ends(&mut stream).await;
     // The same for a refusal the agent makes itself (a backend it does not allow); a client
     // that waits for `100 Continue` gets the refusal instead, and never sends its body.
@@ -352,11 +342,6 @@ async fn a_request_body_the_upstream_leaves_unread_ends_the_stream_after_the_ans
         .unwrap();
     let response = read_response(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 403 "), "{response}");
-    assert!(
-        response
-            .to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{response}"
-    );
+    assert_says_close(&response);
     assert_ends(&mut stream).await;
 }

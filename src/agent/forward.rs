@@ -216,11 +216,7 @@ async fn forward(
     let request = Request::from_parts(parts, body);
     if tunnel_upgrade.is_none() && long_lived(&path) {
         let response = match upstream.long_lived.send(request).await {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.map_err(Into::into).boxed())
-            }
+            Ok(response) => relayed(response),
             Err(error) => upstream_failed(&state, upstream, &error),
         };
         log_proxied(&method, &path, &response, started, impersonate.as_deref());
@@ -243,15 +239,22 @@ async fn forward(
                 .insert(crate::h1::UpgradeTo::hyper(upstream_upgrade));
             response
         }
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.map_err(Into::into).boxed())
-        }
+        Ok(response) => relayed(response),
         Err(error) => upstream_failed(&state, upstream, &error),
     };
     log_proxied(&method, &path, &response, started, impersonate.as_deref());
     response
+}
+
+/// The destination's answer as it goes back: its hop-by-hop headers are this hop's.
+fn relayed<B>(response: Response<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<crate::http::BoxError>,
+{
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(Into::into).boxed())
 }
 
 /// The 502 for a request the destination did not answer.

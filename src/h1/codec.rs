@@ -161,22 +161,30 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, CodecEr
     Ok(length)
 }
 
+/// What httparse made of the `buffered` bytes at a head's start, held to `max` bytes: the
+/// head's length, or `None` while more may come.
+pub(crate) fn head_length(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    max: usize,
+) -> Result<Option<usize>, CodecError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len > max => Err(CodecError::HeadTooLarge),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buffered >= max => Err(CodecError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(error) => Err(CodecError::Head(error.to_string())),
+    }
+}
+
 /// Parses a response head at the start of `buf`: `Ok(None)` when more bytes are needed,
 /// else the head and how many bytes it took.
 pub(crate) fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, CodecError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut slots);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-            return Err(CodecError::HeadTooLarge)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(error) => return Err(CodecError::Head(error.to_string())),
+    let Some(len) = head_length(response.parse(buf), buf.len(), MAX_HEAD)? else {
+        return Ok(None);
     };
-    if len > MAX_HEAD {
-        return Err(CodecError::HeadTooLarge);
-    }
     let status = response
         .code
         .and_then(|code| StatusCode::from_u16(code).ok())

@@ -215,12 +215,12 @@ where
     };
     // A request body the handler left unread (an early answer, a refusal) would read as the
     // next request: the stream closes after this answer, and the answer says so.
+    // And an answer before the body was read takes back the `100 Continue` not yet sent.
     let body_left = {
-        let conn = lock(conn);
+        let mut conn = lock(conn);
+        conn.continue_unsent = &[];
         conn.spoiled || conn.body.is_some()
     };
-    // Answered before the body was read: no `100 Continue` after the final head.
-    lock(conn).continue_unsent = &[];
     let close =
         !keep || body_left || framing == ResponseFraming::UntilClose || shutdown.is_cancelled();
     let mut head = Vec::with_capacity(512);

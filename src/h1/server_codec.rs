@@ -89,18 +89,13 @@ pub(crate) fn parse_request_head(
 ) -> Result<Option<(RequestHead, usize)>, CodecError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
-            return Err(CodecError::HeadTooLarge)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooManyHeaders),
-        Err(error) => return Err(CodecError::Head(error.to_string())),
-    };
-    if len > max_head {
-        return Err(CodecError::HeadTooLarge);
+    let parsed = request.parse(buf);
+    if matches!(parsed, Err(httparse::Error::TooManyHeaders)) {
+        return Err(CodecError::TooManyHeaders);
     }
+    let Some(len) = super::codec::head_length(parsed, buf.len(), max_head)? else {
+        return Ok(None);
+    };
     let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
         .map_err(|_| CodecError::Head("invalid method".into()))?;
     let target = request.path.unwrap_or_default().to_owned();

@@ -1,0 +1,84 @@
+"""What every scenario writes to (rows, CPU rows, raw lines, failures, memory readings), the
+functional checks of the main setup before anything is timed, and the memory rows at its end."""
+
+from ..clients import http_get
+from ..common import SA_TOKEN, SMALL, Broken, log
+from ..measure import status_kib
+
+
+class RunBase:
+    """The state every scenario writes to, and the checks around them; the last base of scenarios.Run."""
+
+    def __init__(self, args, setup):
+        self.args = args
+        self.setup = setup
+        self.rows = []  # (scenario, metric, direct, tunnel, ratio, bar, met)
+        self.cpu_rows = []  # (measurement, {process: %})
+        self.raw = []  # free-form lines
+        self.failures = []
+        self.memory = {}
+        self.s1 = {}
+        self.s3 = {}
+        self.s3_direct = {}
+
+    def row(self, scenario, metric, direct, tunnel, ratio=None, bar=None, met=None, fmt="{:.0f}"):
+        self.rows.append((scenario, metric, direct, tunnel, ratio, bar, met, fmt))
+
+    def fail_on_errors(self, what, result):
+        if result["errors"]:
+            self.failures.append(f"{what}: {'; '.join(result['errors'])}")
+            log(f"  FAILURE {what}: {result['errors']}")
+
+    def order(self, round_index):
+        # ABBA: alternate which mode goes first so slow drifts (other load on the box) cancel out.
+        return ("direct", "tunnel") if round_index % 2 == 0 else ("tunnel", "direct")
+
+    def record_memory(self, label):
+        setup = self.setup
+        self.memory[label] = {"server": status_kib(setup.server.pid, "VmRSS")}
+        for cluster, proc in setup.agents.items():
+            self.memory[label][f"agent {cluster}"] = status_kib(proc.pid, "VmRSS")
+        log(f"RSS {label}: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in self.memory[label].items()))
+
+    def sanity(self):
+        """Functional checks before timing anything: both paths answer /small correctly, the TLS
+        upstream refuses requests without the token and the agent injects it."""
+        setup = self.setup
+        ca = setup.work / "ca.pem"
+        expect = SMALL.encode()
+        checks = [
+            ("direct plain /small", setup.url("direct", "plain", "/small"), {}, None, 200, expect),
+            ("tunnel plain /small", setup.url("tunnel", "plain", "/small"), {}, None, 200, expect),
+            ("direct tls /small without token", setup.url("direct", "tls", "/small"), {}, ca, 401, None),
+            ("direct tls /small with token", setup.url("direct", "tls", "/small"),
+             {"Authorization": f"Bearer {SA_TOKEN}"}, ca, 200, expect),
+            ("tunnel tls /small (agent injects token)", setup.url("tunnel", "tls", "/small"), {}, None, 200, expect),
+        ]
+        if setup.extensions:
+            url = f"http://{setup.extensions_addr}/small"
+            checks += [
+                ("extension /small (server [[extension]] -> agent [[backend]])", url, setup.extension_headers(),
+                 None, 200, expect),
+                ("extension /small with a wrong secret", url,
+                 dict(setup.extension_headers(), **{"X-Argocd-Proxy-Secret": "wrong"}), None, 401, None),
+            ]
+        for name, url, headers, cafile, want_status, want_body in checks:
+            status, body = http_get(url, headers=headers, cafile=cafile)
+            if status != want_status or (want_body is not None and body != want_body):
+                raise Broken(f"sanity check {name}: HTTP {status}, body {body[:200]!r}")
+        log("sanity checks passed (bodies, 401 without token, token injected by the agent)")
+
+    def memory_rows(self):
+        for label in [label for label in ("idle after startup", "after S2", "during S4 (peak)")
+                      if label in self.memory]:
+            for proc, kib in self.memory[label].items():
+                bar = met = None
+                if label == "idle after startup":  # S6's idle bars
+                    limit = 5 if proc == "server" else 4
+                    bar, met = f"≤ {limit} MiB", kib / 1024 <= limit
+                self.row("memory", f"{proc} RSS MiB, {label}", None, kib / 1024, None, bar, met, fmt="{:.1f}")
+        setup = self.setup
+        for proc_name, proc in (("server", setup.server),
+                                *((f"agent {cluster}", proc) for cluster, proc in setup.agents.items())):
+            self.row("memory", f"{proc_name} peak RSS MiB (VmHWM, whole run)", None,
+                     status_kib(proc.pid, "VmHWM") / 1024, fmt="{:.1f}")

@@ -37,7 +37,8 @@
 //!   [`reload`] (SIGHUP and config-file changes → the server's or agent's `Reloader`),
 //!   [`metrics`], [`telemetry`] (text, JSON or journald; a reloadable level; lines leave the event loop
 //!   through a bounded queue, so a slow stderr drops lines instead of stalling tunnels), [`shutdown`],
-//!   [`systemd`] (sd_notify), [`host`] (fd limit and monotonic clock, via rustix).
+//!   [`systemd`] (sd_notify), [`host`] (fd limit and monotonic clock, via rustix), and the
+//!   static builds' heap allocator (`allocator`: dlmalloc in place of musl's).
 //!
 //! `server` and `agent` never import each other; both stand on the modules above them.
 
@@ -60,3 +61,4 @@ pub mod systemd;
 pub mod reload;
 pub mod host;
 pub mod telemetry;
+mod allocator;

@@ -1,7 +1,7 @@
-//! S9's HTTP/2 clients (`bench/run --s9-h2`): watch-like requests held open over TLS, many
-//! per HTTP/2 connection, as Argo CD's client-go sends them (one connection per server, a new
-//! one when the server's stream limit is reached). Prints the same lines as
-//! `bench/watches.py clients`, which the harness reads:
+//! S9's HTTP/2 clients (`bench/run` runs S9 with these and with HTTP/1.1 ones): watch-like
+//! requests held open over TLS, many per HTTP/2 connection, as Argo CD's client-go sends them
+//! (one connection per server, a new one when the server's stream limit is reached). Prints
+//! the same lines as `bench/watches.py clients`, which the harness reads:
 //!
 //! ```text
 //! up <n> failed <n> [first_error: …]

@@ -52,6 +52,20 @@ async fn accept(listener: &TcpListener) -> TcpStream {
         .0
 }
 
+/// Runs one watch to a clean end; returns the upstream's side of the connection it leaves in
+/// the agent's idle pool.
+async fn pooled_watch(upstream: &TcpListener, internal: SocketAddr) -> TcpStream {
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    let mut conn = accept(upstream).await;
+    read_head(&mut conn).await.expect("the first watch");
+    conn.write_all(CHUNKED_OK).await.unwrap();
+    assert_eq!(
+        within("first watch", client).await.unwrap().0,
+        StatusCode::OK
+    );
+    conn
+}
+
 const CHUNKED_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
 
 #[tokio::test]
@@ -191,14 +205,7 @@ async fn a_watch_on_a_pooled_connection_the_upstream_closes_is_sent_again_on_a_n
     let (upstream, addr) = listener().await;
     let (server, _agent) = stack(&dir, addr).await;
     let internal = server.addrs.internal;
-    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
-    let mut first = accept(&upstream).await;
-    read_head(&mut first).await.expect("the first watch");
-    first.write_all(CHUNKED_OK).await.unwrap();
-    assert_eq!(
-        within("first watch", client).await.unwrap().0,
-        StatusCode::OK
-    );
+    let mut first = pooled_watch(&upstream, internal).await;
     // The pooled connection carries the next watch, and the upstream closes it unanswered
     // (its idle timeout raced the request).
     let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
@@ -215,4 +222,65 @@ async fn a_watch_on_a_pooled_connection_the_upstream_closes_is_sent_again_on_a_n
     second.write_all(CHUNKED_OK).await.unwrap();
     let (status, _, body) = within("second watch", client).await.unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"{\"a\":1}"[..]));
+}
+
+/// A bodiless request this client carries that is not idempotent (here a POST that names
+/// `watch=true`) is not sent again when its pooled connection closes unanswered: it may have
+/// been acted on (RFC 9112 §9.3.1, RFC 9110 §9.2.2). It is a 502, and the next request goes on a new connection.
+#[tokio::test]
+async fn a_post_on_a_pooled_connection_the_upstream_closes_is_not_sent_again() {
+    let dir = TempDir::new();
+    let (upstream, addr) = listener().await;
+    let (server, _agent) = stack(&dir, addr).await;
+    let internal = server.addrs.internal;
+    let mut first = pooled_watch(&upstream, internal).await;
+
+    // The POST takes the pooled connection; the upstream closes it without an answer.
+    let post = tokio::spawn(async move {
+        let mut conn = TcpStream::connect(internal).await.unwrap();
+        conn.write_all(
+            b"POST /tunnel/c1/api/v1/pods?watch=true HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = vec![0u8; 64];
+        let read = conn.read(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer[..read]).into_owned()
+    });
+    let head = read_head(&mut first)
+        .await
+        .expect("the POST on the pooled connection");
+    assert!(
+        head.starts_with("POST /api/v1/pods?watch=true HTTP/1.1\r\n"),
+        "{head}"
+    );
+    drop(first);
+    // Sent again, the POST would arrive on a new connection before any answer.
+    let answer = within("the POST's answer or a new connection", async {
+        tokio::select! {
+            answer = post => answer.unwrap(),
+            accepted = upstream.accept() => {
+                let mut again = accepted.unwrap().0;
+                panic!("the POST was sent again: {:?}", read_head(&mut again).await)
+            }
+        }
+    })
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+
+    // The next request goes on a new connection, and is the first one on it.
+    let client = tokio::spawn(async move { get(internal, WATCH, &[]).await });
+    let mut second = accept(&upstream).await;
+    let head = read_head(&mut second)
+        .await
+        .expect("a request on a new connection");
+    assert!(
+        head.starts_with("GET /api/v1/pods?watch=true HTTP/1.1\r\n"),
+        "{head}"
+    );
+    second.write_all(CHUNKED_OK).await.unwrap();
+    assert_eq!(
+        within("the next watch", client).await.unwrap().0,
+        StatusCode::OK
+    );
 }

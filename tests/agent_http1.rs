@@ -185,6 +185,36 @@ async fn requests_one_after_another_on_a_stream_with_every_body_framing() {
     assert_ends(&mut stream).await;
 }
 
+/// An HTTP/1.0 client keeps its connection only when the answer says so: one that asks for
+/// keep-alive is told `Connection: keep-alive` and served again; one that does not is told
+/// `close`, and the stream ends.
+#[tokio::test]
+async fn an_http_1_0_client_that_asks_to_keep_the_stream_is_told_it_may() {
+    let dir = TempDir::new();
+    let (server, _agent) = agent_session(&dir, echo_upstream().await).await;
+    let mut stream = open(&server).await;
+    stream
+        .write_all(b"GET /g HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: keep-alive\r\n"),
+        "{response}"
+    );
+    assert!(response.ends_with("\r\n\r\nGET /g\n"), "{response}");
+    stream
+        .write_all(b"GET /h HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.ends_with("\r\n\r\nGET /h\n"), "{response}");
+    assert_says_close(&response);
+    assert_ends(&mut stream).await;
+}
+
 #[tokio::test]
 async fn a_malformed_or_oversized_request_gets_an_error_and_a_closed_stream() {
     let dir = TempDir::new();

@@ -149,6 +149,14 @@ async fn clusters_without_a_tunnel_get_kubernetes_status_errors() {
     let (status, headers, _) = get(server.addrs.internal, "/tunnel/c1/api", &[]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "1");
+    // Our own HTTP/1.1 server dates what it answers itself, as hyper's does.
+    let date = headers["date"].to_str().unwrap();
+    let now = std::time::SystemTime::now();
+    // Whole seconds: never ahead of now, and made a moment ago.
+    match now.duration_since(httpdate::parse_http_date(date).unwrap()) {
+        Ok(age) => assert!(age < std::time::Duration::from_secs(5), "{date}"),
+        Err(ahead) => panic!("{date} is {:?} ahead of now", ahead.duration()),
+    }
     let (status, _, _) = get(server.addrs.internal, "/tunnel//api", &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _, _) = get(server.addrs.internal, "/connect", &[]).await;

@@ -8,7 +8,7 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Body;
 use rustls::ClientConfig;
 
@@ -63,36 +63,34 @@ impl UpstreamH1 {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        if let Some(conn) = self.checkout() {
-            if !request.body().is_end_stream() {
-                return self.exchange(conn, request).await;
-            }
-            // The upstream may close an idle connection just as we take it: a bodiless
-            // request (a watch) is sent again on a new one if that one fails before answering.
-            let (parts, body) = request.into_parts();
-            let mut again = Request::new(http_body_util::Empty::<Bytes>::new());
-            *again.method_mut() = parts.method.clone();
-            *again.uri_mut() = parts.uri.clone();
-            *again.version_mut() = parts.version;
-            *again.headers_mut() = parts.headers.clone();
-            return match self.exchange(conn, Request::from_parts(parts, body)).await {
-                Err(H1Error::Exchange(
-                    ExchangeError::Write(_) | ExchangeError::Read(_) | ExchangeError::NoAnswer,
-                )) => {
-                    let conn = Pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
-                    self.exchange(conn, again).await
-                }
-                other => other,
-            };
+        let (mut parts, body) = request.into_parts();
+        let Some(conn) = self.checkout() else {
+            let conn = Pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
+            return self.exchange(conn, &mut parts, body).await;
+        };
+        if !body.is_end_stream() || !idempotent(&parts.method) {
+            return self.exchange(conn, &mut parts, body).await;
         }
-        let conn = Pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
-        self.exchange(conn, request).await
+        // The upstream may close an idle connection just as we take it: a bodiless idempotent
+        // request (a watch) is sent again on a new one if that one fails before answering
+        // (RFC 9112 §9.3.1, RFC 9110 §9.2.2: a POST might have been acted on).
+        match self.exchange(conn, &mut parts, body).await {
+            Err(H1Error::Exchange(
+                ExchangeError::Write(_) | ExchangeError::Read(_) | ExchangeError::NoAnswer,
+            )) => {
+                let conn = Pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
+                let empty = http_body_util::Empty::<Bytes>::new();
+                self.exchange(conn, &mut parts, empty).await
+            }
+            other => other,
+        }
     }
 
     async fn exchange<B>(
         &self,
         conn: UpstreamConn,
-        request: Request<B>,
+        parts: &mut http::request::Parts,
+        body: B,
     ) -> Result<Response<ResponseBody<UpstreamConn>>, H1Error>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -103,13 +101,14 @@ impl UpstreamH1 {
             if let Some(idle) = idle.upgrade() {
                 let mut idle = idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 // Expired ones go now, not only at the next checkout.
-                idle.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+                let now = Instant::now();
+                drop_expired(&mut idle, now);
                 if idle.len() < MAX_IDLE {
-                    idle.push((conn, Instant::now()));
+                    idle.push((conn, now));
                 }
             }
         });
-        match h1::exchange(conn, request, false, Some(reuse)).await? {
+        match h1::exchange(conn, parts, body, false, Some(reuse)).await? {
             Answer::Response(response) => Ok(response),
             // Not asked for: `exchange` refuses a 101 then, so this is never reached.
             Answer::Upgraded { .. } => {
@@ -125,7 +124,7 @@ impl UpstreamH1 {
             .idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        idle.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+        drop_expired(&mut idle, Instant::now());
         while let Some((mut conn, _)) = idle.pop() {
             // An idle HTTP/1.1 connection has nothing to say: bytes or an end mean the peer
             // closed it (or broke the protocol).
@@ -135,5 +134,42 @@ impl UpstreamH1 {
             }
         }
         None
+    }
+}
+
+/// Closes the idle connections past [`IDLE_TIMEOUT`]: the oldest, at the front (they are
+/// pushed as they come back), found without reading the clock for each.
+fn drop_expired<T>(idle: &mut Vec<(T, Instant)>, now: Instant) {
+    let expired = idle.partition_point(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT);
+    idle.drain(..expired);
+}
+
+/// Methods a client may send again after a connection failed under them (RFC 9112 §9.3.1):
+/// the idempotent ones (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the connections idle for [`IDLE_TIMEOUT`] or longer go, the oldest first.
+    #[test]
+    fn expired_idle_connections_are_dropped_from_the_front() {
+        let now = Instant::now();
+        let mut idle: Vec<((), Instant)> = [45, 31, 30, 29, 1]
+            .into_iter()
+            .map(|idle_for| ((), now.checked_sub(Duration::from_secs(idle_for)).unwrap()))
+            .collect();
+        drop_expired(&mut idle, now);
+        let left: Vec<u64> = idle
+            .iter()
+            .map(|(_, since)| now.duration_since(*since).as_secs())
+            .collect();
+        assert_eq!(left, [29, 1]);
     }
 }

@@ -8,7 +8,8 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 
-use super::codec::{BodyFraming, ChunkedDecoder, CodecError, Decoded, LengthDecoder};
+use super::codec::{BodyFraming, CodecError};
+use super::decode::{ChunkedDecoder, Decoded, LengthDecoder};
 use super::Conn;
 
 /// Most bytes taken off the stream per read. The stream's window grows when a read leaves

@@ -3,6 +3,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use proptest::prelude::*;
 
 use super::*;
+use crate::h1::decode::{ChunkedDecoder, Decoded, LengthDecoder};
 
 /// Runs `decoder` over `input` cut at `cuts`; returns the body and what followed it.
 fn chunked(input: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, Vec<u8>), CodecError> {

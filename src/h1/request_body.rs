@@ -13,7 +13,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::codec::{ChunkedDecoder, CodecError, Decoded, LengthDecoder, MAX_HEAD};
+use super::codec::{CodecError, MAX_HEAD};
+use super::decode::{ChunkedDecoder, Decoded, LengthDecoder};
 use super::Conn;
 
 /// What our server runs on: read in pieces, written, and read as bytes once upgraded.

@@ -13,24 +13,24 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{EXPECT, UPGRADE};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::codec::{encode_chunk, ChunkedDecoder, CodecError, LengthDecoder};
+use super::codec::CodecError;
+use super::decode::{ChunkedDecoder, LengthDecoder};
 use super::request_body::{
     lock, watch_for_cancel, BodyDecoder, RequestBody, ServerConn, ServerIo, Shared,
 };
+use super::respond::write_body;
 use super::server_codec::{
-    bodiless, encode_response_head, parse_request_head, RequestBodyFraming, RequestHead,
-    ResponseFraming,
+    bodiless, encode_response_head, parse_request_head, Persistence, RequestBodyFraming,
+    RequestHead, ResponseFraming,
 };
 use super::upgrade::{splice, UpgradeTo};
 use crate::http::{status_response, Body};
@@ -223,8 +223,19 @@ where
     };
     let close =
         !keep || body_left || framing == ResponseFraming::UntilClose || shutdown.is_cancelled();
+    let persistence = match (close, version) {
+        (true, _) => Persistence::Close,
+        (false, Version::HTTP_11) => Persistence::Unsaid,
+        (false, _) => Persistence::KeepAlive,
+    };
     let mut head = Vec::with_capacity(512);
-    encode_response_head(parts.status, &parts.headers, framing, close, &mut head);
+    encode_response_head(
+        parts.status,
+        &parts.headers,
+        framing,
+        persistence,
+        &mut head,
+    );
     Answer::Send {
         head,
         body,
@@ -333,96 +344,17 @@ async fn refuse(conn: &Shared, error: &CodecError) -> Answer {
     let (parts, body) = response.into_parts();
     let framing = ResponseFraming::Length(body.size_hint().exact().unwrap_or(0));
     let mut head = Vec::with_capacity(256);
-    encode_response_head(parts.status, &parts.headers, framing, true, &mut head);
+    encode_response_head(
+        parts.status,
+        &parts.headers,
+        framing,
+        Persistence::Close,
+        &mut head,
+    );
     if write_body(conn, head, body, framing).await.is_ok() {
         let _ = poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_shutdown(cx)).await;
     }
     Answer::Drop
-}
-
-/// Writes `head` and then `body` in `framing`. The head waits for the body's first piece when
-/// that is ready at once, so a small response leaves in one write (one frame on the tunnel).
-/// A body that does not match its `Content-Length` is an error: the peer would read the next
-/// response as its rest.
-async fn write_body(
-    conn: &Shared,
-    mut head: Vec<u8>,
-    mut body: Body,
-    framing: ResponseFraming,
-) -> io::Result<()> {
-    if framing == ResponseFraming::NoBody {
-        return write_all(conn, &head).await;
-    }
-    let mut out = std::mem::take(&mut head);
-    let mut unsent = match framing {
-        ResponseFraming::Length(len) => Some(len),
-        _ => None,
-    };
-    loop {
-        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                if !out.is_empty() {
-                    flush(conn, &mut out).await?;
-                }
-                body.frame().await
-            }
-        };
-        match frame {
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue; // trailers are not relayed
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                if let Some(unsent) = &mut unsent {
-                    *unsent = unsent
-                        .checked_sub(data.len() as u64)
-                        .ok_or_else(|| io::Error::other("response body over its Content-Length"))?;
-                }
-                if framing == ResponseFraming::Chunked {
-                    encode_chunk(&data, &mut out);
-                    flush(conn, &mut out).await?;
-                } else if out.is_empty() {
-                    write_all(conn, &data).await?;
-                } else {
-                    out.extend_from_slice(&data);
-                    flush(conn, &mut out).await?;
-                }
-            }
-            Some(Err(error)) => {
-                tracing::debug!(%error, "response body failed; the tunnel stream is dropped");
-                return Err(io::Error::other(error));
-            }
-            None => {
-                if unsent.is_some_and(|unsent| unsent > 0) {
-                    return Err(io::Error::other("response body under its Content-Length"));
-                }
-                if framing == ResponseFraming::Chunked {
-                    out.extend_from_slice(b"0\r\n\r\n");
-                }
-                return write_all(conn, &out).await;
-            }
-        }
-    }
-}
-
-/// Writes `out` and frees it: a watch waiting for its next event holds no buffer.
-async fn flush(conn: &Shared, out: &mut Vec<u8>) -> io::Result<()> {
-    write_all(conn, out).await?;
-    *out = Vec::new();
-    Ok(())
-}
-
-/// Writes `buf` and flushes it: a TLS connection may otherwise keep the tail of a response in
-/// its buffer while the loop waits for the next request (as hyper flushes every message).
-pub(super) async fn write_all(conn: &Shared, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        let written = poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_write(cx, buf)).await?;
-        buf = &buf[written..];
-    }
-    poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_flush(cx)).await
 }
 
 #[cfg(test)]

@@ -2,6 +2,10 @@
 //! heads in, response heads out. The body decoders are the client's (`codec`): a request body
 //! is framed by the same rules minus "until close" (RFC 9112 §6.3 items 4–7).
 
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
@@ -137,14 +141,26 @@ pub(crate) fn bodiless(method: &Method, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED
 }
 
+/// What a response head says about its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Persistence {
+    /// Nothing: HTTP/1.1 keeps a connection by default.
+    Unsaid,
+    /// `Connection: close`: the connection ends after this response.
+    Close,
+    /// `Connection: keep-alive`: an HTTP/1.0 client keeps its connection only when told (it
+    /// would otherwise wait for a close the server does not send).
+    KeepAlive,
+}
+
 /// Appends a response head. `headers` must be free of hop-by-hop headers; unless the framing
-/// is `NoBody`, framing headers in it are replaced by `framing`'s. `close` adds
-/// `Connection: close`.
+/// is `NoBody`, framing headers in it are replaced by `framing`'s. `persistence` says what
+/// `Connection` carries; a `Date` is added when `headers` has none.
 pub(crate) fn encode_response_head(
     status: StatusCode,
     headers: &HeaderMap,
     framing: ResponseFraming,
-    close: bool,
+    persistence: Persistence,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -159,17 +175,48 @@ pub(crate) fn encode_response_head(
         }
         write_header(out, name, value);
     }
+    if !headers.contains_key(header::DATE) {
+        // RFC 9110 §6.6.1: a server with a clock sends one, and a proxy adds one to a
+        // response that lacks it (hyper's server, on our other listeners, does the same).
+        write_date(out);
+    }
     match framing {
         ResponseFraming::Length(len) => {
-            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes())
+            let _ = write!(out, "content-length: {len}\r\n");
         }
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         ResponseFraming::NoBody | ResponseFraming::UntilClose => {}
     }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
+    match persistence {
+        Persistence::Unsaid => {}
+        Persistence::Close => out.extend_from_slice(b"connection: close\r\n"),
+        Persistence::KeepAlive => out.extend_from_slice(b"connection: keep-alive\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `date: <IMF-fixdate>` for now, formatted at most once a second per thread.
+fn write_date(out: &mut Vec<u8>) {
+    write_date_at(SystemTime::now(), out);
+}
+
+fn write_date_at(now: SystemTime, out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    // A clock before 1970 is no usable clock: no `Date` then (RFC 9110 §6.6.1).
+    let Ok(since_epoch) = now.duration_since(UNIX_EPOCH) else {
+        return;
+    };
+    DATE.with_borrow_mut(|(formatted_at, date)| {
+        if *formatted_at != since_epoch.as_secs() {
+            *formatted_at = since_epoch.as_secs();
+            *date = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
 }
 
 fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
@@ -298,26 +345,76 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
         headers.insert("x-a", HeaderValue::from_static("b"));
-        let encode = |framing, close| {
+        headers.insert(header::DATE, HeaderValue::from_static(DATE));
+        let encode = |framing, persistence| {
             let mut out = Vec::new();
-            encode_response_head(StatusCode::OK, &headers, framing, close, &mut out);
+            encode_response_head(StatusCode::OK, &headers, framing, persistence, &mut out);
             String::from_utf8(out).unwrap()
         };
         assert_eq!(
-            encode(ResponseFraming::Length(5), false),
-            "HTTP/1.1 200 OK\r\nx-a: b\r\ncontent-length: 5\r\n\r\n"
+            encode(ResponseFraming::Length(5), Persistence::Unsaid),
+            format!("HTTP/1.1 200 OK\r\nx-a: b\r\ndate: {DATE}\r\ncontent-length: 5\r\n\r\n")
         );
         assert_eq!(
-            encode(ResponseFraming::Chunked, true),
-            "HTTP/1.1 200 OK\r\nx-a: b\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            encode(ResponseFraming::Chunked, Persistence::Close),
+            format!("HTTP/1.1 200 OK\r\nx-a: b\r\ndate: {DATE}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
         );
         // No body (a HEAD's answer): the upstream's length is the resource's, kept as it is.
         assert_eq!(
-            encode(ResponseFraming::NoBody, false),
-            "HTTP/1.1 200 OK\r\ncontent-length: 99\r\nx-a: b\r\n\r\n"
+            encode(ResponseFraming::NoBody, Persistence::Unsaid),
+            format!("HTTP/1.1 200 OK\r\ncontent-length: 99\r\nx-a: b\r\ndate: {DATE}\r\n\r\n")
+        );
+        assert_eq!(
+            encode(ResponseFraming::Length(5), Persistence::KeepAlive),
+            format!("HTTP/1.1 200 OK\r\nx-a: b\r\ndate: {DATE}\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n")
         );
         assert!(bodiless(&Method::HEAD, StatusCode::OK));
         assert!(bodiless(&Method::GET, StatusCode::NOT_MODIFIED));
         assert!(!bodiless(&Method::GET, StatusCode::OK));
+    }
+
+    const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+    /// A response without a `Date` gets the current one, once; one that has it keeps it.
+    #[test]
+    fn a_response_head_without_a_date_gets_now() {
+        let before = SystemTime::now() - std::time::Duration::from_secs(1);
+        let mut out = Vec::new();
+        encode_response_head(
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new(),
+            ResponseFraming::Length(0),
+            Persistence::Unsaid,
+            &mut out,
+        );
+        let head = String::from_utf8(out).unwrap();
+        let dates: Vec<&str> = head
+            .lines()
+            .filter_map(|line| line.strip_prefix("date: "))
+            .collect();
+        assert_eq!(dates.len(), 1, "{head}");
+        let date = httpdate::parse_http_date(dates[0]).unwrap();
+        let after = SystemTime::now() + std::time::Duration::from_secs(1);
+        assert!(before <= date && date <= after, "{head}");
+    }
+
+    /// The cached text is that second's: the same within it, the next one's after it.
+    #[test]
+    fn the_cached_date_follows_the_clock() {
+        let date_at = |now: SystemTime| {
+            let mut out = Vec::new();
+            write_date_at(now, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let second = UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
+        let half = std::time::Duration::from_millis(500);
+        assert_eq!(date_at(second), format!("date: {DATE}\r\n"));
+        assert_eq!(date_at(second + half), format!("date: {DATE}\r\n"));
+        assert_eq!(
+            date_at(second + 2 * half),
+            "date: Sun, 06 Nov 1994 08:49:38 GMT\r\n"
+        );
+        assert_eq!(date_at(second), format!("date: {DATE}\r\n"));
+        assert_eq!(date_at(UNIX_EPOCH - half), "");
     }
 }

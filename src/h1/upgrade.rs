@@ -7,8 +7,8 @@ use http::Response;
 use tokio_util::task::TaskTracker;
 
 use super::request_body::{Shared, Upgraded};
-use super::serve::write_all;
-use super::server_codec::{encode_response_head, ResponseFraming};
+use super::respond::write_all;
+use super::server_codec::{encode_response_head, Persistence, ResponseFraming};
 use crate::http::Body;
 use crate::mux::MuxStream;
 
@@ -65,7 +65,7 @@ pub(super) async fn splice(
         parts.status,
         &parts.headers,
         ResponseFraming::NoBody,
-        false,
+        Persistence::Unsaid,
         &mut head,
     );
     if write_all(&conn, &head).await.is_err() {

@@ -101,13 +101,12 @@ pub(crate) async fn relay(
     };
     parts.version = HttpVersion::HTTP_11;
     parts.uri = rest.parse().map_err(|_| ForwardError::NotTunnel)?;
-    let outgoing = Request::from_parts(parts, body);
     // A stream whose response ended cleanly goes back to the pool for the next request.
     let reuse = pooling.then(|| {
         let (state, cluster, session) = (state.clone(), cluster_id.to_owned(), session.clone());
         Box::new(move |conn| state.pool.checkin(&cluster, Pooled::new(conn, session))) as Reuse<_>
     });
-    let answer = h1::exchange(conn, outgoing, client_upgrade.is_some(), reuse)
+    let answer = h1::exchange(conn, &mut parts, body, client_upgrade.is_some(), reuse)
         .await
         .map_err(ForwardError::Upstream)?;
     let response = match answer {

@@ -2,122 +2,9 @@
 //! own set (the Go binaries exported each other's; B19), keeping the Go metric names so
 //! existing dashboards work. Hand-rolled: a labelled counter/gauge family is all we need.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+mod family;
 
-/// A counter or gauge family: one value per label set.
-pub struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: &'static str,
-    labels: &'static [&'static str],
-    values: Mutex<BTreeMap<Vec<String>, f64>>,
-}
-
-impl Family {
-    /// A counter family with these label names.
-    pub const fn counter(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-    ) -> Self {
-        Self::new(name, help, "counter", labels)
-    }
-
-    /// A gauge family with these label names.
-    pub const fn gauge(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-    ) -> Self {
-        Self::new(name, help, "gauge", labels)
-    }
-
-    const fn new(
-        name: &'static str,
-        help: &'static str,
-        kind: &'static str,
-        labels: &'static [&'static str],
-    ) -> Self {
-        Self {
-            name,
-            help,
-            kind,
-            labels,
-            values: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// Adds `delta` to the series with `labels` (values in label-name order).
-    pub fn add(&self, labels: &[&str], delta: f64) {
-        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        let key = labels.iter().map(|label| (*label).to_owned()).collect();
-        let mut values = self
-            .values
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *values.entry(key).or_insert(0.0) += delta;
-    }
-
-    /// Sets the series with `labels` to `value`.
-    pub fn set(&self, labels: &[&str], value: f64) {
-        let key = labels.iter().map(|label| (*label).to_owned()).collect();
-        let mut values = self
-            .values
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        values.insert(key, value);
-    }
-
-    /// Adds one.
-    pub fn inc(&self, labels: &[&str]) {
-        self.add(labels, 1.0);
-    }
-
-    /// The value of one series (0 if never touched).
-    pub fn get(&self, labels: &[&str]) -> f64 {
-        let key: Vec<String> = labels.iter().map(|label| (*label).to_owned()).collect();
-        let values = self
-            .values
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        values.get(&key).copied().unwrap_or(0.0)
-    }
-
-    /// Appends the family in Prometheus text format. An unlabelled family always shows a value.
-    pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
-        let values = self
-            .values
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if self.labels.is_empty() && values.is_empty() {
-            let _ = writeln!(out, "{} 0", self.name);
-        }
-        for (key, value) in values.iter() {
-            let labels: Vec<String> = self
-                .labels
-                .iter()
-                .zip(key)
-                .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
-                .collect();
-            if labels.is_empty() {
-                let _ = writeln!(out, "{} {value}", self.name);
-            } else {
-                let _ = writeln!(out, "{}{{{}}} {value}", self.name, labels.join(","));
-            }
-        }
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+pub use family::Family;
 
 /// Both binaries: log lines dropped because stderr did not keep up (`telemetry`).
 fn log_dropped() -> Family {
@@ -126,6 +13,17 @@ fn log_dropped() -> Family {
         "Log lines dropped because stderr or the journal was not keeping up.",
         &[],
     )
+}
+
+/// The exposition text: the binary's `log_dropped()` counter, brought up to date first (the
+/// telemetry writer counts drops on its own), then its other `families`.
+fn render(log_dropped: &Family, families: &[&Family]) -> String {
+    log_dropped.set(&[], crate::telemetry::dropped_log_lines() as f64);
+    let mut out = String::new();
+    for family in std::iter::once(&log_dropped).chain(families) {
+        family.render(&mut out);
+    }
+    out
 }
 
 /// The methods Go's metrics name; anything else is `OTHER` (a client cannot mint label values).
@@ -272,31 +170,27 @@ impl ServerMetrics {
 
     /// The exposition text.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.log_dropped
-            .set(&[], crate::telemetry::dropped_log_lines() as f64);
-        for family in [
+        render(
             &self.log_dropped,
-            &self.agents_connected,
-            &self.auth_failures,
-            &self.requests,
-            &self.active,
-            &self.rate_limited,
-            &self.streams,
-            &self.buffered,
-            &self.resets,
-            &self.overflows,
-            &self.credit_stalls,
-            &self.bytes,
-            &self.pending_opens,
-            &self.extension_requests,
-            &self.extension_seconds,
-            &self.extension_active,
-            &self.rtt,
-        ] {
-            family.render(&mut out);
-        }
-        out
+            &[
+                &self.agents_connected,
+                &self.auth_failures,
+                &self.requests,
+                &self.active,
+                &self.rate_limited,
+                &self.streams,
+                &self.buffered,
+                &self.resets,
+                &self.overflows,
+                &self.credit_stalls,
+                &self.bytes,
+                &self.pending_opens,
+                &self.extension_requests,
+                &self.extension_seconds,
+                &self.extension_active,
+                &self.rtt,
+            ],
+        )
     }
 }
 
@@ -357,20 +251,16 @@ impl AgentMetrics {
 
     /// The exposition text.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.log_dropped
-            .set(&[], crate::telemetry::dropped_log_lines() as f64);
-        for family in [
+        render(
             &self.log_dropped,
-            &self.connected,
-            &self.reconnects,
-            &self.upstream_requests,
-            &self.upstream_errors,
-            &self.rtt,
-        ] {
-            family.render(&mut out);
-        }
-        out
+            &[
+                &self.connected,
+                &self.reconnects,
+                &self.upstream_requests,
+                &self.upstream_errors,
+                &self.rtt,
+            ],
+        )
     }
 }
 

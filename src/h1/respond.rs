@@ -1,0 +1,101 @@
+//! Writing a response on a connection `h1::serve` serves: the head, then the body in its
+//! framing, held to its `Content-Length`, each piece written and flushed as it comes, so a
+//! waiting watch holds no buffer.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+
+use super::codec::encode_chunk;
+use super::request_body::{lock, Shared};
+use super::server_codec::ResponseFraming;
+use crate::http::Body;
+
+/// Writes `head` and then `body` in `framing`. The head waits for the body's first piece when
+/// that is ready at once, so a small response leaves in one write (one frame on the tunnel).
+/// A body that does not match its `Content-Length` is an error: the peer would read the next
+/// response as its rest.
+pub(super) async fn write_body(
+    conn: &Shared,
+    mut head: Vec<u8>,
+    mut body: Body,
+    framing: ResponseFraming,
+) -> io::Result<()> {
+    if framing == ResponseFraming::NoBody {
+        return write_all(conn, &head).await;
+    }
+    let mut out = std::mem::take(&mut head);
+    let mut unsent = match framing {
+        ResponseFraming::Length(len) => Some(len),
+        _ => None,
+    };
+    loop {
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    flush(conn, &mut out).await?;
+                }
+                body.frame().await
+            }
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers are not relayed
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if let Some(unsent) = &mut unsent {
+                    *unsent = unsent
+                        .checked_sub(data.len() as u64)
+                        .ok_or_else(|| io::Error::other("response body over its Content-Length"))?;
+                }
+                if framing == ResponseFraming::Chunked {
+                    encode_chunk(&data, &mut out);
+                    flush(conn, &mut out).await?;
+                } else if out.is_empty() {
+                    write_all(conn, &data).await?;
+                } else {
+                    out.extend_from_slice(&data);
+                    flush(conn, &mut out).await?;
+                }
+            }
+            Some(Err(error)) => {
+                tracing::debug!(%error, "response body failed; the tunnel stream is dropped");
+                return Err(io::Error::other(error));
+            }
+            None => {
+                if unsent.is_some_and(|unsent| unsent > 0) {
+                    return Err(io::Error::other("response body under its Content-Length"));
+                }
+                if framing == ResponseFraming::Chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                return write_all(conn, &out).await;
+            }
+        }
+    }
+}
+
+/// Writes `out` and frees it: a watch waiting for its next event holds no buffer.
+async fn flush(conn: &Shared, out: &mut Vec<u8>) -> io::Result<()> {
+    write_all(conn, out).await?;
+    *out = Vec::new();
+    Ok(())
+}
+
+/// Writes `buf` and flushes it: a TLS connection may otherwise keep the tail of a response in
+/// its buffer while the loop waits for the next request (as hyper flushes every message).
+pub(super) async fn write_all(conn: &Shared, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let written = poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_write(cx, buf)).await?;
+        buf = &buf[written..];
+    }
+    poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_flush(cx)).await
+}

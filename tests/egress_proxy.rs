@@ -41,10 +41,13 @@ impl TinyProxy {
     async fn start(ports: &[u16], basic_auth: Option<(&str, &str)>) -> TinyProxy {
         ensure_installed();
         let dir = TempDir::new();
-        let log = dir.0.join("tinyproxy.log");
         // tinyproxy cannot listen on port 0, so a free port is picked and released first; if
-        // something takes it meanwhile, tinyproxy exits and another port is tried.
-        for _ in 0..5 {
+        // something takes it meanwhile, tinyproxy exits and another port is tried. Only its
+        // own log says the port is its own: a connect alone may reach whichever listener (a
+        // parallel test's) took the port, and the agent would then dial that one for ever.
+        const ATTEMPTS: usize = 5;
+        for attempt in 0..ATTEMPTS {
+            let log = dir.0.join(format!("tinyproxy-{attempt}.log"));
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|probe| probe.local_addr())
                 .expect("probe a free port")
@@ -79,7 +82,9 @@ impl TinyProxy {
                     if child.0.try_wait().expect("tinyproxy status").is_some() {
                         return false;
                     }
-                    if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    let accepting = std::fs::read_to_string(&log)
+                        .is_ok_and(|text| text.contains("Accepting connections"));
+                    if accepting && tokio::net::TcpStream::connect(addr).await.is_ok() {
                         return true;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -96,8 +101,9 @@ impl TinyProxy {
             }
         }
         panic!(
-            "tinyproxy did not start in 5 attempts; its log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            "tinyproxy did not start in {ATTEMPTS} attempts; its last log:\n{}",
+            std::fs::read_to_string(dir.0.join(format!("tinyproxy-{}.log", ATTEMPTS - 1)))
+                .unwrap_or_default()
         );
     }
 

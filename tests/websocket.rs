@@ -240,9 +240,9 @@ async fn refused_upgrade_gets_its_status() {
         .err()
         .unwrap();
     match error {
-        tokio_tungstenite::tungstenite::Error::Http(response) => {
-            assert_eq!(response.status(), 401);
-            assert_eq!(response.body().as_deref(), Some(&b"unauthorized\n"[..]));
+        websocket::HandshakeError::Refused { status, body, .. } => {
+            assert_eq!(status, 401);
+            assert_eq!(&body[..], b"unauthorized\n");
         }
         other => panic!("expected an HTTP refusal, got {other}"),
     }

@@ -151,13 +151,13 @@ pub async fn dial(config: &AgentConfig, budget: Arc<MemoryBudget>) -> Result<Dia
         websocket::connect(io, &url, Some(&token), true)
             .await
             .map_err(|error| match error {
-                tokio_tungstenite::tungstenite::Error::Http(response) => DialError::Refused {
-                    status: response.status().as_u16(),
-                    retry_after: response
-                        .headers()
-                        .get(http::header::RETRY_AFTER)
-                        .and_then(|value| value.to_str().ok())
-                        .and_then(|value| value.trim().parse().ok()),
+                websocket::HandshakeError::Refused {
+                    status,
+                    retry_after,
+                    ..
+                } => DialError::Refused {
+                    status,
+                    retry_after,
                 },
                 other => DialError::Upgrade(other.to_string()),
             })

@@ -5,7 +5,6 @@
 //! [`proxy`] opens the agent's tunnel through an egress HTTP proxy (`CONNECT`).
 
 pub mod proxy;
-pub mod readahead;
 pub mod tls;
 pub mod tls_server;
 pub mod websocket;

@@ -107,6 +107,16 @@ async fn a_close_is_echoed_and_ends_the_stream() {
     assert_eq!((first, &payload[..]), (0x88, &[0x03, 0xE9][..]));
 }
 
+/// Our client side, upgraded against the server at `addr`.
+async fn our_client(addr: std::net::SocketAddr) -> WebSocketTransport<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/connect");
+    websocket::connect(tcp, &url, None, false)
+        .await
+        .unwrap()
+        .transport
+}
+
 async fn assert_fails(ours: &mut WebSocketTransport<TcpStream>, expected: &str) {
     let error = within("error", ours.next()).await.unwrap().unwrap_err();
     assert!(error.to_string().contains(expected), "{error}");
@@ -191,12 +201,7 @@ async fn messages_of_every_size_cross_both_ways_with_tungstenite() {
         }
         received
     });
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let url = format!("ws://{addr}/connect");
-    let mut ours = websocket::connect(tcp, &url, None, false)
-        .await
-        .unwrap()
-        .transport;
+    let mut ours = our_client(addr).await;
     let sent: Vec<Bytes> = sizes
         .iter()
         .map(|&len| pattern(len as u64, len).into())
@@ -239,12 +244,7 @@ async fn a_masked_frame_from_a_server_fails_the_connection() {
         tcp.write_all(&bytes).await.unwrap();
         tcp
     });
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let url = format!("ws://{addr}/connect");
-    let mut ours = websocket::connect(tcp, &url, None, false)
-        .await
-        .unwrap()
-        .transport;
+    let mut ours = our_client(addr).await;
     let _server = within("server", server).await.unwrap();
     assert_fails(&mut ours, "masked WebSocket frame from a server").await;
 }

@@ -92,6 +92,23 @@ where
     }
 }
 
+/// Ends an upgrade head (with the v2 negotiation header when `v2`) and sends it.
+async fn send_head<S>(io: &mut S, mut head: String, v2: bool) -> io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    if v2 {
+        head += &format!(
+            "{}: {}\r\n",
+            handshake::PROTOCOL_HEADER,
+            handshake::PROTOCOL_V2
+        );
+    }
+    head += "\r\n";
+    io.write_all(head.as_bytes()).await?;
+    io.flush().await
+}
+
 fn header_has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
     headers
         .iter()
@@ -176,20 +193,11 @@ where
     let offered = request.headers().get_all(handshake::PROTOCOL_HEADER);
     let echoed = handshake::server_echoes(v2_enabled, offered.iter().map(HeaderValue::as_bytes));
     let accept = accept_key(key.as_ref().map_or(&[][..], HeaderValue::as_bytes));
-    let mut head = format!(
+    let head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n"
     );
-    if echoed {
-        head += &format!(
-            "{}: {}\r\n",
-            handshake::PROTOCOL_HEADER,
-            handshake::PROTOCOL_V2
-        );
-    }
-    head += "\r\n";
-    io.write_all(head.as_bytes()).await?;
-    io.flush().await?;
+    send_head(&mut io, head, echoed).await?;
     let _ = buf.split_to(len);
     Ok(Accepted {
         transport: WebSocketTransport::new(io, Role::Server, buf),
@@ -253,16 +261,7 @@ where
         }
         head += &format!("Authorization: Bearer {token}\r\n");
     }
-    if offer_v2 {
-        head += &format!(
-            "{}: {}\r\n",
-            handshake::PROTOCOL_HEADER,
-            handshake::PROTOCOL_V2
-        );
-    }
-    head += "\r\n";
-    io.write_all(head.as_bytes()).await?;
-    io.flush().await?;
+    send_head(&mut io, head, offer_v2).await?;
     let expected_accept = accept_key(key.as_bytes());
     let mut buf = BytesMut::new();
     let (len, answer) = read_head(&mut io, &mut buf, |bytes| {

@@ -1,12 +1,12 @@
 //! Frame codec micro-benchmarks: `cargo bench --bench codec` (docs/benchmarks.md).
 //!
 //! Data frames of 64 B, 16 KiB and 64 KiB (the default `max_frame_payload`) through
-//! `encode_data` (the mux's write path), `encode` and `decode`; and a Settings and a Connect
+//! `data_message` (the mux's write path: the payload is not copied), `encode` and `decode`; and a Settings and a Connect
 //! frame, the control frames a session and a stream start with.
 
 use std::hint::black_box;
 
-use argocd_proxy::protocol::{decode, encode, encode_data, Frame, Settings};
+use argocd_proxy::protocol::{data_message, decode, encode, Frame, Settings};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -36,16 +36,16 @@ fn connect() -> Frame {
 fn data_frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("data");
     for (size, label) in DATA_SIZES {
-        let payload = vec![0xA5u8; size];
+        let payload = Bytes::from(vec![0xA5u8; size]);
         let frame = Frame::Data {
             id: 7,
-            payload: Bytes::from(payload.clone()),
+            payload: payload.clone(),
         };
         let wire = encode(&frame);
-        assert_eq!(wire, encode_data(7, &payload));
+        assert_eq!(wire, data_message(7, payload.clone()).to_bytes());
         group.throughput(Throughput::Bytes(size as u64));
-        group.bench_with_input(BenchmarkId::new("encode_data", label), &payload, |b, p| {
-            b.iter(|| encode_data(black_box(7), black_box(p)))
+        group.bench_with_input(BenchmarkId::new("data_message", label), &payload, |b, p| {
+            b.iter(|| data_message(black_box(7), black_box(p).clone()))
         });
         group.bench_with_input(BenchmarkId::new("encode", label), &frame, |b, f| {
             b.iter(|| encode(black_box(f)))

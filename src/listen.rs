@@ -131,7 +131,16 @@ pub async fn serve<H, F>(
         if options.tls.is_none() && options.own_http1 {
             tracker.spawn(async move {
                 let _slot = slot;
-                serve_own(Pieces(tcp), peer, None, handle, shutdown, &options, splices).await
+                serve_own(
+                    Pieces::new(tcp),
+                    peer,
+                    None,
+                    handle,
+                    shutdown,
+                    &options,
+                    splices,
+                )
+                .await
             });
         } else if options.tls.is_none() {
             tracker.spawn(async move {
@@ -187,7 +196,7 @@ async fn serve_tls<H, F>(
         .map(|leaf| ClientCert(leaf.clone().into_owned()));
     if !h2 && options.own_http1 {
         return serve_own(
-            Pieces(stream),
+            Pieces::new(stream),
             peer,
             cert,
             handle,

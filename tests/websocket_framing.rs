@@ -5,7 +5,7 @@
 
 mod support;
 
-use argocd_proxy::protocol::MAX_MESSAGE;
+use argocd_proxy::protocol::{data_message, encode, Frame, MAX_MESSAGE};
 use argocd_proxy::transport::websocket::{self, WebSocketTransport};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -180,17 +180,20 @@ async fn fragments_over_the_limit_together_fail_the_connection() {
     drop(writer);
 }
 
-/// Our client's messages of every size path (gathered small, written in place large) reach a
-/// tungstenite server intact and masked as it requires; its messages reach us.
+/// Our client's messages of every size path (gathered small, written from where they are
+/// large; whole, or a 5-byte head before a body we alone hold, masked in place, or share,
+/// masked in a copy) reach a tungstenite server intact and masked as it requires, and a
+/// body the caller still holds is never masked under it; the server's messages reach us.
 #[tokio::test]
 async fn messages_of_every_size_cross_both_ways_with_tungstenite() {
     let (listener, addr) = listener().await;
     let sizes = [0usize, 1, 125, 126, 4096, 4097, 65_535, 65_536, 300_000];
+    let count = 3 * sizes.len();
     let peer = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
         let mut received = Vec::new();
-        for _ in sizes {
+        for _ in 0..count {
             match socket.next().await.unwrap().unwrap() {
                 Message::Binary(bytes) => received.push(bytes),
                 other => panic!("unexpected {other:?}"),
@@ -202,17 +205,36 @@ async fn messages_of_every_size_cross_both_ways_with_tungstenite() {
         received
     });
     let mut ours = our_client(addr).await;
-    let sent: Vec<Bytes> = sizes
-        .iter()
-        .map(|&len| pattern(len as u64, len).into())
-        .collect();
-    for message in &sent {
-        ours.feed(message.clone()).await.unwrap();
+    let mut expected: Vec<Bytes> = Vec::new();
+    let mut held: Vec<Bytes> = Vec::new();
+    for &len in &sizes {
+        let body: Bytes = pattern(len as u64, len).into();
+        // Whole, and still held by us.
+        ours.feed(body.clone().into()).await.unwrap();
+        expected.push(body.clone());
+        // Behind a head, still held by us.
+        ours.feed(data_message(7, body.clone())).await.unwrap();
+        expected.push(encode(&Frame::Data {
+            id: 7,
+            payload: body.clone(),
+        }));
+        // Behind a head, held by nobody else.
+        ours.feed(data_message(9, pattern(len as u64, len).into()))
+            .await
+            .unwrap();
+        expected.push(encode(&Frame::Data {
+            id: 9,
+            payload: body.clone(),
+        }));
+        held.push(body);
     }
     ours.flush().await.unwrap();
     let received = within("peer", peer).await.unwrap();
-    assert_eq!(received, sent);
-    for message in &sent {
+    assert_eq!(received, expected);
+    for (body, &len) in held.iter().zip(&sizes) {
+        assert_eq!(body, &pattern(len as u64, len), "a held body was masked");
+    }
+    for message in &expected {
         let echoed = within("echo", ours.next()).await.unwrap().unwrap();
         assert_eq!(&echoed, message);
     }

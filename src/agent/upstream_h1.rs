@@ -65,7 +65,7 @@ impl UpstreamH1 {
     {
         let (mut parts, body) = request.into_parts();
         let Some(conn) = self.checkout() else {
-            let conn = Pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
+            let conn = Pieces::new(dial_upstream(self.tls.as_ref(), &self.target).await?);
             return self.exchange(conn, &mut parts, body).await;
         };
         if !body.is_end_stream() || !idempotent(&parts.method) {
@@ -78,7 +78,7 @@ impl UpstreamH1 {
             Err(H1Error::Exchange(
                 ExchangeError::Write(_) | ExchangeError::Read(_) | ExchangeError::NoAnswer,
             )) => {
-                let conn = Pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
+                let conn = Pieces::new(dial_upstream(self.tls.as_ref(), &self.target).await?);
                 let empty = http_body_util::Empty::<Bytes>::new();
                 self.exchange(conn, &mut parts, empty).await
             }

@@ -12,12 +12,6 @@ use super::codec::{BodyFraming, CodecError};
 use super::decode::{ChunkedDecoder, Decoded, LengthDecoder};
 use super::Conn;
 
-/// Most bytes taken off the stream per read. The stream's window grows when a read leaves
-/// its queue empty; reading whole 64 KiB chunks did so at every read on loopback, and windows
-/// grew to their maximum where they need not (S6 in docs/benchmarks.md: 47 MiB held for a
-/// download that hyper's reads had held in 0–8 MiB).
-const RECV_PIECE: usize = 16 * 1024;
-
 /// Why a response body could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
@@ -133,7 +127,8 @@ impl<C: Conn> hyper::body::Body for ResponseBody<C> {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match ready!(conn.poll_recv(cx, RECV_PIECE)) {
+            let piece = conn.body_piece();
+            match ready!(conn.poll_recv(cx, piece)) {
                 Ok(Some(chunk)) => this.pending = chunk,
                 Ok(None) if matches!(this.decoder, Decoder::UntilClose) => {
                     this.finished = true;

@@ -21,7 +21,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -42,31 +42,84 @@ use crate::mux::MuxStream;
 pub(crate) trait Conn: AsyncWrite + Unpin + Send + 'static {
     /// The next piece received, at most `max` bytes; `None` at the end.
     fn poll_recv(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>>;
+
+    /// Most bytes a body asks [`Conn::poll_recv`] for at once.
+    fn body_piece(&self) -> usize {
+        PIECE
+    }
+
+    /// Writes the front of `data` and removes it from `data`; how many bytes that was. A
+    /// tunnel stream takes the bytes without a copy; a socket writes them from where they are.
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        let written = std::task::ready!(Pin::new(&mut *self).poll_write(cx, data))?;
+        data.advance(written);
+        Poll::Ready(Ok(written))
+    }
 }
 
 impl Conn for MuxStream {
     fn poll_recv(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
         MuxStream::poll_recv(self, cx, max)
     }
+
+    /// A stream's window grows when a read leaves its queue empty; reading whole 64 KiB
+    /// chunks did so at every read on loopback, and windows grew to their maximum where they
+    /// need not (S6 in docs/benchmarks.md: 47 MiB held for a download that hyper's reads had
+    /// held in 0–8 MiB).
+    fn body_piece(&self) -> usize {
+        PIECE
+    }
+
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        MuxStream::poll_send(self, cx, data)
+    }
 }
 
-/// Most bytes a [`Pieces`] reads at once (the stack buffer it reads into).
+/// Most bytes a [`Pieces`] reads at once while its peer is not sending in bulk (the stack
+/// buffer it reads into), and a tunnel stream's body reads.
 const PIECE: usize = 16 * 1024;
 
-/// A byte-stream connection (TCP, TLS) read in pieces: each read goes into a buffer on the
-/// stack of the poll and is copied out, so nothing is held while the peer is silent.
-pub(crate) struct Pieces<T>(pub(crate) T);
+/// Most bytes a [`Pieces`] reads at once during a burst, and a body asks it for.
+const BURST_PIECE: usize = 64 * 1024;
+
+/// A byte-stream connection (TCP, TLS) read in pieces, so nothing is held while the peer is
+/// silent: a read goes into a buffer on the stack of the poll and is copied out. While the
+/// peer sends in bulk (the last read filled the stack buffer), reads go straight into the
+/// buffer the piece is frozen from instead: a download is not copied again (S1).
+pub(crate) struct Pieces<T> {
+    io: T,
+    burst: bool,
+}
+
+impl<T> Pieces<T> {
+    pub(crate) fn new(io: T) -> Self {
+        Self { io, burst: false }
+    }
+}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for Pieces<T> {
     fn poll_recv(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        if self.burst {
+            let mut piece = BytesMut::with_capacity(max.clamp(1, BURST_PIECE));
+            let room = piece.capacity();
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut piece);
+            // Pending: quiet again, and the buffer is dropped with the burst.
+            self.burst = matches!(read, Poll::Ready(Ok(filled)) if filled == room);
+            return read.map_ok(|filled| (filled > 0).then(|| piece.freeze()));
+        }
         // Uninitialised: zeroing 16 KiB on every poll (most find nothing to read) cost the
         // server 2.5% of its time in S2.
         let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); PIECE];
         let mut buf = ReadBuf::uninit(&mut scratch[..max.clamp(1, PIECE)]);
-        std::task::ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        self.burst = buf.filled().len() == PIECE;
         Poll::Ready(Ok(
             (!buf.filled().is_empty()).then(|| Bytes::copy_from_slice(buf.filled()))
         ))
+    }
+
+    fn body_piece(&self) -> usize {
+        BURST_PIECE
     }
 }
 
@@ -76,7 +129,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Pieces<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -86,14 +139,22 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Pieces<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// Writes all of `data` (a tunnel stream takes it without a copy).
+async fn send_all<C: Conn>(conn: &mut C, mut data: Bytes) -> io::Result<()> {
+    while !data.is_empty() {
+        poll_fn(|cx| conn.poll_send(cx, &mut data)).await?;
+    }
+    Ok(())
 }
 
 /// What the peer answered.
@@ -168,7 +229,7 @@ where
                 encode_chunk(&data, &mut chunk);
                 conn.write_all(&chunk).await
             } else {
-                conn.write_all(&data).await
+                send_all(&mut conn, data).await
             };
             write.map_err(ExchangeError::Write)?;
         }

@@ -22,9 +22,6 @@ pub(crate) trait ServerIo: Conn + AsyncRead {}
 
 impl<T: Conn + AsyncRead> ServerIo for T {}
 
-/// Most bytes a request body takes off the stream per read (as the client's response bodies).
-const RECV_PIECE: usize = 16 * 1024;
-
 /// The connection and what was received on it and not yet used: shared by the serve loop
 /// (heads in, responses out) and the request body of the exchange in progress.
 pub(super) struct ServerConn<S: ?Sized> {
@@ -178,7 +175,8 @@ impl hyper::body::Body for RequestBody {
                 }
                 Decoded::NeedMore => {}
             }
-            match std::task::ready!(conn.stream.poll_recv(cx, RECV_PIECE)) {
+            let piece = conn.stream.body_piece();
+            match std::task::ready!(conn.stream.poll_recv(cx, piece)) {
                 Ok(Some(chunk)) => conn.pending = chunk,
                 Ok(None) => {
                     conn.body_done(false);

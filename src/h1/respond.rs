@@ -60,7 +60,7 @@ pub(super) async fn write_body(
                     encode_chunk(&data, &mut out);
                     flush(conn, &mut out).await?;
                 } else if out.is_empty() {
-                    write_all(conn, &data).await?;
+                    send_all(conn, data).await?;
                 } else {
                     out.extend_from_slice(&data);
                     flush(conn, &mut out).await?;
@@ -88,6 +88,14 @@ async fn flush(conn: &Shared, out: &mut Vec<u8>) -> io::Result<()> {
     write_all(conn, out).await?;
     *out = Vec::new();
     Ok(())
+}
+
+/// Writes all of `data` (a tunnel stream takes it without a copy) and flushes it.
+async fn send_all(conn: &Shared, mut data: bytes::Bytes) -> io::Result<()> {
+    while !data.is_empty() {
+        poll_fn(|cx| lock(conn).stream.poll_send(cx, &mut data)).await?;
+    }
+    poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_flush(cx)).await
 }
 
 /// Writes `buf` and flushes it: a TLS connection may otherwise keep the tail of a response in

@@ -50,7 +50,7 @@ impl AsyncWrite for FlushGate {
 #[tokio::test]
 async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
     let (mut client, wire) = tokio::io::duplex(64 * 1024);
-    let gate = Pieces(FlushGate {
+    let gate = Pieces::new(FlushGate {
         wire,
         held: Vec::new(),
     });

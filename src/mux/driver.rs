@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::error::{SessionEnd, StreamError};
 use super::state::{Outbound, Shared, State};
 use super::Role;
-use crate::protocol::{self, Frame, ResetReason, StreamId, Version};
+use crate::protocol::{Frame, Message, ResetReason, StreamId, Version};
 
 /// Bytes of Data the writer hands the transport before it flushes and looks at the queues again.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -167,7 +167,7 @@ fn expire_opens(shared: &Shared, state: &mut State, now: Instant) {
 /// each batch under the write deadline. On close it flushes and closes the transport.
 pub(crate) async fn write_loop<W>(shared: Arc<Shared>, mut sink: W)
 where
-    W: futures_util::Sink<Bytes, Error = std::io::Error> + Unpin,
+    W: futures_util::Sink<Message, Error = std::io::Error> + Unpin,
 {
     let write_timeout = shared.config.limits.write_timeout;
     loop {
@@ -177,16 +177,11 @@ where
             if state.end.is_some() {
                 return;
             }
-            let mut batch: Vec<Bytes> = Vec::new();
+            let mut batch: Vec<Message> = Vec::new();
             if let Some(payload) = state.pong_due.take() {
-                batch.push(protocol::encode(&Frame::Pong { payload }));
+                batch.push((&Frame::Pong { payload }).into());
             }
-            batch.extend(
-                state
-                    .control
-                    .drain(..)
-                    .map(|frame| protocol::encode(&frame)),
-            );
+            batch.extend(state.control.drain(..).map(|frame| Message::from(&frame)));
             let mut bytes = 0;
             while bytes < WRITE_BATCH_BYTES {
                 match state.data.pop() {
@@ -194,14 +189,14 @@ where
                         bytes += len;
                         batch.push(message);
                     }
-                    Some(Outbound::Frame(frame)) => batch.push(protocol::encode(&frame)),
+                    Some(Outbound::Frame(frame)) => batch.push((&frame).into()),
                     None => break,
                 }
             }
             if state.live_ids_due {
                 if let Some(frame) = live_ids(state, shared.config.peer_max_streams) {
                     state.live_ids_due = false;
-                    batch.push(protocol::encode(&frame));
+                    batch.push((&frame).into());
                 }
             }
             if bytes > 0 {

@@ -44,6 +44,8 @@ pub use stream::MuxStream;
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 
+use crate::protocol::Message;
+
 /// Which end of the tunnel this session is. Only the server opens streams (seed-protocol.md §1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -54,10 +56,10 @@ pub enum Role {
 }
 
 /// A message transport: one item or sink element is one whole frame (a WebSocket binary
-/// message). `transport::websocket` implements it for real; [`testing`] in memory.
+/// message); frames leave as [`Message`]s, a Data frame's payload apart from its header. `transport::websocket` implements it for real; [`testing`] in memory.
 pub trait Transport:
     Stream<Item = Result<Bytes, std::io::Error>>
-    + Sink<Bytes, Error = std::io::Error>
+    + Sink<Message, Error = std::io::Error>
     + Send
     + Unpin
     + 'static
@@ -66,7 +68,7 @@ pub trait Transport:
 
 impl<T> Transport for T where
     T: Stream<Item = Result<Bytes, std::io::Error>>
-        + Sink<Bytes, Error = std::io::Error>
+        + Sink<Message, Error = std::io::Error>
         + Send
         + Unpin
         + 'static

@@ -106,12 +106,12 @@ pub async fn agent<T: Transport>(
             let ping = Frame::Ping {
                 payload: Bytes::new(),
             };
-            transport.send(protocol::encode(&ping)).await?;
+            transport.send((&ping).into()).await?;
         }
         return Ok(v1);
     }
     transport
-        .send(protocol::encode(&Frame::Settings(our_settings(limits))))
+        .send((&Frame::Settings(our_settings(limits))).into())
         .await?;
     let Some(message) = first_message(transport, limits).await? else {
         return Err(NegotiateError::Timeout(limits.negotiate_timeout));
@@ -156,9 +156,7 @@ pub async fn server<T: Transport>(
                 replica_count: Some(identity.replica_count),
                 ..our_settings(limits)
             };
-            transport
-                .send(protocol::encode(&Frame::Settings(ours)))
-                .await?;
+            transport.send((&Frame::Settings(ours)).into()).await?;
             outcome.version = Version::V2;
             outcome.peer = peer;
         }

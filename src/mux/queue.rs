@@ -99,14 +99,14 @@ mod tests {
 
     fn data(id: StreamId, len: usize) -> Outbound {
         Outbound::Data {
-            message: Bytes::from(vec![id as u8; len]),
+            message: Bytes::from(vec![id as u8; len]).into(),
             len,
         }
     }
 
     fn describe(item: Outbound) -> String {
         match item {
-            Outbound::Data { message, len } => format!("d{}:{len}", message[0]),
+            Outbound::Data { message, len } => format!("d{}:{len}", message.body()[0]),
             Outbound::Frame(Frame::Fin { id }) => format!("fin{id}"),
             Outbound::Frame(other) => format!("{other:?}"),
         }

@@ -13,7 +13,7 @@ use super::error::{SessionEnd, StreamError};
 use super::ids::IdAllocator;
 use super::queue::DataQueue;
 use super::{Limits, MemoryBudget, Role};
-use crate::protocol::{Frame, ResetReason, StreamId, Version};
+use crate::protocol::{Frame, Message, ResetReason, StreamId, Version};
 
 /// Control frames waiting to be written before a peer that is not reading makes us give up.
 /// Control frames are small (≤ 64 bytes each), so this caps the queue near 256 KiB.
@@ -163,8 +163,9 @@ impl Counters {
 pub(crate) enum Outbound {
     /// A frame to encode when written.
     Frame(Frame),
-    /// A Data frame already encoded by the writer that produced it; `len` is its payload.
-    Data { message: Bytes, len: usize },
+    /// A Data frame built by the writer that produced it (its payload not copied); `len` is
+    /// the payload's length.
+    Data { message: Message, len: usize },
 }
 
 impl From<Frame> for Outbound {

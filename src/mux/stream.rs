@@ -152,13 +152,23 @@ impl AsyncRead for MuxStream {
     }
 }
 
-impl AsyncWrite for MuxStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
+impl MuxStream {
+    /// Sends the front of `data` without copying it: as much as the stream may queue now
+    /// (one frame, held to the frame size, its credit and the session's queue) is split off
+    /// and becomes the payload of a Data frame. The relay hands whole upstream reads here.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        self.poll_queue(cx, data.len(), |len| data.split_to(len))
+    }
+
+    /// The write path `poll_write` and `poll_send` share: waits until up to `want` bytes may
+    /// be queued, then queues `take(len)` as one Data frame.
+    fn poll_queue(
+        &self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        want: usize,
+        take: impl FnOnce(usize) -> Bytes,
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
+        if want == 0 {
             return Poll::Ready(Ok(0));
         }
         let shared = &self.shared;
@@ -185,7 +195,7 @@ impl AsyncWrite for MuxStream {
             }
             WriteEnd::Failed(error) => return Poll::Ready(Err(error.to_io())),
         }
-        let mut len = buf.len().min(config.send_payload);
+        let mut len = want.min(config.send_payload);
         if config.version == Version::V2 {
             if slot.send_credit == 0 {
                 state.counters.credit_stalls += 1;
@@ -217,15 +227,21 @@ impl AsyncWrite for MuxStream {
             slot.send_credit -= len as u64;
         }
         state.counters.bytes_sent += len as u64;
-        state.data.push(
-            self.id,
-            Outbound::Data {
-                message: crate::protocol::encode_data(self.id, &buf[..len]),
-                len,
-            },
-        );
+        let message = crate::protocol::data_message(self.id, take(len));
+        state.data.push(self.id, Outbound::Data { message, len });
         shared.writer_wake.notify_one();
         Poll::Ready(Ok(len))
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    /// Copies the bytes once, into the frame's payload; [`MuxStream::poll_send`] does not.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_queue(cx, buf.len(), |len| Bytes::copy_from_slice(&buf[..len]))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

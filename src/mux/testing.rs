@@ -11,7 +11,7 @@ use futures_channel::mpsc;
 use futures_util::{Sink, Stream};
 
 use super::{Limits, MemoryBudget, Role, Session, SessionConfig};
-use crate::protocol::{Settings, Version};
+use crate::protocol::{Message, Settings, Version};
 
 /// One end of an in-memory message pipe.
 pub struct MemoryTransport {
@@ -44,15 +44,18 @@ fn gone(_: mpsc::SendError) -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "in-memory peer is gone")
 }
 
-impl Sink<Bytes> for MemoryTransport {
+impl Sink<Message> for MemoryTransport {
     type Error = io::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tx).poll_ready(cx).map_err(gone)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> io::Result<()> {
-        Pin::new(&mut self.tx).start_send(item).map_err(gone)
+    /// The message in one buffer: as a WebSocket peer would receive it.
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> io::Result<()> {
+        Pin::new(&mut self.tx)
+            .start_send(item.to_bytes())
+            .map_err(gone)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -161,7 +164,7 @@ pub async fn exercise_input_path(input: &[u8]) {
         let len = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
         let message = Bytes::copy_from_slice(&rest[2..2 + len]);
         rest = &rest[2 + len..];
-        if theirs.send(message).await.is_err() {
+        if theirs.send(message.into()).await.is_err() {
             break;
         }
         tokio::task::yield_now().await;

@@ -240,16 +240,6 @@ pub fn encode(frame: &Frame) -> Bytes {
     out.freeze()
 }
 
-/// Encodes a Data frame straight from the writer's bytes: one allocation, one copy (the hot
-/// path; [`encode`] of a `Frame::Data` gives the same bytes).
-pub fn encode_data(id: StreamId, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());
-    out.put_u8(0x03);
-    out.put_u32(id);
-    out.put_slice(payload);
-    out.freeze()
-}
-
 /// Decodes one message. Payloads share `message`'s buffer (no copy).
 pub fn decode(message: Bytes) -> Result<Frame, FrameError> {
     if message.len() < HEADER_LEN {

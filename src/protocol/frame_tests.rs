@@ -3,6 +3,8 @@
 use super::*;
 use proptest::prelude::*;
 
+use crate::protocol::data_message;
+
 fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
 }
@@ -62,9 +64,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(10_000))]
 
     #[test]
-    fn encode_data_matches_encode(id in any::<u32>(), payload in bytes(4096)) {
+    fn data_message_matches_encode(id in any::<u32>(), payload in bytes(4096)) {
         let frame = Frame::Data { id, payload: payload.clone() };
-        prop_assert_eq!(encode_data(id, &payload), encode(&frame));
+        prop_assert_eq!(data_message(id, payload).to_bytes(), encode(&frame));
     }
 
     #[test]

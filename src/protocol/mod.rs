@@ -6,10 +6,12 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod message;
 pub mod settings;
 
 pub use frame::{
-    decode, encode, encode_data, Frame, FrameError, ResetReason, StreamId, HEADER_LEN, MAX_MESSAGE,
+    decode, encode, Frame, FrameError, ResetReason, StreamId, HEADER_LEN, MAX_MESSAGE,
 };
 pub use handshake::Version;
+pub use message::{data_message, Message};
 pub use settings::Settings;

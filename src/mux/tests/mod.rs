@@ -31,11 +31,11 @@ pub(super) struct RawPeer(pub(super) MemoryTransport);
 
 impl RawPeer {
     pub(super) async fn send(&mut self, frame: Frame) {
-        self.0.send(encode(&frame)).await.expect("raw send");
+        self.0.send(encode(&frame).into()).await.expect("raw send");
     }
     pub(super) async fn send_bytes(&mut self, bytes: &'static [u8]) {
         self.0
-            .send(Bytes::from_static(bytes))
+            .send(Bytes::from_static(bytes).into())
             .await
             .expect("raw send");
     }

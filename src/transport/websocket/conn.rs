@@ -2,7 +2,9 @@
 //! frame. Our own framing (not tungstenite's) so a frame's bytes are touched as little as the
 //! protocol allows: reads land straight in the buffer the message is split from (no read-ahead
 //! copy, no zero-fill), a server's frames leave by `writev` behind their header (no copy), and
-//! a client masks a message it owns in place (one pass, no second buffer).
+//! a client masks a payload it alone holds in place (one pass, no second buffer). A message
+//! comes as a head and a body ([`Message`]): a Data frame's payload is never copied only to
+//! sit behind its 5-byte header.
 //!
 //! Pings are answered, a Close is echoed and ends the stream, text messages are skipped, and a
 //! message or frame over [`MAX_MESSAGE`] fails the connection before any of it is buffered.
@@ -17,8 +19,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::frame::{apply_mask, parse_header, put_header, Header, OpCode, MAX_HEADER};
-use crate::protocol::MAX_MESSAGE;
+use super::frame::{apply_mask, mask_from, parse_header, put_header, Header, OpCode, MAX_HEADER};
+use crate::protocol::{Message, MAX_MESSAGE};
 
 /// A read while no burst is under way goes to a stack buffer this big, so an idle connection
 /// holds no read buffer at all (S7: thousands of idle tunnels).
@@ -124,39 +126,44 @@ impl Writer {
         (z as u32).to_le_bytes()
     }
 
-    /// Queues one whole frame.
-    fn push(&mut self, role: Role, opcode: OpCode, payload: Bytes) {
+    /// Queues one whole frame: `head` then `body` as its payload.
+    fn push(&mut self, role: Role, opcode: OpCode, head: &[u8], body: Bytes) {
         let mask = (role == Role::Client).then(|| self.next_mask());
         let header = Header {
             fin: true,
             opcode,
             mask,
-            len: payload.len() as u64,
+            len: (head.len() + body.len()) as u64,
         };
         let before = self.gather.len();
         put_header(&mut self.gather, &header);
-        self.queued += self.gather.len() - before + payload.len();
-        if payload.len() <= GATHER_MAX {
-            let start = self.gather.len();
-            self.gather.extend_from_slice(&payload);
-            if let Some(mask) = mask {
-                apply_mask(&mut self.gather[start..], mask);
-            }
+        let start = self.gather.len();
+        self.gather.extend_from_slice(head);
+        if body.len() <= GATHER_MAX {
+            self.gather.extend_from_slice(&body);
+        }
+        if let Some(mask) = mask {
+            apply_mask(&mut self.gather[start..], mask);
+        }
+        self.queued += self.gather.len() - before;
+        if body.len() <= GATHER_MAX {
             return;
         }
+        self.queued += body.len();
         self.queue.push_back(self.gather.split().freeze());
-        let payload = match mask {
-            None => payload,
+        let body = match mask {
+            None => body,
             Some(mask) => {
-                // Our own messages are not shared: masked where they are, not copied.
-                let mut owned = payload
+                // A payload only we hold (a whole upstream read, say) is masked where it is;
+                // one still shared is copied first.
+                let mut owned = body
                     .try_into_mut()
                     .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-                apply_mask(&mut owned, mask);
+                apply_mask(&mut owned, mask_from(mask, head.len()));
                 owned.freeze()
             }
         };
-        self.queue.push_back(payload);
+        self.queue.push_back(body);
     }
 
     /// Writes everything queued, then flushes `io`.
@@ -223,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketTransport<S> {
             return Ok(());
         }
         self.write.close_queued = opcode == OpCode::Close;
-        self.write.push(self.role, opcode, payload);
+        self.write.push(self.role, opcode, &[], payload);
         let both = Waker::from(Arc::new(BothWakers(
             cx.waker().clone(),
             self.write.writer_waker.clone(),
@@ -401,7 +408,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocketTransport<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for WebSocketTransport<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocketTransport<S> {
     type Error = io::Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -411,7 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for WebSocketTransport<S> {
         Poll::Ready(Ok(()))
     }
 
-    fn start_send(mut self: Pin<&mut Self>, message: Bytes) -> io::Result<()> {
+    fn start_send(mut self: Pin<&mut Self>, message: Message) -> io::Result<()> {
         if self.write.close_queued {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -419,7 +426,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for WebSocketTransport<S> {
             ));
         }
         let role = self.role;
-        self.write.push(role, OpCode::Binary, message);
+        let (head, head_len, body) = message.into_parts();
+        self.write
+            .push(role, OpCode::Binary, &head[..head_len], body);
         Ok(())
     }
 
@@ -436,7 +445,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for WebSocketTransport<S> {
             let role = self.role;
             // 1000: normal closure.
             self.write
-                .push(role, OpCode::Close, Bytes::from_static(&[0x03, 0xE8]));
+                .push(role, OpCode::Close, &[0x03, 0xE8], Bytes::new());
         }
         self.poll_flush(cx)
     }

@@ -146,6 +146,14 @@ pub fn put_header(out: &mut BytesMut, header: &Header) {
     }
 }
 
+/// The mask as it applies from byte `offset` of a payload on: the key rotated, so the part of
+/// a payload from `offset` on can be masked on its own.
+pub fn mask_from(mask: [u8; 4], offset: usize) -> [u8; 4] {
+    let mut rotated = mask;
+    rotated.rotate_left(offset % 4);
+    rotated
+}
+
 /// XORs `payload` with `mask` (§5.3), eight bytes at a time; the same call unmasks.
 pub fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
     let wide = u64::from_ne_bytes([

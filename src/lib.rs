@@ -12,6 +12,12 @@
 //! agent:  upstream ◄─HTTP─ agent ◄─ mux::Incoming::accept    ◄─ transport (WebSocket) ◄┘
 //! ```
 //!
+//! A downloaded byte is not copied in user space at either end while a transfer is in bulk: the
+//! agent reads an upstream burst into the buffer that becomes a Data frame's payload (a
+//! [`protocol::Message`] keeps the 5-byte header beside it), masks it there and writes it with
+//! `writev`; the server's WebSocket reader splits payloads out of the buffer it read into, and
+//! the relay writes them to the client from there.
+//!
 //! Modules, in data-flow order from the wire up:
 //! - [`protocol`]: bytes on the wire only: v1 frames (the Go implementation's, byte for byte),
 //!   v2 frames, settings and the version negotiation rules. Imports nothing from the crate.

@@ -62,21 +62,16 @@ impl Conn for MuxStream {
         MuxStream::poll_recv(self, cx, max)
     }
 
-    /// A stream's window grows when a read leaves its queue empty; reading whole 64 KiB
-    /// chunks did so at every read on loopback, and windows grew to their maximum where they
-    /// need not (S6 in docs/benchmarks.md: 47 MiB held for a download that hyper's reads had
-    /// held in 0–8 MiB).
-    fn body_piece(&self) -> usize {
-        PIECE
-    }
-
     fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
         MuxStream::poll_send(self, cx, data)
     }
 }
 
 /// Most bytes a [`Pieces`] reads at once while its peer is not sending in bulk (the stack
-/// buffer it reads into), and a tunnel stream's body reads.
+/// buffer it reads into), and a body asks a tunnel stream for. A stream's window grows when a
+/// read leaves its queue empty; reading whole 64 KiB chunks did so at every read on loopback,
+/// and windows grew to their maximum where they need not (S6 in docs/benchmarks.md: 47 MiB
+/// held for a download that hyper's reads had held in 0–8 MiB).
 const PIECE: usize = 16 * 1024;
 
 /// Most bytes a [`Pieces`] reads at once during a burst, and a body asks it for.

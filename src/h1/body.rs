@@ -3,7 +3,7 @@
 //! bytes), and the connection is handed back for reuse only after a clean end.
 
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
@@ -128,7 +128,11 @@ impl<C: Conn> hyper::body::Body for ResponseBody<C> {
                 return Poll::Ready(None);
             };
             let piece = conn.body_piece();
-            match ready!(conn.poll_recv(cx, piece)) {
+            let Poll::Ready(received) = conn.poll_recv(cx, piece) else {
+                super::detach(&mut this.pending);
+                return Poll::Pending;
+            };
+            match received {
                 Ok(Some(chunk)) => this.pending = chunk,
                 Ok(None) if matches!(this.decoder, Decoder::UntilClose) => {
                     this.finished = true;
@@ -150,5 +154,75 @@ impl<C: Conn> hyper::body::Body for ResponseBody<C> {
             Decoder::Length(decoder) => SizeHint::with_exact(decoder.remaining()),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+    use tokio::io::AsyncWrite;
+
+    use super::*;
+
+    /// A connection that hands out `pieces` and then waits forever.
+    struct Scripted(Vec<Bytes>);
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Conn for Scripted {
+        fn poll_recv(&mut self, _: &mut Context<'_>, _: usize) -> Poll<io::Result<Option<Bytes>>> {
+            match self.0.pop() {
+                Some(piece) => Poll::Ready(Ok(Some(piece))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    /// A watch event cut out of a large read (as the tunnel's reader cuts them) is not what an
+    /// idle watch holds: once the body waits, the large buffer is free (S9).
+    #[tokio::test]
+    async fn a_waiting_body_holds_no_slice_of_what_it_read() {
+        let mut read = vec![0u8; 64 * 1024];
+        let event = b"5\r\nhello\r\n";
+        read[..event.len()].copy_from_slice(event);
+        let read = Bytes::from(read);
+        let piece = read.slice(..event.len());
+        let mut body = ResponseBody::new(
+            Scripted(vec![piece]),
+            Bytes::new(),
+            BodyFraming::Chunked,
+            None,
+        );
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"hello");
+        drop(first);
+        // The body now waits for the next event.
+        let waiting =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        assert!(waiting.is_pending());
+        assert!(
+            read.try_into_mut().is_ok(),
+            "the waiting body still holds the 64 KiB read"
+        );
     }
 }

@@ -67,6 +67,18 @@ impl Conn for MuxStream {
     }
 }
 
+/// What is left of a received piece, kept while its connection waits for more: its own copy
+/// (at most a partial chunk-size line) or nothing. A slice, even an empty one, keeps alive the
+/// whole buffer it was cut from, and the tunnel's reader cuts many streams' messages out of
+/// one 64 KiB read: idle watches each holding a slice of a different read would hold them all.
+pub(crate) fn detach(pending: &mut Bytes) {
+    *pending = if pending.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(pending)
+    };
+}
+
 /// Most bytes a [`Pieces`] reads at once while its peer is not sending in bulk (the stack
 /// buffer it reads into), and a body asks a tunnel stream for. A stream's window grows when a
 /// read leaves its queue empty; reading whole 64 KiB chunks did so at every read on loopback,

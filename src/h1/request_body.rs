@@ -176,7 +176,11 @@ impl hyper::body::Body for RequestBody {
                 Decoded::NeedMore => {}
             }
             let piece = conn.stream.body_piece();
-            match std::task::ready!(conn.stream.poll_recv(cx, piece)) {
+            let Poll::Ready(received) = conn.stream.poll_recv(cx, piece) else {
+                super::detach(&mut conn.pending);
+                return Poll::Pending;
+            };
+            match received {
                 Ok(Some(chunk)) => conn.pending = chunk,
                 Ok(None) => {
                     conn.body_done(false);

@@ -240,6 +240,29 @@ async fn messages_of_every_size_cross_both_ways_with_tungstenite() {
     }
 }
 
+/// Small messages that arrive together, in one read, are each their own allocation: a queued
+/// small message never keeps the read buffer (and every other message in it) alive.
+#[tokio::test]
+async fn small_messages_read_together_do_not_share_a_buffer() {
+    let (mut tcp, mut ours) = raw_client_to_our_server().await;
+    let burst: Vec<u8> = (0..2000u32)
+        .flat_map(|i| frame(true, 0x2, &i.to_be_bytes().repeat(50), Some(MASK)))
+        .collect();
+    tcp.write_all(&burst).await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..2000u32 {
+        let message = within("message", ours.next()).await.unwrap().unwrap();
+        assert_eq!(message, i.to_be_bytes().repeat(50));
+        held.push(message);
+    }
+    for (i, message) in held.into_iter().enumerate() {
+        assert!(
+            message.try_into_mut().is_ok(),
+            "message {i} shares its buffer"
+        );
+    }
+}
+
 /// A server that masks its frames is refused, as RFC 6455 §5.1 requires of a client.
 #[tokio::test]
 async fn a_masked_frame_from_a_server_fails_the_connection() {

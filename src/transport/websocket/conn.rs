@@ -1,16 +1,16 @@
 //! A WebSocket connection after its upgrade, carrying tunnel frames: one binary message is one
 //! frame. Our own framing (not tungstenite's) so a frame's bytes are touched as little as the
-//! protocol allows: reads land straight in the buffer the message is split from (no read-ahead
-//! copy, no zero-fill), a server's frames leave by `writev` behind their header (no copy), and
-//! a client masks a payload it alone holds in place (one pass, no second buffer). A message
-//! comes as a head and a body ([`Message`]): a Data frame's payload is never copied only to
-//! sit behind its 5-byte header.
+//! protocol allows: reads land straight in the buffer a large message is split from (no
+//! read-ahead copy, no zero-fill; a small one is copied out, so it holds only itself), and
+//! writes go through [`Writer`](super::writer::Writer): a server's frames leave by `writev`
+//! behind their header, a client masks a payload it alone holds in place. A message comes as a
+//! head and a body ([`Message`]): a Data frame's payload is never copied only to sit behind its
+//! 5-byte header.
 //!
 //! Pings are answered, a Close is echoed and ends the stream, text messages are skipped, and a
 //! message or frame over [`MAX_MESSAGE`] fails the connection before any of it is buffered.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Wake, Waker};
@@ -19,7 +19,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::frame::{apply_mask, mask_from, parse_header, put_header, Header, OpCode, MAX_HEADER};
+use super::frame::{apply_mask, parse_header, Header, OpCode, MAX_HEADER};
+use super::writer::Writer;
 use crate::protocol::{Message, MAX_MESSAGE};
 
 /// A read while no burst is under way goes to a stack buffer this big, so an idle connection
@@ -29,12 +30,14 @@ const IDLE_READ: usize = 1024;
 /// A read during a burst (the last read filled all it was given) asks for at least this much.
 const READ_AHEAD: usize = 64 * 1024;
 
-/// Frames with payloads up to this size are copied behind their header into one buffer; larger
-/// payloads are written from where they are.
-const GATHER_MAX: usize = 4 * 1024;
-
-/// `writev` takes at most this many pieces per call.
-const MAX_IOVECS: usize = 64;
+/// A received message at least this big is split out of the buffer it was read into (no
+/// copy); a smaller one is copied out. A slice keeps its whole buffer alive (up to
+/// [`READ_AHEAD`] and more) for as long as it is queued: a peer interleaving small messages
+/// for streams nobody reads would otherwise hold many times what the budgets count (each
+/// stream's queue and the session's buffer count payload bytes). At half the read-ahead a
+/// queued message holds at most about three times its size, and bulk Data (64 KiB frames) is
+/// still not copied.
+const SPLIT_MIN: usize = READ_AHEAD / 2;
 
 /// Queued bytes at which `poll_ready` writes before it accepts another message.
 const QUEUE_HIGH: usize = 512 * 1024;
@@ -65,32 +68,9 @@ struct Reader {
     done: bool,
 }
 
-struct Writer {
-    /// Whole frames in order; the front one may be partly written.
-    queue: VecDeque<Bytes>,
-    queued: usize,
-    /// Headers and small payloads gathered for the next queue entry.
-    gather: BytesMut,
-    close_queued: bool,
-    /// The last waker of a task that wrote (the session's writer), woken too when the reader
-    /// writes an answer to a Ping: the write readiness goes to whichever waker came last.
-    writer_waker: Option<Waker>,
-    /// Masks for a client's frames: a generator seeded once from the OS.
-    mask_state: u64,
-}
-
 impl<S> WebSocketTransport<S> {
     /// Wraps an upgraded connection; `read_already` are bytes read past the upgrade's head.
     pub(super) fn new(io: S, role: Role, read_already: BytesMut) -> Self {
-        let mut seed = [0u8; 8];
-        if role == Role::Client
-            && rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty()).is_err()
-        {
-            seed = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0x9E37_79B9_7F4A_7C15, |elapsed| elapsed.as_nanos() as u64)
-                .to_le_bytes();
-        }
         Self {
             io,
             role,
@@ -98,113 +78,13 @@ impl<S> WebSocketTransport<S> {
                 buf: read_already,
                 ..Reader::default()
             },
-            write: Writer {
-                queue: VecDeque::new(),
-                queued: 0,
-                gather: BytesMut::new(),
-                close_queued: false,
-                writer_waker: None,
-                mask_state: u64::from_le_bytes(seed),
-            },
+            write: Writer::new(role),
         }
     }
 }
 
 fn protocol_error(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
-}
-
-impl Writer {
-    /// splitmix64: masks need not be secret here (no browser shares the connection), only
-    /// varied, as RFC 6455 §5.3 asks.
-    fn next_mask(&mut self) -> [u8; 4] {
-        self.mask_state = self.mask_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.mask_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        let z = z ^ (z >> 31);
-        (z as u32).to_le_bytes()
-    }
-
-    /// Queues one whole frame: `head` then `body` as its payload.
-    fn push(&mut self, role: Role, opcode: OpCode, head: &[u8], body: Bytes) {
-        let mask = (role == Role::Client).then(|| self.next_mask());
-        let header = Header {
-            fin: true,
-            opcode,
-            mask,
-            len: (head.len() + body.len()) as u64,
-        };
-        let before = self.gather.len();
-        put_header(&mut self.gather, &header);
-        let start = self.gather.len();
-        self.gather.extend_from_slice(head);
-        if body.len() <= GATHER_MAX {
-            self.gather.extend_from_slice(&body);
-        }
-        if let Some(mask) = mask {
-            apply_mask(&mut self.gather[start..], mask);
-        }
-        self.queued += self.gather.len() - before;
-        if body.len() <= GATHER_MAX {
-            return;
-        }
-        self.queued += body.len();
-        self.queue.push_back(self.gather.split().freeze());
-        let body = match mask {
-            None => body,
-            Some(mask) => {
-                // A payload only we hold (a whole upstream read, say) is masked where it is;
-                // one still shared is copied first.
-                let mut owned = body
-                    .try_into_mut()
-                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-                apply_mask(&mut owned, mask_from(mask, head.len()));
-                owned.freeze()
-            }
-        };
-        self.queue.push_back(body);
-    }
-
-    /// Writes everything queued, then flushes `io`.
-    fn poll_write_out<S: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut S,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.gather.is_empty() {
-            self.queue.push_back(self.gather.split().freeze());
-        }
-        while !self.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (slot, piece) in slices.iter_mut().zip(&self.queue) {
-                *slot = IoSlice::new(piece);
-                count += 1;
-            }
-            let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.queued -= written;
-            while written > 0 {
-                let front = self.queue.front_mut().expect("written bytes were queued");
-                if written >= front.len() {
-                    written -= front.len();
-                    self.queue.pop_front();
-                } else {
-                    front.advance(written);
-                    written = 0;
-                }
-            }
-        }
-        // An idle connection keeps no write buffers.
-        self.gather = BytesMut::new();
-        if self.queue.capacity() > 16 {
-            self.queue = VecDeque::new();
-        }
-        Pin::new(io).poll_flush(cx)
-    }
 }
 
 /// Wakes the reading task and the last writing one.
@@ -300,7 +180,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketTransport<S> {
                     let whole = at + header.len as usize;
                     if self.read.buf.len() >= whole {
                         self.read.buf.advance(at);
-                        let mut payload = self.read.buf.split_to(header.len as usize);
+                        let len = header.len as usize;
+                        let mut payload = if len < SPLIT_MIN {
+                            let own = BytesMut::from(&self.read.buf[..len]);
+                            self.read.buf.advance(len);
+                            own
+                        } else {
+                            self.read.buf.split_to(len)
+                        };
                         match (self.role, header.mask) {
                             (Role::Server, None) => {
                                 return Poll::Ready(Err(protocol_error(

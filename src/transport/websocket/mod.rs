@@ -6,6 +6,7 @@
 
 mod conn;
 mod frame;
+mod writer;
 
 use std::io;
 

@@ -52,6 +52,10 @@ pub(crate) trait Conn: AsyncWrite + Unpin + Send + 'static {
     /// tunnel stream takes the bytes without a copy; a socket writes them from where they are.
     fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
         let written = std::task::ready!(Pin::new(&mut *self).poll_write(cx, data))?;
+        if written == 0 && !data.is_empty() {
+            // As `write_all`: a writer that takes nothing would have the caller loop forever.
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
         data.advance(written);
         Poll::Ready(Ok(written))
     }
@@ -68,7 +72,8 @@ impl Conn for MuxStream {
 }
 
 /// What is left of a received piece, kept while its connection waits for more: its own copy
-/// (at most a partial chunk-size line) or nothing. A slice, even an empty one, keeps alive the
+/// or nothing (the decoders ask for more only once they used all they had, so today it is
+/// always nothing; the copy keeps that an optimisation, not a condition of correctness). A slice, even an empty one, keeps alive the
 /// whole buffer it was cut from, and the tunnel's reader cuts many streams' messages out of
 /// one 64 KiB read: idle watches each holding a slice of a different read would hold them all.
 pub(crate) fn detach(pending: &mut Bytes) {
@@ -112,7 +117,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for Pieces<T> {
             let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut piece);
             // Pending: quiet again, and the buffer is dropped with the burst.
             self.burst = matches!(read, Poll::Ready(Ok(filled)) if filled == room);
-            return read.map_ok(|filled| (filled > 0).then(|| piece.freeze()));
+            return read.map_ok(|filled| match filled {
+                0 => None,
+                // The burst's tail: its own small buffer, or the few bytes would hold 64 KiB
+                // wherever they are kept (a queue counts their length, a body its leftover).
+                filled if filled < PIECE => Some(Bytes::copy_from_slice(&piece)),
+                _ => Some(piece.freeze()),
+            });
         }
         // Uninitialised: zeroing 16 KiB on every poll (most find nothing to read) cost the
         // server 2.5% of its time in S2.
@@ -351,3 +362,6 @@ where
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod pieces_tests;

@@ -103,6 +103,9 @@ async fn send_all(conn: &Shared, mut data: bytes::Bytes) -> io::Result<()> {
 pub(super) async fn write_all(conn: &Shared, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let written = poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_write(cx, buf)).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
         buf = &buf[written..];
     }
     poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_flush(cx)).await

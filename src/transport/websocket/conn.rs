@@ -35,7 +35,8 @@ const READ_AHEAD: usize = 64 * 1024;
 /// [`READ_AHEAD`] and more) for as long as it is queued: a peer interleaving small messages
 /// for streams nobody reads would otherwise hold many times what the budgets count (each
 /// stream's queue and the session's buffer count payload bytes). At half the read-ahead a
-/// queued message holds at most about three times its size, and bulk Data (64 KiB frames) is
+/// queued message holds at most about three times its size (more only right after a message
+/// larger than the read-ahead grew the buffer to fit it), and bulk Data (64 KiB frames) is
 /// still not copied.
 const SPLIT_MIN: usize = READ_AHEAD / 2;
 

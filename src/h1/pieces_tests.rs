@@ -1,0 +1,91 @@
+//! `Pieces` and the default `Conn::poll_send`: what a socket read in pieces hands out and
+//! keeps, and a writer that takes nothing.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{send_all, Conn, Pieces, PIECE};
+
+/// Reads: `reads` in turn, then waits forever. Writes: takes nothing.
+struct Script {
+    reads: Vec<Vec<u8>>,
+}
+
+impl AsyncRead for Script {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.reads.is_empty() {
+            return Poll::Pending;
+        }
+        let next = self.reads.remove(0);
+        buf.put_slice(&next[..next.len().min(buf.remaining())]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Script {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(0))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+async fn recv(conn: &mut Pieces<Script>) -> Bytes {
+    std::future::poll_fn(|cx| conn.poll_recv(cx, 64 * 1024))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A burst is read into buffers it hands out whole; its small tail gets a buffer of its own
+/// size, so a few bytes kept somewhere never hold 64 KiB.
+#[tokio::test]
+async fn a_burst_is_handed_out_whole_and_its_tail_in_its_own_buffer() {
+    let mut conn = Pieces::new(Script {
+        reads: vec![vec![1; PIECE], vec![2; 64 * 1024], vec![3; 10]],
+    });
+    assert_eq!(recv(&mut conn).await.len(), PIECE);
+    let bulk = recv(&mut conn).await;
+    assert_eq!(bulk, vec![2u8; 64 * 1024]);
+    let tail = recv(&mut conn).await;
+    assert_eq!(tail, vec![3u8; 10]);
+    let tail = tail.try_into_mut().expect("nobody else holds the tail");
+    assert!(
+        tail.capacity() < 1024,
+        "the tail holds {} bytes",
+        tail.capacity()
+    );
+}
+
+/// A writer that takes nothing fails the send instead of having it loop forever. The send
+/// runs on a thread of its own: a loop that never yields would also stall a timeout on the
+/// test's own runtime.
+#[test]
+fn a_writer_that_takes_nothing_fails_the_send() {
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut conn = Pieces::new(Script { reads: Vec::new() });
+        let sent = runtime.block_on(send_all(&mut conn, Bytes::from_static(b"x")));
+        let _ = done.send(sent);
+    });
+    let error = outcome
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the send never returned")
+        .unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::WriteZero);
+}

@@ -132,9 +132,10 @@ fn connect(state: Arc<ServerState>, mut request: Request<Body>) -> Response<Body
     response
 }
 
-/// `systemctl status` shows how many agents are connected.
+/// `systemctl status` shows how many agents are connected (called on every connect and
+/// disconnect, after the registration changed, so the count in O(1) is the live one).
 fn agents_status(state: &ServerState) {
-    let connected = state.registry.connected();
+    let connected = state.registry.registered();
     let clusters = state.config().clusters.len();
     crate::systemd::status(&format!(
         "{connected} agents connected ({clusters} clusters configured)"

@@ -2,7 +2,7 @@
 """A pool of light fake agents for bench/run's S7 (many idle agent sessions on one server).
 
     python3 bench/agentpool.py --server 127.0.0.1:PORT --tokens FILE [--first 0] --count N \
-        [--concurrency 200] [--connect-timeout 30] [--lifetime 900]
+        [--concurrency 200] [--connect-timeout 30] [--lifetime 900] [--ping-interval 10]
 
 FILE holds one `<cluster-id> <token>` per line. The pool opens --count WebSocket connections to
 the server's public listener (`GET /connect`, one line of FILE each, from line --first), each as
@@ -11,7 +11,10 @@ an agent does (docs/protocol.md): `Authorization: Bearer <token>`, `Upgrade: web
 echoed (and a correct `Sec-WebSocket-Accept`) it sends a v2 Settings frame (version = 2) as its
 first message, waits for the server's Settings, and then stays idle: it answers every tunnel
 Ping (0x06) with a Pong (0x07, same payload) and every WebSocket ping with a WebSocket pong,
-masked as a WebSocket client must. Nothing else is sent.
+masked as a WebSocket client must. With --ping-interval S > 0 it also pings as our agent does: a
+tunnel Ping (8-byte payload) as soon as the session is up, then every S seconds, and counts the
+server's Pongs; nothing else is sent. (Both real agents ping: ours every 10 s, the Go one every
+15 s; 0 makes a pool that only answers.)
 
 At most --concurrency connects (TCP + upgrade + negotiation) are in flight at once. When every
 connection has either negotiated or failed it prints one line:
@@ -64,16 +67,19 @@ class Stats:
         self.open = 0
         self.closed_by_server = 0
         self.pings = 0
+        self.pongs = 0
         self.unexpected = 0
 
     def line(self, word):
         return (f"{word} open {self.open} closed_by_server {self.closed_by_server} pings {self.pings} "
-                f"unexpected {self.unexpected}")
+                f"pongs {self.pongs} unexpected {self.unexpected}")
 
 
 class Agent(asyncio.Protocol):
-    def __init__(self, host, token, stats):
+    def __init__(self, host, token, stats, ping_interval):
         self.host = host
+        self.ping_interval = ping_interval
+        self.sent_pings = 0
         self.token = token
         self.stats = stats
         self.key = base64.b64encode(os.urandom(16)).decode()
@@ -174,11 +180,23 @@ class Agent(asyncio.Protocol):
             self.stats.open += 1
             if not self.ready.done():
                 self.ready.set_result(None)
+            if self.ping_interval > 0:
+                self.ping()
         elif kind == PING:
             self.stats.pings += 1
             self.transport.write(masked(0x2, bytes([PONG]) + message[1:]))
+        elif kind == PONG and self.ping_interval > 0:
+            self.stats.pongs += 1
         elif kind not in (LIVE_IDS, DRAIN):
             self.stats.unexpected += 1
+
+    def ping(self):
+        if self.state != "idle":
+            return
+        self.sent_pings += 1
+        payload = struct.pack(">Q", self.sent_pings)
+        self.transport.write(masked(0x2, bytes([PING]) + struct.pack(">I", 0) + payload))
+        asyncio.get_running_loop().call_later(self.ping_interval, self.ping)
 
     def server_closed(self, why):
         if self.state == "idle" and not self.closing:
@@ -219,6 +237,8 @@ async def main():
     parser.add_argument("--concurrency", type=int, default=200, help="connects in flight at once")
     parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds per connect and negotiation")
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit by itself after this many seconds")
+    parser.add_argument("--ping-interval", type=float, default=0.0,
+                        help="seconds between the tunnel Pings each session sends (0: never)")
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -254,7 +274,7 @@ async def main():
             agent = None
             try:
                 async with asyncio.timeout(args.connect_timeout):
-                    _, agent = await loop.create_connection(lambda: Agent(args.server, token, stats), host, int(port))
+                    _, agent = await loop.create_connection(lambda: Agent(args.server, token, stats, args.ping_interval), host, int(port))
                     agents.append(agent)
                     await agent.ready
             except (OSError, ConnectionError, TimeoutError) as error:

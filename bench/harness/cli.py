@@ -53,6 +53,10 @@ def parse_args():
     parser.add_argument("--s7-idle", type=float,
                         help="S7: seconds of the idle window over which the server's CPU is measured (full 20, "
                              "smoke 2)")
+    parser.add_argument("--s7-agent-ping", type=float, default=10.0,
+                        help="S7: seconds between the tunnel Pings each fake agent sends, as a real agent does "
+                             "(ours every 10 s, the Go one every 15 s); 0 makes agents that only answer the "
+                             "server's Pings")
     parser.add_argument("--s9-streams", type=int,
                         help="S9: concurrent watch streams on one tunnel (full 10000, smoke 200); "
                              "max_streams_per_tunnel, tunnel_buffer and the server's max_connections_per_listener "

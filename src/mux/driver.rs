@@ -36,7 +36,7 @@ pub(crate) async fn read_loop<R>(
     let started = Instant::now();
     {
         let mut state = shared.lock();
-        state.last_pong = started;
+        state.last_heard = started;
         if shared.config.version == Version::V2 {
             // A first Ping at once: window growth needs the round trip (window.rs), and a
             // transfer should not wait a heartbeat interval for it.
@@ -48,6 +48,7 @@ pub(crate) async fn read_loop<R>(
                 },
             );
             state.ping_sent = Some((started, payload));
+            state.unanswered_since = Some(started);
         }
     }
     let mut read_this_turn = 0;
@@ -74,18 +75,22 @@ pub(crate) async fn read_loop<R>(
                 let mut state = shared.lock();
                 expire_opens(&shared, &mut state, now);
                 if now >= next_ping {
-                    if now.duration_since(state.last_pong) > limits.heartbeat_timeout {
+                    if heartbeat_expired(&state, now, limits.heartbeat_timeout) {
                         shared.end(&mut state, SessionEnd::HeartbeatTimeout);
                     } else {
-                        let payload = Bytes::copy_from_slice(&now.duration_since(started).as_millis().to_be_bytes()[8..]);
-                        let payload = match shared.config.version {
-                            Version::V1 => Bytes::new(),
-                            Version::V2 => payload,
-                        };
-                        shared.push_control(&mut state, Frame::Ping { payload: payload.clone() });
-                        state.ping_sent = Some((now, payload));
                         beats += 1;
-                        if beats % LIVE_IDS_EVERY == 0 {
+                        let live_ids_beat = beats % LIVE_IDS_EVERY == 0;
+                        if live_ids_beat || !answer_only(&shared, &state, now) {
+                            let payload = Bytes::copy_from_slice(&now.duration_since(started).as_millis().to_be_bytes()[8..]);
+                            let payload = match shared.config.version {
+                                Version::V1 => Bytes::new(),
+                                Version::V2 => payload,
+                            };
+                            shared.push_control(&mut state, Frame::Ping { payload: payload.clone() });
+                            state.ping_sent = Some((now, payload));
+                            state.unanswered_since.get_or_insert(now);
+                        }
+                        if live_ids_beat {
                             send_live_ids(&shared, &mut state);
                         }
                     }
@@ -106,8 +111,32 @@ pub(crate) async fn read_loop<R>(
     }
 }
 
-/// Every this many heartbeats (a minute by default) a v2 server lists its live streams.
+/// Every this many heartbeats (a minute by default) a v2 server lists its live streams, and a
+/// server that only answers its agent's Pings sends one of its own.
 const LIVE_IDS_EVERY: u32 = 6;
+
+/// The peer is dead to us: nothing from it (Ping or Pong) for `timeout`, or a Ping of ours
+/// unanswered for `timeout` (a peer that pings but no longer reads us is dead too, B10).
+fn heartbeat_expired(state: &State, now: Instant, timeout: std::time::Duration) -> bool {
+    now.duration_since(state.last_heard) > timeout
+        || state
+            .unanswered_since
+            .is_some_and(|since| now.duration_since(since) > timeout)
+}
+
+/// A server skips its own Ping on an idle tunnel whose agent pinged lately (within one and a
+/// half intervals, so timers of both ends running at the same period do not flap):
+/// the agent's Ping already proved it alive and its Pong would prove nothing new, and with
+/// thousands of idle agents the second exchange per interval is most of the server's idle CPU.
+/// A Ping still goes out every [`LIVE_IDS_EVERY`] beats (the round trip and the reply deadline
+/// stay current) and on every beat while streams are open (window growth uses the round trip).
+fn answer_only(shared: &Shared, state: &State, now: Instant) -> bool {
+    shared.config.role == Role::Server
+        && state.streams.is_empty()
+        && state.peer_pinged.is_some_and(|at| {
+            now.duration_since(at) < shared.config.limits.heartbeat_interval * 3 / 2
+        })
+}
 
 /// Server, v2: asks the writer to list every stream it holds, so the agent drops any it holds
 /// that the server forgot (a lost close must never leak a stream).

@@ -36,6 +36,9 @@ impl Shared {
             Frame::Ping { mut payload } => {
                 payload.truncate(MAX_PING_PAYLOAD);
                 state.pong_due = Some(payload);
+                let now = Instant::now();
+                state.last_heard = now;
+                state.peer_pinged = Some(now);
                 self.writer_wake.notify_one();
             }
             Frame::Pong { payload } => {
@@ -46,7 +49,8 @@ impl Shared {
                     state.rtt = Some(rtt);
                     state.min_rtt = Some(state.min_rtt.map_or(rtt, |min| min.min(rtt)));
                 }
-                state.last_pong = now;
+                state.last_heard = now;
+                state.unanswered_since = None;
             }
             Frame::Connect { id, target } => self.on_connect(state, id, target),
             Frame::Connected { id } => self.on_connected(state, id),

@@ -217,7 +217,12 @@ pub(crate) struct State {
     pub peer_draining: bool,
     /// Receive bytes held (v1) or reserved (v2) by this session.
     pub session_used: usize,
-    pub last_pong: Instant,
+    /// When the peer last sent a Ping or a Pong.
+    pub last_heard: Instant,
+    /// When the peer last sent a Ping (a server that heard one lately need not ping).
+    pub peer_pinged: Option<Instant>,
+    /// When the oldest Ping of ours that no Pong has answered yet was sent.
+    pub unanswered_since: Option<Instant>,
     /// When the Ping now awaiting its Pong was queued, and its payload: a Pong to an older
     /// Ping arriving late must not pass for a short round trip (`min_rtt` keeps it for good).
     pub ping_sent: Option<(Instant, Bytes)>,

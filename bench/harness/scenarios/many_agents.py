@@ -35,7 +35,8 @@ class ManyAgents:
                          f"server and the pool hold one descriptor per session): raise it (ulimit -Hn) or pass "
                          f"--s7-sessions")
         log(f"S7 many agents: {', '.join(str(n) for n in steps)} idle sessions on one server of its own "
-            f"({total} clusters, inline token_sha256), {args.s7_idle:g} s idle window per step")
+            f"({total} clusters, inline token_sha256), {args.s7_idle:g} s idle window per step, "
+            + (f"each agent pinging every {args.s7_agent_ping:g} s" if args.s7_agent_ping > 0 else "agents that only answer Pings"))
         lines, clusters = [], []
         for i in range(1, total + 1):
             cluster, token = f"c{i:05d}", f"bench-s7-{i}-{os.urandom(8).hex()}"
@@ -76,7 +77,8 @@ class ManyAgents:
                                    [sys.executable, str(BENCH / "agentpool.py"), "--server", public,
                                     "--tokens", str(work / "s7-tokens.txt"), "--first", str(previous),
                                     "--count", str(count), "--concurrency", str(args.pool_concurrency),
-                                    "--lifetime", str(args.helper_lifetime)],
+                                    "--lifetime", str(args.helper_lifetime),
+                                    "--ping-interval", str(args.s7_agent_ping)],
                                    stdout=open(pool_log, "w"), stderr=subprocess.STDOUT)
                 pools.append((pool, pool_log))
                 procs[f"agent pool ({count})"] = (pool, pool_log)
@@ -142,11 +144,18 @@ class ManyAgents:
             closed = 0
             for pool, pool_log in pools:
                 PROCS.stop(pool)
-                done = re.search(r"(?m)^done open (\d+) closed_by_server (\d+) pings (\d+) unexpected (\d+)$",
-                                 pool_log.read_text(errors="replace"))
-                if done:
-                    closed += int(done.group(2))
-                    self.raw.append(f"S7 pool {pool_log.name}: {done.group(0)}")
+                done = re.search(r"(?m)^done open (\d+) closed_by_server (\d+) pings (\d+) pongs (\d+) "
+                                 r"unexpected (\d+)$", pool_log.read_text(errors="replace"))
+                if not done:
+                    self.failures.append(f"S7: {pool_log.name} has no `done` line (the pool did not stop cleanly)")
+                    continue
+                opened, pongs, unexpected = int(done.group(1)), int(done.group(4)), int(done.group(5))
+                closed += int(done.group(2))
+                self.raw.append(f"S7 pool {pool_log.name}: {done.group(0)}")
+                if unexpected:
+                    self.failures.append(f"S7: {pool_log.name}: {unexpected} unexpected frames from the server")
+                if args.s7_agent_ping > 0 and pongs < opened:
+                    self.failures.append(f"S7: {pool_log.name}: {pongs} Pongs for {opened} pinging sessions")
             hwm = status_kib(server.pid, "VmHWM") if server.poll() is None else None
             PROCS.stop(server)
         if hwm is not None:

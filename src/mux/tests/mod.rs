@@ -3,6 +3,7 @@
 //! Shared helpers live here; the suites are split by theme.
 
 mod fairness;
+mod heartbeat;
 mod limits;
 mod pitfalls;
 mod review;

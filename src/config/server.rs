@@ -1,6 +1,6 @@
 //! `server.toml`: listeners, clusters and their agent tokens, limits.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -141,6 +141,9 @@ pub struct ServerConfig {
     pub extensions: Option<ExtensionsConfig>,
     /// Clusters, in file order.
     pub clusters: Vec<ClusterConfig>,
+    /// Cluster id → its index in `clusters`: every tunnel request looks its cluster up, and a
+    /// scan of thousands of ids per request would cost more than the request.
+    cluster_index: HashMap<String, usize>,
     /// Limits.
     pub limits: LimitsConfig,
     /// Logging and reload.
@@ -330,12 +333,24 @@ impl ServerConfig {
             bind_client_cert: public.bind_client_cert,
             callers,
             extensions,
+            cluster_index: clusters
+                .iter()
+                .enumerate()
+                .map(|(index, cluster)| (cluster.id.clone(), index))
+                .collect(),
             clusters,
             limits,
             runtime,
             watched,
             warnings,
         })
+    }
+
+    /// The cluster `id` names, if configured.
+    pub fn cluster(&self, id: &str) -> Option<&ClusterConfig> {
+        self.cluster_index
+            .get(id)
+            .map(|&index| &self.clusters[index])
     }
 }
 

@@ -35,6 +35,27 @@ fn a_hashed_token_loads() {
 }
 
 #[test]
+fn clusters_are_found_by_id() {
+    let clusters: String = (0..50)
+        .map(|i| {
+            let hash = TokenHash::of(format!("t{i}").as_bytes()).to_hex();
+            format!("[[cluster]]\nid = \"c{i}\"\ntoken_sha256 = \"{hash}\"\n")
+        })
+        .collect();
+    let config = server(&with_clusters(&clusters)).unwrap();
+    for i in [0, 1, 17, 49] {
+        let cluster = config.cluster(&format!("c{i}")).expect("configured");
+        assert_eq!(cluster.id, format!("c{i}"));
+        assert_eq!(
+            cluster.token,
+            Some(TokenHash::of(format!("t{i}").as_bytes()))
+        );
+    }
+    assert!(config.cluster("c50").is_none());
+    assert!(config.cluster("").is_none());
+}
+
+#[test]
 fn unknown_keys_are_errors_with_line_and_key() {
     let error = server(&with_clusters("[[cluster]]\nid = \"a\"\ntokn = \"x\"\n"))
         .unwrap_err()

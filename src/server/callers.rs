@@ -6,7 +6,7 @@
 use http::{header, HeaderMap};
 
 use super::auth::authenticate;
-use crate::config::{CallerConfig, TokenHash};
+use crate::config::CallerConfig;
 use crate::transport::tls_server::ClientCert;
 
 /// Why a caller was refused.
@@ -33,9 +33,9 @@ pub fn check(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or_default();
-    let tokens: Vec<Option<TokenHash>> = callers.iter().map(|caller| caller.token).collect();
+    let tokens = callers.iter().map(|caller| caller.token.as_ref());
     // Every token compared in constant time; a certificate only when no token matched.
-    let caller = authenticate(&tokens, presented)
+    let caller = authenticate(tokens, presented)
         .map(|index| &callers[index])
         .or_else(|| {
             let cert = cert?;
@@ -57,7 +57,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ClusterScope;
+    use crate::config::{ClusterScope, TokenHash};
 
     fn caller(name: &str, token: &str, clusters: Option<&[&str]>) -> CallerConfig {
         CallerConfig {

@@ -98,7 +98,7 @@ async fn forward(
         .get(&settings.secret_header)
         .map(|value| value.as_bytes())
         .unwrap_or_default();
-    if authenticate(&[settings.secret], presented).is_none() {
+    if authenticate([settings.secret.as_ref()], presented).is_none() {
         state.metrics.auth_failures.inc(&["extensions"]);
         return Err(ForwardError::Unauthenticated);
     }

@@ -110,11 +110,7 @@ impl ServerState {
     }
 
     pub(crate) fn cluster(&self, id: &str) -> Option<ClusterConfig> {
-        self.config()
-            .clusters
-            .iter()
-            .find(|cluster| cluster.id == id)
-            .cloned()
+        self.config().cluster(id).cloned()
     }
 }
 

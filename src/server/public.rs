@@ -8,7 +8,6 @@ use hyper_util::rt::TokioIo;
 
 use super::auth::authenticate;
 use super::ServerState;
-use crate::config::TokenHash;
 use crate::http::{full, text_response, Body};
 use crate::mux::negotiate;
 use crate::mux::{Role, Session, SessionHandle};
@@ -34,12 +33,8 @@ fn connect(state: Arc<ServerState>, mut request: Request<Body>) -> Response<Body
         .map(|value| value.strip_prefix(b"Bearer ").unwrap_or(value))
         .unwrap_or_default();
     let config = state.config();
-    let tokens: Vec<Option<TokenHash>> = config
-        .clusters
-        .iter()
-        .map(|cluster| cluster.token)
-        .collect();
-    let Some(index) = authenticate(&tokens, presented) else {
+    let tokens = config.clusters.iter().map(|cluster| cluster.token.as_ref());
+    let Some(index) = authenticate(tokens, presented) else {
         state.metrics.auth_failures.inc(&["connect"]);
         return text_response(StatusCode::UNAUTHORIZED, "unauthorized\n");
     };

@@ -67,7 +67,7 @@ impl Reloader {
             tracing::warn!("{note} changed; it takes effect on restart");
         }
         for cluster in &new.clusters {
-            match old.clusters.iter().find(|before| before.id == cluster.id) {
+            match old.cluster(&cluster.id) {
                 None => tracing::info!(cluster = %cluster.id, "cluster added"),
                 Some(before) if before.token != cluster.token => tracing::info!(
                     cluster = %cluster.id,
@@ -79,7 +79,7 @@ impl Reloader {
         let removed: Vec<String> = old
             .clusters
             .iter()
-            .filter(|before| !new.clusters.iter().any(|now| now.id == before.id))
+            .filter(|before| new.cluster(&before.id).is_none())
             .map(|cluster| cluster.id.clone())
             .collect();
         let grace = new.limits.tunnel.open_timeout;

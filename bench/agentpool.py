@@ -22,9 +22,10 @@ connection has either negotiated or failed it prints one line:
     up N failed F [first_error: TEXT]
 
 then holds the sessions until SIGTERM/SIGINT or --lifetime seconds (so it always stops by
-itself). SIGUSR1 prints `status open N closed_by_server C pings P unexpected U`; at exit it
-prints `done open N closed_by_server C pings P unexpected U` (closed_by_server: sessions that
-were up and that the server closed or cut; unexpected: frames other than Ping, LiveIds, Drain).
+itself). SIGUSR1 prints `status open N closed_by_server C pings P sent S pongs Q unexpected U`; at exit
+it prints the same line starting with `done` (closed_by_server: sessions that were up and that
+the server closed or cut; pings: the server's Pings received; sent / pongs: Pings sent and the
+server's Pongs; unexpected: frames other than Ping, Pong, LiveIds, Drain).
 
 One asyncio Protocol per connection (no stream reader/writer pair), so each session costs the
 pool little; its soft RLIMIT_NOFILE is raised to the hard limit. Python 3 standard library only.
@@ -67,12 +68,13 @@ class Stats:
         self.open = 0
         self.closed_by_server = 0
         self.pings = 0
+        self.sent = 0
         self.pongs = 0
         self.unexpected = 0
 
     def line(self, word):
         return (f"{word} open {self.open} closed_by_server {self.closed_by_server} pings {self.pings} "
-                f"pongs {self.pongs} unexpected {self.unexpected}")
+                f"sent {self.sent} pongs {self.pongs} unexpected {self.unexpected}")
 
 
 class Agent(asyncio.Protocol):
@@ -194,6 +196,7 @@ class Agent(asyncio.Protocol):
         if self.state != "idle":
             return
         self.sent_pings += 1
+        self.stats.sent += 1
         payload = struct.pack(">Q", self.sent_pings)
         self.transport.write(masked(0x2, bytes([PING]) + struct.pack(">I", 0) + payload))
         asyncio.get_running_loop().call_later(self.ping_interval, self.ping)

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example floors -- idle raw|hyper-server|hyper-client|h2 [STREAMS]
 //! cargo run --release --example floors -- wire tcp|tls|ws|tls-ws|relay [MIB]
+//! cargo run --release --example floors -- heartbeat [SESSIONS] [WINDOW_S]
 //! ```
 //!
 //! `idle`: RSS per idle watch-like stream (a request answered with a chunked head and one event,
@@ -21,9 +22,11 @@
 //! 64 KiB binary messages, as the mux sends; client to server, masked, as a download crosses the
 //! tunnel), `tls-ws` (both); `relay`: plain TCP through two relays, each a thread copying
 //! through a 64 KiB buffer, as a download crosses the agent and the server (three connections
-//! instead of one). The ceilings for the tunnel's data path (S1's floor). Each run prints one
-//! JSON line.
+//! instead of one). The ceilings for the tunnel's data path (S1's floor). `heartbeat`: S7's
+//! floor, the CPU a single-threaded server spends answering one small message per connection
+//! every 10 s on SESSIONS plain connections (heartbeat.rs). Each run prints one JSON line.
 
+mod heartbeat;
 mod idle;
 mod wire;
 
@@ -71,10 +74,16 @@ fn main() -> Result<(), Error> {
         (Some("wire"), "tcp" | "tls" | "ws" | "tls-ws" | "relay") => {
             wire::wire(kind, count(1024)?)?
         }
+        (Some("heartbeat"), _) => {
+            let sessions = arg(1).map_or(Ok(10_000), str::parse)?;
+            let window = arg(2).map_or(Ok(20.0), str::parse::<f64>)?;
+            heartbeat::heartbeat(sessions, Duration::from_secs_f64(window))?
+        }
         _ => {
             return Err(
                 "usage: floors idle raw|hyper-server|hyper-client|h2 [STREAMS] \
-                        | floors wire tcp|tls|ws|tls-ws|relay [MIB]"
+                        | floors wire tcp|tls|ws|tls-ws|relay [MIB] \
+                        | floors heartbeat [SESSIONS] [WINDOW_S]"
                     .into(),
             )
         }

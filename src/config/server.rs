@@ -348,9 +348,12 @@ impl ServerConfig {
 
     /// The cluster `id` names, if configured.
     pub fn cluster(&self, id: &str) -> Option<&ClusterConfig> {
+        // Checked against the entry, so a list changed after parsing misses rather than
+        // answering with another cluster.
         self.cluster_index
             .get(id)
-            .map(|&index| &self.clusters[index])
+            .and_then(|&index| self.clusters.get(index))
+            .filter(|cluster| cluster.id == id)
     }
 }
 

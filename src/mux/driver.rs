@@ -80,7 +80,7 @@ pub(crate) async fn read_loop<R>(
                     } else {
                         beats += 1;
                         let live_ids_beat = beats % LIVE_IDS_EVERY == 0;
-                        if live_ids_beat || !answer_only(&shared, &state, now) {
+                        if beats % OWN_PING_EVERY == 0 || !answer_only(&shared, &state, now) {
                             let payload = Bytes::copy_from_slice(&now.duration_since(started).as_millis().to_be_bytes()[8..]);
                             let payload = match shared.config.version {
                                 Version::V1 => Bytes::new(),
@@ -111,9 +111,14 @@ pub(crate) async fn read_loop<R>(
     }
 }
 
-/// Every this many heartbeats (a minute by default) a v2 server lists its live streams, and a
-/// server that only answers its agent's Pings sends one of its own.
+/// Every this many heartbeats (a minute by default) a v2 server lists its live streams.
 const LIVE_IDS_EVERY: u32 = 6;
+
+/// A server that only answers an idle agent's Pings still sends one of its own every this many
+/// beats: a peer that keeps pinging but has stopped reading is then dropped within
+/// `(OWN_PING_EVERY + 1) × heartbeat_interval + heartbeat_timeout` of its last Pong (70 s by
+/// default; 50 s when every beat pings), and the round trip stays current.
+pub(crate) const OWN_PING_EVERY: u32 = 3;
 
 /// The peer is dead to us: nothing from it (Ping or Pong) for `timeout`, or a Ping of ours
 /// unanswered for `timeout` (a peer that pings but no longer reads us is dead too, B10).
@@ -124,17 +129,21 @@ fn heartbeat_expired(state: &State, now: Instant, timeout: std::time::Duration) 
             .is_some_and(|since| now.duration_since(since) > timeout)
 }
 
-/// A server skips its own Ping on an idle tunnel whose agent pinged lately (within one and a
-/// half intervals, so timers of both ends running at the same period do not flap):
-/// the agent's Ping already proved it alive and its Pong would prove nothing new, and with
-/// thousands of idle agents the second exchange per interval is most of the server's idle CPU.
-/// A Ping still goes out every [`LIVE_IDS_EVERY`] beats (the round trip and the reply deadline
-/// stay current) and on every beat while streams are open (window growth uses the round trip).
+/// A server skips its own Ping on an idle tunnel whose agent pinged lately: the agent's Ping
+/// already proved it alive, and with thousands of idle agents a second exchange per interval
+/// is most of the server's idle CPU. "Lately" is within 1.5 intervals (both ends' timers run
+/// at about the same period; a Go agent pings every 15 s), and only when the silence could not
+/// outlast `heartbeat_timeout` before the next beat pings after all. It pings every
+/// [`OWN_PING_EVERY`] beats regardless, and on every beat while streams are open (window
+/// growth uses the round trip).
 fn answer_only(shared: &Shared, state: &State, now: Instant) -> bool {
+    let limits = &shared.config.limits;
     shared.config.role == Role::Server
         && state.streams.is_empty()
         && state.peer_pinged.is_some_and(|at| {
-            now.duration_since(at) < shared.config.limits.heartbeat_interval * 3 / 2
+            let since = now.duration_since(at);
+            since < limits.heartbeat_interval * 3 / 2
+                && since + limits.heartbeat_interval <= limits.heartbeat_timeout
         })
 }
 

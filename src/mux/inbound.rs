@@ -50,7 +50,9 @@ impl Shared {
                     state.min_rtt = Some(state.min_rtt.map_or(rtt, |min| min.min(rtt)));
                 }
                 state.last_heard = now;
-                state.unanswered_since = None;
+                // Pongs come in order: this one answers every Ping before the one it echoes,
+                // and the oldest still unanswered is the last sent, unless this answered it.
+                state.unanswered_since = state.ping_sent.as_ref().map(|(at, _)| *at);
             }
             Frame::Connect { id, target } => self.on_connect(state, id, target),
             Frame::Connected { id } => self.on_connected(state, id),

@@ -17,7 +17,9 @@ class Floors:
         tcp / rustls / tungstenite / rustls + tungstenite / tcp through two copying relays, --bulk-repeats rounds interleaved, medians (S1's
         ceiling). Idle: RSS per idle watch-like stream with plain tasks on both ends (the
         control), then with a hyper HTTP/1 server or client connection on one end (S9's floor),
-        and all on one HTTP/2 connection, each in a process of its own."""
+        and all on one HTTP/2 connection, each in a process of its own. Heartbeat: the CPU a bare
+        single-threaded server spends answering one Ping-sized message per connection every 10 s
+        (S7's floor)."""
         args = self.args
         floors = self.setup.bin / "examples" / "floors"
         if not floors.is_file():
@@ -59,3 +61,12 @@ class Floors:
                  fmt="{:.2f}")
         self.row(label, "RSS KiB per idle stream, all on one HTTP/2 connection, hyper at both ends (both counted)",
                  None, idle["h2"]["kib_per_stream"], fmt="{:.2f}")
+        # S7's floor: a bare single-threaded server answering one small message per connection
+        # every 10 s (agents pinging at independent times), no WebSocket, mux or TLS.
+        sessions = min(args.s7_sessions[-1], (nofile_hard() - 256) // 2)
+        beat = measure("heartbeat", str(sessions), str(args.s7_idle))
+        log(f"  F heartbeat: {beat}")
+        self.row(label, f"server CPU % of a core answering {sessions} plain TCP connections pinging every 10 s "
+                 f"(S7's floor; S7's bar is 2% at 10,000)", None, beat["server_cpu_percent"], fmt="{:.2f}")
+        self.row(label, "server CPU µs per answered ping in that floor", None, beat["server_us_per_exchange"],
+                 fmt="{:.1f}")

@@ -7,12 +7,33 @@ use super::*;
 /// does), answers the session's Pings if `answer`, accepts every stream opened to it. Returns
 /// how many Pings the session sent it and how many Pongs it got back.
 async fn scripted_peer(
-    mut peer: RawPeer,
+    peer: RawPeer,
     ping_every: Option<Duration>,
     answer: bool,
     span: Duration,
 ) -> (usize, usize) {
-    let end = tokio::time::Instant::now() + span;
+    let answer_until = if answer { span } else { Duration::ZERO };
+    scripted(peer, ping_every, Answer::Until(answer_until), span).await
+}
+
+/// How a scripted peer answers the session's Pings.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Every Ping received before this much time has passed, none after.
+    Until(Duration),
+    /// None but one: the second Ping is answered with the first one's payload (a stale Pong).
+    OnlyStale,
+}
+
+async fn scripted(
+    mut peer: RawPeer,
+    ping_every: Option<Duration>,
+    answer: Answer,
+    span: Duration,
+) -> (usize, usize) {
+    let start = tokio::time::Instant::now();
+    let end = start + span;
+    let mut first_payload = None;
     let mut next_ping = tokio::time::Instant::now();
     let (mut pings, mut pongs) = (0, 0);
     loop {
@@ -26,8 +47,16 @@ async fn scripted_peer(
                 match decode(message).expect("decodable") {
                     Frame::Ping { payload } => {
                         pings += 1;
-                        if answer {
-                            peer.send(Frame::Pong { payload }).await;
+                        first_payload.get_or_insert(payload.clone());
+                        match answer {
+                            Answer::Until(until) if start.elapsed() < until => {
+                                peer.send(Frame::Pong { payload }).await;
+                            }
+                            Answer::OnlyStale if pings == 2 => {
+                                let stale = first_payload.clone().expect("first Ping");
+                                peer.send(Frame::Pong { payload: stale }).await;
+                            }
+                            _ => {}
                         }
                     }
                     Frame::Pong { .. } => pongs += 1,
@@ -53,7 +82,7 @@ fn a_minute() -> Duration {
 }
 
 /// An idle agent that pings is only answered: the server's own Ping goes out at the start
-/// (the round trip) and with every sixth beat (LiveIds), not every beat.
+/// (the round trip) and on every third beat, not every beat.
 #[tokio::test(start_paused = true)]
 async fn a_server_only_answers_an_idle_agent_that_pings() {
     let limits = Limits::default();
@@ -62,8 +91,8 @@ async fn a_server_only_answers_an_idle_agent_that_pings() {
         scripted_peer(peer, Some(limits.heartbeat_interval), true, a_minute()).await;
     assert_eq!(pongs, 7, "every Ping of the agent answered");
     assert_eq!(
-        pings, 2,
-        "the server pinged at the start and on the sixth beat only"
+        pings, 3,
+        "the server pinged at the start and on every third beat only"
     );
     assert!(!server.handle.is_closed());
 }
@@ -92,25 +121,88 @@ async fn a_server_pings_every_beat_while_a_stream_is_open() {
     drop(stream);
 }
 
-/// A peer that pings but never answers (its reader is stuck, say) is dropped within a beat
-/// plus the timeout, on either end: its Pings do not stand in for the Pongs we wait for.
+/// A peer that pings but never answers (its reader is stuck, say) is dropped, on either end and
+/// with either protocol: its Pings do not stand in for the Pongs we wait for. An agent pings
+/// every beat (dropped within a beat plus the timeout of its first unanswered Ping); a server
+/// only answering an idle agent pings every `OWN_PING_EVERY` beats.
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_pings_but_never_answers_is_dropped() {
-    for role in [Role::Server, Role::Agent] {
-        let limits = Limits::default();
-        let deadline = limits.heartbeat_interval + limits.heartbeat_timeout;
-        let (session, peer) = with_raw_peer(role, Version::V2, limits.clone());
-        let started = tokio::time::Instant::now();
-        let peer = tokio::spawn(scripted_peer(
-            peer,
-            Some(limits.heartbeat_interval),
-            false,
-            Duration::from_secs(600),
-        ));
-        assert_eq!(session.handle.closed().await, SessionEnd::HeartbeatTimeout);
-        let took = started.elapsed();
-        assert!(took <= deadline, "{role:?}: took {took:?}");
-        assert!(took > limits.heartbeat_timeout, "{role:?}: took {took:?}");
-        peer.abort();
+    let limits = Limits::default();
+    let beat = limits.heartbeat_interval;
+    for version in [Version::V1, Version::V2] {
+        for (role, bound) in [
+            (Role::Agent, beat * 2 + limits.heartbeat_timeout),
+            (
+                Role::Server,
+                beat * (driver::OWN_PING_EVERY + 1) + limits.heartbeat_timeout,
+            ),
+        ] {
+            let (session, peer) = with_raw_peer(role, version, limits.clone());
+            let started = tokio::time::Instant::now();
+            let peer = tokio::spawn(scripted_peer(peer, Some(beat), false, beat * 60));
+            assert_eq!(session.handle.closed().await, SessionEnd::HeartbeatTimeout);
+            let took = started.elapsed();
+            assert!(took <= bound, "{role:?} {version:?}: took {took:?}");
+            assert!(
+                took > limits.heartbeat_timeout,
+                "{role:?} {version:?}: took {took:?}"
+            );
+            peer.abort();
+        }
     }
+}
+
+/// A peer that answered for a while, then stopped answering but kept pinging: the server that
+/// only answers it drops it within `OWN_PING_EVERY + 1` beats plus the timeout of the last
+/// Pong.
+#[tokio::test(start_paused = true)]
+async fn a_server_drops_an_agent_that_stops_answering_but_keeps_pinging() {
+    let limits = Limits::default();
+    let beat = limits.heartbeat_interval;
+    let (server, peer) = with_raw_peer(Role::Server, Version::V2, limits.clone());
+    let stop = beat * 7 + beat / 2;
+    let started = tokio::time::Instant::now();
+    let peer = tokio::spawn(scripted(peer, Some(beat), Answer::Until(stop), beat * 60));
+    assert_eq!(server.handle.closed().await, SessionEnd::HeartbeatTimeout);
+    let bound = beat * (driver::OWN_PING_EVERY + 1) + limits.heartbeat_timeout;
+    let took = started.elapsed();
+    // The last Ping answered went out on the sixth beat, before `stop`.
+    assert!(took <= beat * 6 + bound, "took {took:?}");
+    peer.abort();
+}
+
+/// A Pong that echoes an older Ping does not answer a newer one: the newer one's deadline
+/// still runs (the stale Pong must not restart the clock until our next Ping).
+#[tokio::test(start_paused = true)]
+async fn a_stale_pong_does_not_answer_a_newer_ping() {
+    let limits = Limits::default();
+    let beat = limits.heartbeat_interval;
+    let (server, peer) = with_raw_peer(Role::Server, Version::V2, limits.clone());
+    let started = tokio::time::Instant::now();
+    let peer = tokio::spawn(scripted(peer, Some(beat), Answer::OnlyStale, beat * 60));
+    assert_eq!(server.handle.closed().await, SessionEnd::HeartbeatTimeout);
+    // Pings at 0 (unanswered) and on the third beat (answered with the first one's payload):
+    // the third beat's Ping is overdue a timeout later.
+    let bound = beat * driver::OWN_PING_EVERY + limits.heartbeat_timeout + beat;
+    let took = started.elapsed();
+    assert!(took <= bound, "took {took:?}");
+    peer.abort();
+}
+
+/// A healthy agent pinging more seldom than the server's beat (the Go one: every 15 s) under a
+/// timeout shorter than 1.5 beats: the server must not skip its own Ping when the silence until
+/// the next beat could exceed the timeout.
+#[tokio::test(start_paused = true)]
+async fn a_server_keeps_a_slow_pinging_agent_under_a_short_timeout() {
+    let limits = Limits {
+        heartbeat_interval: Duration::from_secs(10),
+        heartbeat_timeout: Duration::from_secs(12),
+        ..Limits::default()
+    };
+    let (server, peer) = with_raw_peer(Role::Server, Version::V1, limits);
+    // Pings at 1, 16, 31 … s: the agent's last Ping is 14 s old at the beat of 30 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, pongs) = scripted_peer(peer, Some(Duration::from_secs(15)), true, a_minute() * 2).await;
+    assert!(pongs >= 8, "{pongs} Pongs");
+    assert!(!server.handle.is_closed(), "{:?}", server.handle.stats());
 }

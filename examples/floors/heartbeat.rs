@@ -53,7 +53,9 @@ pub fn heartbeat(sessions: usize, window: Duration) -> Result<String, Error> {
     let addr = addr_rx.recv_timeout(DEADLINE)?;
     let up = Arc::new(AtomicUsize::new(0));
     let exchanges = Arc::new(AtomicU64::new(0));
-    let (client_up, client_exchanges) = (up.clone(), exchanges.clone());
+    let failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let (client_up, client_exchanges, client_failed) =
+        (up.clone(), exchanges.clone(), failed.clone());
     std::thread::spawn(move || -> Result<(), Error> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -61,14 +63,23 @@ pub fn heartbeat(sessions: usize, window: Duration) -> Result<String, Error> {
         runtime.block_on(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTS_IN_FLIGHT));
             for i in 0..sessions {
-                let (slots, up, exchanges) =
-                    (slots.clone(), client_up.clone(), client_exchanges.clone());
+                let (slots, up, exchanges, failed) = (
+                    slots.clone(),
+                    client_up.clone(),
+                    client_exchanges.clone(),
+                    client_failed.clone(),
+                );
                 // Offsets spread evenly over the interval: independent agents.
                 let offset = INTERVAL.mul_f64(i as f64 / sessions as f64);
                 tokio::spawn(async move {
                     let permit = slots.acquire_owned().await.expect("open");
-                    let Ok(mut socket) = TcpStream::connect(addr).await else {
-                        return;
+                    let mut socket = match TcpStream::connect(addr).await {
+                        Ok(socket) => socket,
+                        Err(error) => {
+                            let mut failed = failed.lock().expect("not poisoned");
+                            failed.get_or_insert_with(|| format!("connect {i}: {error}"));
+                            return;
+                        }
                     };
                     drop(permit);
                     up.fetch_add(1, Ordering::Relaxed);
@@ -92,6 +103,9 @@ pub fn heartbeat(sessions: usize, window: Duration) -> Result<String, Error> {
     });
     let started = Instant::now();
     while up.load(Ordering::Relaxed) < sessions {
+        if let Some(error) = failed.lock().expect("not poisoned").clone() {
+            return Err(error.into());
+        }
         if started.elapsed() > DEADLINE {
             return Err(format!(
                 "{} of {sessions} connections up",

@@ -196,7 +196,7 @@ pub async fn handle(
         }
     };
     // Only configured clusters become label values; a client cannot mint series.
-    if let Some(cluster) = cluster.filter(|id| state.cluster(id).is_some()) {
+    if let Some(cluster) = cluster.filter(|id| state.config().cluster(id).is_some()) {
         let code = response.status().as_u16().to_string();
         state
             .metrics

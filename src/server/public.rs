@@ -163,7 +163,7 @@ async fn serve_agent(
     let Session { handle, incoming } = session;
     drop(incoming); // agents never open streams towards the server
     let (guard, replaced) = state.registry.register(&cluster, handle.clone());
-    if state.cluster(&cluster).is_none() {
+    if state.config().cluster(&cluster).is_none() {
         // A reload removed the cluster while this agent was negotiating: it must not stay.
         tracing::info!(%cluster, "cluster removed during the agent's handshake; closing");
         retire(&state, handle.clone(), std::time::Duration::ZERO);

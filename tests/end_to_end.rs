@@ -273,35 +273,41 @@ async fn disabled_injection_sends_no_credentials() {
 #[tokio::test]
 async fn replaced_agent_leaving_keeps_the_new_one_routed() {
     let stack = Stack::start().await;
-    let target = stack.kube.addr.to_string();
+    // The second agent serves its own API, so a request that reaches it proves the server has
+    // registered its tunnel (its /readyz turns OK a moment before the server routes to it).
+    let second_kube = support::kubeapi::FakeKubeApi::start(Some(SA_TOKEN)).await;
     let sa = stack.dir.0.join("sa.token");
-    let second = agent(
+    let _second = agent(
         &stack.dir.0,
         "a2",
         stack.server.addrs.public,
         "agent-token-1",
-        &target,
+        &second_kube.addr.to_string(),
         Inject::TokenFile(sa),
     )
     .await;
-    within("second agent up", async {
-        while get(second.health, "/readyz", &[]).await.0 != StatusCode::OK {
+    let internal = stack.internal();
+    within("server routes to the second agent", async {
+        while second_kube.requests().is_empty() {
+            get(internal, "/tunnel/c1/api", &[]).await;
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     })
     .await;
     let Stack {
         agent: first,
-        kube,
+        kube: first_kube,
         server,
         dir: _dir,
     } = stack;
     first.shutdown().await;
     let ops = server.addrs.ops.unwrap();
     assert_eq!(get(ops, "/readyz?cluster=c1", &[]).await.0, StatusCode::OK);
-    let (status, _, _) = get(server.addrs.internal, "/tunnel/c1/api", &[]).await;
+    let (before_first, before_second) = (first_kube.requests().len(), second_kube.requests().len());
+    let (status, _, _) = get(internal, "/tunnel/c1/api", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(!kube.requests().is_empty());
+    assert_eq!(first_kube.requests().len(), before_first);
+    assert_eq!(second_kube.requests().len(), before_second + 1);
     let (_, _, metrics) = get(ops, "/metrics", &[]).await;
     assert!(String::from_utf8_lossy(&metrics).contains("agents_connected 1"));
 }

@@ -32,32 +32,32 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Every token of every `Connection` header, lower-cased.
-pub fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+/// Every token of every `Connection` header, as sent (compare without case). Borrowed: no
+/// allocation for the message that has none, which is nearly every one.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     // On raw bytes: a value with non-UTF-8 bytes must not hide the names next to them.
     headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
-        .map(|token| String::from_utf8_lossy(token.trim_ascii()).to_ascii_lowercase())
+        .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
-        .collect()
 }
 
 /// True when `Connection` names the `upgrade` token anywhere (B11: `keep-alive, Upgrade` counts).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    connection_tokens(headers)
-        .iter()
-        .any(|token| token == "upgrade")
+    connection_tokens(headers).any(|token| token.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// Removes hop-by-hop headers and every header `Connection` names (for a request or a
 /// response alike: a response's `Connection: close, X-Foo` must not leak `X-Foo`).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in connection_tokens(headers) {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-            headers.remove(name);
-        }
+    // `from_bytes` lower-cases the name; a token that is not a header name names nothing.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     // One pass over the few headers a message has, instead of eight lookups that mostly miss.
     if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {

@@ -62,12 +62,12 @@ pub struct ServeOptions {
     /// TLS for new connections (swapped by a reload); `None`: plain HTTP/1.1.
     pub tls: Option<Arc<TlsSlot>>,
     /// HTTP/1.1 connections are served by our own server (`h1::serve`), which holds ~3 KiB per
-    /// idle watch where hyper's holds ~12 (S9); requests it serves carry `ServedHere`, and an
+    /// idle watch where hyper's holds ~12 (S9); upgrade requests it serves carry `ServedHere`, and an
     /// upgrade is answered by putting the connection to splice with in the response.
     pub own_http1: bool,
 }
 
-/// In the extensions of a request our own HTTP/1.1 server serves: an upgrade's other end goes
+/// In the extensions of an upgrade request our own HTTP/1.1 server serves: an upgrade's other end goes
 /// in the response's extensions (`h1::UpgradeTo`), not through `hyper::upgrade::on`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServedHere;
@@ -257,7 +257,10 @@ async fn serve_own<S, H, F>(
         if let Some(cert) = &cert {
             request.extensions_mut().insert(cert.clone());
         }
-        request.extensions_mut().insert(ServedHere);
+        // Only an upgrade looks for it; an extension costs two allocations per request.
+        if crate::http::wants_upgrade(request.headers()) {
+            request.extensions_mut().insert(ServedHere);
+        }
         // Boxed: freed when the response head is out (S9).
         Box::pin(handle(request, peer))
     })

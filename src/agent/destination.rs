@@ -19,6 +19,8 @@ pub(crate) struct Destination {
     pub(crate) label: String,
     /// `host:port`.
     pub(crate) target: String,
+    /// `target` as the `Host` every request carries (made once; a clone is a reference count).
+    pub(crate) host: Option<HeaderValue>,
     /// Plain HTTP.
     pub(crate) plaintext: bool,
     /// Bearer token to inject, checked per request.
@@ -53,6 +55,7 @@ impl Destinations {
         let kubernetes = Arc::new(Destination {
             label: "its Kubernetes API".into(),
             target: upstream.target.clone(),
+            host: HeaderValue::from_str(&upstream.target).ok(),
             plaintext: upstream.plaintext,
             token_file: upstream.token_file.clone().map(TokenFile::new),
             headers: Vec::new(),
@@ -73,6 +76,7 @@ impl Destinations {
                 Arc::new(Destination {
                     label: format!("extension backend \"{}\"", backend.name),
                     target: backend.target.clone(),
+                    host: HeaderValue::from_str(&backend.target).ok(),
                     plaintext: !backend.tls,
                     token_file: backend.token_file.clone().map(TokenFile::new),
                     headers: backend.headers.clone(),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{header, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 
 use super::destination::Destination;
@@ -151,8 +151,10 @@ async fn forward(
     let tunnel_upgrade = upgrade.map(|value| crate::http::keep_upgrade(&mut parts.headers, value));
     if let Some(token_file) = &upstream.token_file {
         // Checked now: projected service-account tokens rotate. Never forward without it (B18).
-        let token = match token_file.current().await {
-            Ok(token) => token,
+        match token_file.authorization().await {
+            Ok(value) => {
+                parts.headers.insert(header::AUTHORIZATION, value);
+            }
             Err(why) => {
                 tracing::warn!(file = %token_file.path().display(), error = %why, "cannot read the upstream token; request refused");
                 state.metrics.upstream_errors.inc(&["token_unreadable"]);
@@ -163,19 +165,6 @@ async fn forward(
                         "the cluster agent cannot read its credentials for {}",
                         upstream.label
                     ),
-                );
-            }
-        };
-        match HeaderValue::from_str(&format!("Bearer {token}")) {
-            Ok(value) => {
-                parts.headers.insert(header::AUTHORIZATION, value);
-            }
-            Err(_) => {
-                state.metrics.upstream_errors.inc(&["token_unreadable"]);
-                return status_response(
-                    StatusCode::BAD_GATEWAY,
-                    "ServiceUnavailable",
-                    "the cluster agent's token is not a valid header value",
                 );
             }
         }
@@ -210,8 +199,8 @@ async fn forward(
         );
     };
     parts.uri = uri;
-    if let Ok(host) = HeaderValue::from_str(&upstream.target) {
-        parts.headers.insert(header::HOST, host);
+    if let Some(host) = &upstream.host {
+        parts.headers.insert(header::HOST, host.clone());
     }
     let request = Request::from_parts(parts, body);
     if tunnel_upgrade.is_none() && long_lived(&path) {

@@ -5,8 +5,10 @@
 //! TLS upstream's per-request cost in S2. A missing file still fails the request at once (B18).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::SystemTime;
+
+use http::HeaderValue;
 
 /// What identifies one version of the file: a rotation changes the device and inode
 /// (kubelet's symlink swap, any write-and-rename), a rewrite in place the modification time or
@@ -44,10 +46,11 @@ impl Version {
 /// Timestamp ticks are a few milliseconds on Linux filesystems.
 const RACY_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// A token file and the last token read from it.
+/// A token file and the `Authorization` value made of the last token read from it (built
+/// once per read: cloning it per request is a reference count, not a copy).
 pub(crate) struct TokenFile {
     path: PathBuf,
-    cached: Mutex<Option<(Version, Arc<str>)>>,
+    cached: Mutex<Option<(Version, HeaderValue)>>,
     /// Times the file was read (tests tell a cache hit from a re-read by it).
     reads: std::sync::atomic::AtomicU64,
 }
@@ -65,15 +68,15 @@ impl TokenFile {
         &self.path
     }
 
-    /// The current token, trimmed; an error says why there is none (missing, unreadable,
-    /// empty). The `stat` runs on the event loop: token files live on tmpfs (projected
-    /// volumes) or a local disk, where it costs about a microsecond (docs/configuration.md
-    /// asks for a local filesystem).
-    pub(crate) async fn current(&self) -> Result<Arc<str>, String> {
+    /// `Bearer <the current token, trimmed>`; an error says why there is none (missing,
+    /// unreadable, empty, not a header value). The `stat` runs on the event loop: token files
+    /// live on tmpfs (projected volumes) or a local disk, where it costs about a microsecond
+    /// (docs/configuration.md asks for a local filesystem).
+    pub(crate) async fn authorization(&self) -> Result<HeaderValue, String> {
         let version = Version::of(&std::fs::metadata(&self.path).map_err(|e| e.to_string())?);
-        if let Some((cached_version, token)) = self.lock().as_ref() {
+        if let Some((cached_version, value)) = self.lock().as_ref() {
             if *cached_version == version {
-                return Ok(token.clone());
+                return Ok(value.clone());
             }
         }
         self.reads
@@ -81,13 +84,18 @@ impl TokenFile {
         let text = tokio::fs::read_to_string(&self.path)
             .await
             .map_err(|e| e.to_string())?;
-        let token: Arc<str> = Arc::from(text.trim());
+        let token = text.trim();
         if token.is_empty() {
             *self.lock() = None;
             return Err("empty".to_owned());
         }
-        *self.lock() = (!version.is_racy()).then(|| (version, token.clone()));
-        Ok(token)
+        let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) else {
+            *self.lock() = None;
+            return Err("not a valid header value".to_owned());
+        };
+        value.set_sensitive(true);
+        *self.lock() = (!version.is_racy()).then(|| (version, value.clone()));
+        Ok(value)
     }
 
     #[cfg(test)]
@@ -95,7 +103,7 @@ impl TokenFile {
         self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Version, Arc<str>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Version, HeaderValue)>> {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -130,10 +138,10 @@ mod tests {
         let dir = dir("cache");
         let path = dir.0.join("token");
         let file = TokenFile::new(path.clone());
-        assert!(file.current().await.is_err(), "missing file");
+        assert!(file.authorization().await.is_err(), "missing file");
         write_aged(&path, "first\n", Duration::from_secs(60));
-        assert_eq!(&*file.current().await.unwrap(), "first");
-        assert_eq!(&*file.current().await.unwrap(), "first");
+        assert_eq!(file.authorization().await.unwrap(), "Bearer first");
+        assert_eq!(file.authorization().await.unwrap(), "Bearer first");
         assert_eq!(
             file.reads(),
             1,
@@ -148,14 +156,23 @@ mod tests {
             .unwrap()
             .set_modified(modified)
             .unwrap();
-        assert_eq!(&*file.current().await.unwrap(), "other");
+        assert_eq!(file.authorization().await.unwrap(), "Bearer other");
         // Just written: too recent to cache (a same-tick rewrite would look the same).
         std::fs::write(&path, "fresh\n").unwrap();
-        assert_eq!(&*file.current().await.unwrap(), "fresh");
-        assert_eq!(&*file.current().await.unwrap(), "fresh");
+        assert_eq!(file.authorization().await.unwrap(), "Bearer fresh");
+        assert_eq!(file.authorization().await.unwrap(), "Bearer fresh");
         assert_eq!(file.reads(), 4, "a racy version is re-read");
         write_aged(&path, "  \n", Duration::from_secs(60));
-        assert_eq!(file.current().await.unwrap_err(), "empty");
+        assert_eq!(file.authorization().await.unwrap_err(), "empty");
+        write_aged(&path, "two\nlines\n", Duration::from_secs(60));
+        assert_eq!(
+            file.authorization().await.unwrap_err(),
+            "not a valid header value"
+        );
+        write_aged(&path, "good\n", Duration::from_secs(60));
+        let value = file.authorization().await.unwrap();
+        assert_eq!(value, "Bearer good");
+        assert!(value.is_sensitive());
     }
 
     /// B18: a cached token is never used once the file is gone.
@@ -165,9 +182,9 @@ mod tests {
         let path = dir.0.join("token");
         write_aged(&path, "cached\n", Duration::from_secs(60));
         let file = TokenFile::new(path.clone());
-        assert_eq!(&*file.current().await.unwrap(), "cached");
+        assert_eq!(file.authorization().await.unwrap(), "Bearer cached");
         std::fs::remove_file(&path).unwrap();
-        assert!(file.current().await.is_err(), "removed file");
+        assert!(file.authorization().await.is_err(), "removed file");
     }
 
     /// Rotation as kubelet does it: the path is a symlink repointed atomically.
@@ -185,10 +202,10 @@ mod tests {
         let path = dir.0.join("token");
         std::os::unix::fs::symlink(dir.0.join("d1/token"), &path).unwrap();
         let file = TokenFile::new(path.clone());
-        assert_eq!(&*file.current().await.unwrap(), "one");
+        assert_eq!(file.authorization().await.unwrap(), "Bearer one");
         let next = dir.0.join("token.next");
         std::os::unix::fs::symlink(dir.0.join("d2/token"), &next).unwrap();
         std::fs::rename(&next, &path).unwrap();
-        assert_eq!(&*file.current().await.unwrap(), "two");
+        assert_eq!(file.authorization().await.unwrap(), "Bearer two");
     }
 }

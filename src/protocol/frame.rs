@@ -4,7 +4,7 @@
 //! Types 0x10–0x15 exist only in v2 and are sent only to a peer that negotiated v2. Pure
 //! encode/decode: no I/O, no state.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::settings::Settings;
 
@@ -250,7 +250,10 @@ pub fn decode(message: Bytes) -> Result<Frame, FrameError> {
     }
     let kind = message[0];
     let id = u32::from_be_bytes([message[1], message[2], message[3], message[4]]);
-    let payload = message.slice(HEADER_LEN..);
+    // `advance`, not `slice`: a slice of a buffer that came from a `Vec` makes it shared, an
+    // allocation per message; moving its start is free.
+    let mut payload = message;
+    payload.advance(HEADER_LEN);
     let malformed = |frame, reason| Err(FrameError::Malformed { frame, reason });
     let session_level = |frame| {
         if id == 0 {

@@ -168,7 +168,7 @@ async fn forward(
     let route = Route {
         cluster: &cluster.id,
         target: &extension.name,
-        open_target: format!("extension/{}", extension.name).into_bytes(),
+        open_target: format!("extension/{}", extension.name).into_bytes().into(),
         // One request per stream: pooled streams belong to the Kubernetes target.
         pooling: false,
     };

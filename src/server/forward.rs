@@ -1,6 +1,7 @@
 //! The internal listener: `/tunnel/{cluster-id}/{rest}` → that cluster's agent, and the one
 //! place where forwarding errors become HTTP statuses.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -187,21 +188,21 @@ pub async fn handle(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
-    let cluster = route(&path).map(|(id, _)| id.to_owned()).ok();
+    let cluster = route(&path).map(|(id, _)| id).ok();
     let response = match forward(&state, request, client, &path).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::debug!(cluster = cluster.as_deref().unwrap_or("-"), %error, "request not forwarded");
+            tracing::debug!(cluster = cluster.unwrap_or("-"), %error, "request not forwarded");
             rescue(&error)
         }
     };
     // Only configured clusters become label values; a client cannot mint series.
     if let Some(cluster) = cluster.filter(|id| state.config().cluster(id).is_some()) {
-        let code = response.status().as_u16().to_string();
+        let code = response.status();
         state
             .metrics
             .requests
-            .inc(&[&cluster, method_label(&method), &code]);
+            .inc(&[cluster, method_label(&method), code.as_str()]);
         tracing::info!(%cluster, %method, path = %path, status = response.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, remote = %client, "proxy");
     }
     response
@@ -226,10 +227,11 @@ async fn forward(
             Refusal::Forbidden(caller) => ForwardError::Forbidden(caller),
         });
     }
-    let cluster = state
+    let config = state.config();
+    let cluster = config
         .cluster(cluster_id)
         .ok_or(ForwardError::UnknownCluster)?;
-    if !state.rate_limiter.allow(&cluster) {
+    if !state.rate_limiter.allow(cluster) {
         state.metrics.rate_limited.inc(&[cluster_id]);
         return Err(ForwardError::RateLimited);
     }
@@ -240,8 +242,8 @@ async fn forward(
         .await
         .ok_or(ForwardError::AgentOffline)?;
     let target = match session.version() {
-        Version::V1 => cluster.target.as_bytes().to_vec(),
-        Version::V2 => b"kubernetes".to_vec(),
+        Version::V1 => Cow::Owned(cluster.target.as_bytes().to_vec()),
+        Version::V2 => Cow::Borrowed(&b"kubernetes"[..]),
     };
     let policy = cluster.impersonation;
     let route = Route {

@@ -92,7 +92,11 @@ impl StreamPool {
                 });
             }
         }
-        let entries = idle.by_cluster.entry(cluster.to_owned()).or_default();
+        // Looked up before inserting: the key is copied once per cluster, not per request.
+        if !idle.by_cluster.contains_key(cluster) {
+            idle.by_cluster.insert(cluster.to_owned(), Vec::new());
+        }
+        let entries = idle.by_cluster.get_mut(cluster).expect("inserted above");
         if entries.len() >= MAX_IDLE_PER_CLUSTER {
             // Full: make room from this cluster's expired entries before refusing a good one.
             entries.retain(|entry| now - entry.idle_since < IDLE_TIMEOUT);

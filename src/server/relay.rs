@@ -23,7 +23,7 @@ pub(crate) struct Route<'a> {
     /// The `Host` the request carries (the upstream's authority).
     pub target: &'a str,
     /// The stream's open payload: v1 the Connect address, v2 the agent-side target name.
-    pub open_target: Vec<u8>,
+    pub open_target: std::borrow::Cow<'a, [u8]>,
     /// Reuse idle keep-alive streams (v2, same target only).
     pub pooling: bool,
 }
@@ -103,7 +103,7 @@ pub(crate) async fn relay(
     parts.uri = rest.parse().map_err(|_| ForwardError::NotTunnel)?;
     // A stream whose response ended cleanly goes back to the pool for the next request.
     let reuse = pooling.then(|| {
-        let (state, cluster, session) = (state.clone(), cluster_id.to_owned(), session.clone());
+        let (state, cluster, session) = (state.clone(), active.cluster.clone(), session.clone());
         Box::new(move |conn| state.pool.checkin(&cluster, Pooled::new(conn, session))) as Reuse<_>
     });
     let answer = h1::exchange(conn, &mut parts, body, client_upgrade.is_some(), reuse)
@@ -143,10 +143,11 @@ pub(crate) async fn relay(
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
-/// `tunnel_active_connections{cluster}` for the life of one request.
+/// `tunnel_active_connections{cluster}` for the life of one request. Holds the cluster id,
+/// which the pool's check-in shares (one copy per request).
 struct ActiveGuard {
     state: Arc<ServerState>,
-    cluster: String,
+    cluster: Arc<str>,
 }
 
 impl ActiveGuard {
@@ -154,7 +155,7 @@ impl ActiveGuard {
         state.metrics.active.add(&[cluster], 1.0);
         Self {
             state,
-            cluster: cluster.to_owned(),
+            cluster: Arc::from(cluster),
         }
     }
 }

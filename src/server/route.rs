@@ -1,6 +1,8 @@
 //! `/tunnel/{cluster-id}/{rest}` → (cluster id, `/{rest}` + raw query), on the raw request
 //! target, so percent-encoding reaches the agent byte for byte (`%2F` stays `%2F`).
 
+use std::borrow::Cow;
+
 /// Why a path is not a tunnel route.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteError {
@@ -11,7 +13,8 @@ pub enum RouteError {
 }
 
 /// Splits a raw `path?query` into the cluster id and the path to forward.
-pub fn route(path_and_query: &str) -> Result<(&str, String), RouteError> {
+/// Borrowed unless the id is followed by a query with no path (`/tunnel/abc?x=1` → `/?x=1`).
+pub fn route(path_and_query: &str) -> Result<(&str, Cow<'_, str>), RouteError> {
     let rest = path_and_query
         .strip_prefix("/tunnel/")
         .ok_or(RouteError::NotTunnel)?;
@@ -21,9 +24,9 @@ pub fn route(path_and_query: &str) -> Result<(&str, String), RouteError> {
         return Err(RouteError::EmptyId);
     }
     let forwarded = if tail.starts_with('/') {
-        tail.to_owned()
+        Cow::Borrowed(tail)
     } else {
-        format!("/{tail}")
+        Cow::Owned(format!("/{tail}"))
     };
     Ok((id, forwarded))
 }
@@ -35,16 +38,16 @@ mod tests {
     #[test]
     fn routes_keep_the_raw_path_and_query() {
         let cases = [
-            ("/tunnel/abc", Ok(("abc", "/".to_owned()))),
-            ("/tunnel/abc/", Ok(("abc", "/".to_owned()))),
-            ("/tunnel/abc?x=1", Ok(("abc", "/?x=1".to_owned()))),
+            ("/tunnel/abc", Ok(("abc", "/".into()))),
+            ("/tunnel/abc/", Ok(("abc", "/".into()))),
+            ("/tunnel/abc?x=1", Ok(("abc", "/?x=1".into()))),
             (
                 "/tunnel/abc/api/v1/pods?watch=1&x=%2F",
-                Ok(("abc", "/api/v1/pods?watch=1&x=%2F".to_owned())),
+                Ok(("abc", "/api/v1/pods?watch=1&x=%2F".into())),
             ),
             (
                 "/tunnel/abc/api/v1/namespaces/a%2Fb/pods",
-                Ok(("abc", "/api/v1/namespaces/a%2Fb/pods".to_owned())),
+                Ok(("abc", "/api/v1/namespaces/a%2Fb/pods".into())),
             ),
             ("/tunnel//api", Err(RouteError::EmptyId)),
             ("/tunnel/", Err(RouteError::EmptyId)),

@@ -21,24 +21,47 @@ pub(crate) struct DataQueue {
     bytes: usize,
 }
 
+/// One stream's frames: the oldest inline, the rest behind it. Most streams queue one frame
+/// at a time and run dry at once; a FIFO of their own was an allocation and a free per message.
 #[derive(Default)]
 struct PerStream {
-    frames: VecDeque<Outbound>,
+    oldest: Option<Outbound>,
+    rest: VecDeque<Outbound>,
     bytes: usize,
+}
+
+impl PerStream {
+    fn push(&mut self, item: Outbound) {
+        if self.oldest.is_none() {
+            self.oldest = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Outbound> {
+        let item = self.oldest.take()?;
+        self.oldest = self.rest.pop_front();
+        Some(item)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.oldest.is_none()
+    }
 }
 
 impl DataQueue {
     /// Queues `item` behind stream `id`'s earlier frames.
     pub(crate) fn push(&mut self, id: StreamId, item: Outbound) {
         let stream = self.streams.entry(id).or_default();
-        if stream.frames.is_empty() {
+        if stream.is_empty() {
             self.turns.push_back(id);
         }
         if let Outbound::Data { len, .. } = &item {
             stream.bytes += len;
             self.bytes += len;
         }
-        stream.frames.push_back(item);
+        stream.push(item);
     }
 
     /// The next frame in turn: the front stream's oldest frame; that stream then goes to the
@@ -49,15 +72,12 @@ impl DataQueue {
             .streams
             .get_mut(&id)
             .expect("a stream in turn has frames");
-        let item = stream
-            .frames
-            .pop_front()
-            .expect("a stream in turn has frames");
+        let item = stream.pop().expect("a stream in turn has frames");
         if let Outbound::Data { len, .. } = &item {
             stream.bytes -= len;
             self.bytes -= len;
         }
-        if stream.frames.is_empty() {
+        if stream.is_empty() {
             self.streams.remove(&id);
         } else {
             self.turns.push_back(id);

@@ -52,12 +52,19 @@ pub(crate) async fn read_loop<R>(
         }
     }
     let mut read_this_turn = 0;
+    // One timer for the session's life, moved only when its deadline changes: a fresh
+    // `sleep_until` per message was a timer-wheel insert and removal per message.
+    let timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(timer);
     loop {
         if read_this_turn >= READ_TURN_BYTES {
             read_this_turn = 0;
             tokio::task::yield_now().await;
         }
         let next_deadline = next_ping.min(next_open_deadline(&shared).unwrap_or(next_ping));
+        if timer.deadline() != next_deadline {
+            timer.as_mut().reset(next_deadline);
+        }
         tokio::select! {
             message = stream.next() => {
                 let mut state = shared.lock();
@@ -70,7 +77,7 @@ pub(crate) async fn read_loop<R>(
                     None => shared.end(&mut state, SessionEnd::PeerClosed),
                 }
             }
-            _ = tokio::time::sleep_until(next_deadline) => {
+            () = &mut timer => {
                 let now = Instant::now();
                 let mut state = shared.lock();
                 expire_opens(&shared, &mut state, now);

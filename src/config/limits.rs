@@ -119,7 +119,7 @@ impl RawLimits {
             }
         }
         if tunnel.heartbeat_interval > Duration::from_secs(15) {
-            return Err("[limits] heartbeat_interval must be ≤ 15s: a Go peer drops a tunnel after 45 s without a Ping".into());
+            return Err("[limits] heartbeat_interval must be ≤ 15s: the tunnel protocol pings at least every 15 s (a Go peer pings every 15 s and drops a tunnel after 45 s without a Pong)".into());
         }
         if process_buffer < tunnel.session_buffer {
             return Err("[limits] process_buffer must be ≥ tunnel_buffer".into());

@@ -62,13 +62,13 @@ pub struct ServeOptions {
     /// TLS for new connections (swapped by a reload); `None`: plain HTTP/1.1.
     pub tls: Option<Arc<TlsSlot>>,
     /// HTTP/1.1 connections are served by our own server (`h1::serve`), which holds ~3 KiB per
-    /// idle watch where hyper's holds ~12 (S9); upgrade requests it serves carry `ServedHere`, and an
-    /// upgrade is answered by putting the connection to splice with in the response.
+    /// idle watch where hyper's holds ~12 (S9); upgrade requests it serves carry `ServedHere`,
+    /// and an upgrade is answered by putting the connection to splice with in the response.
     pub own_http1: bool,
 }
 
-/// In the extensions of an upgrade request our own HTTP/1.1 server serves: an upgrade's other end goes
-/// in the response's extensions (`h1::UpgradeTo`), not through `hyper::upgrade::on`.
+/// In the extensions of an upgrade request our own HTTP/1.1 server serves: the upgrade's other
+/// end goes in the response's extensions (`h1::UpgradeTo`), not through `hyper::upgrade::on`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServedHere;
 

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
 use super::token::TokenFile;
@@ -19,8 +20,10 @@ pub(crate) struct Destination {
     pub(crate) label: String,
     /// `host:port`.
     pub(crate) target: String,
-    /// `target` as the `Host` every request carries (made once; a clone is a reference count).
+    /// `target` as the `Host` every request carries and as its URI's authority (made once; a
+    /// clone is a reference count, not a copy).
     pub(crate) host: Option<HeaderValue>,
+    pub(crate) authority: Option<Authority>,
     /// Plain HTTP.
     pub(crate) plaintext: bool,
     /// Bearer token to inject, checked per request.
@@ -56,6 +59,7 @@ impl Destinations {
             label: "its Kubernetes API".into(),
             target: upstream.target.clone(),
             host: HeaderValue::from_str(&upstream.target).ok(),
+            authority: upstream.target.parse().ok(),
             plaintext: upstream.plaintext,
             token_file: upstream.token_file.clone().map(TokenFile::new),
             headers: Vec::new(),
@@ -77,6 +81,7 @@ impl Destinations {
                     label: format!("extension backend \"{}\"", backend.name),
                     target: backend.target.clone(),
                     host: HeaderValue::from_str(&backend.target).ok(),
+                    authority: backend.target.parse().ok(),
                     plaintext: !backend.tls,
                     token_file: backend.token_file.clone().map(TokenFile::new),
                     headers: backend.headers.clone(),

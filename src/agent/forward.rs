@@ -186,12 +186,14 @@ async fn forward(
         parts.headers.insert(name.clone(), value.clone());
     }
     let scheme = if upstream.plaintext { "http" } else { "https" };
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(upstream.target.as_str())
-        .path_and_query(format!("{}{path}", upstream.path_prefix))
-        .build();
-    let Ok(uri) = uri else {
+    let uri = upstream.authority.clone().map(|authority| {
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(format!("{}{path}", upstream.path_prefix))
+            .build()
+    });
+    let Some(Ok(uri)) = uri else {
         return status_response(
             StatusCode::BAD_REQUEST,
             "BadRequest",

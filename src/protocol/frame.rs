@@ -301,10 +301,12 @@ pub fn decode(message: Bytes) -> Result<Frame, FrameError> {
             if id == 0 || payload.is_empty() {
                 return malformed("Reset", "stream id 0 or no reason code");
             }
+            let reason = ResetReason::from_code(payload[0]);
+            payload.advance(1);
             Frame::Reset {
                 id,
-                reason: ResetReason::from_code(payload[0]),
-                message: payload.slice(1..),
+                reason,
+                message: payload,
             }
         }
         0x14 => {

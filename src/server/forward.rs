@@ -219,15 +219,17 @@ async fn forward(
         RouteError::EmptyId => ForwardError::EmptyId,
     })?;
     let cert = request.extensions().get::<ClientCert>();
-    let callers = &state.config().callers;
-    if let Err(refusal) = super::callers::check(callers, request.headers(), cert, cluster_id) {
+    // One snapshot for the whole request: a reload mid-request does not mix two configs.
+    let config = state.config();
+    if let Err(refusal) =
+        super::callers::check(&config.callers, request.headers(), cert, cluster_id)
+    {
         state.metrics.auth_failures.inc(&["tunnel"]);
         return Err(match refusal {
             Refusal::Unauthenticated => ForwardError::Unauthenticated,
             Refusal::Forbidden(caller) => ForwardError::Forbidden(caller),
         });
     }
-    let config = state.config();
     let cluster = config
         .cluster(cluster_id)
         .ok_or(ForwardError::UnknownCluster)?;

@@ -116,7 +116,7 @@ async fn forward(
         .find(|extension| extension.name == name)
         .ok_or(ForwardError::ExtensionForbidden)?;
     *extension_label = extension.name.clone();
-    let cluster = state
+    let cluster = config
         .cluster(&cluster_id)
         .filter(|_| extension.allows(&cluster_id))
         .ok_or(ForwardError::ExtensionForbidden)?;

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ClusterConfig, LimitsConfig, ListenerTls, ServerConfig};
+use crate::config::{LimitsConfig, ListenerTls, ServerConfig};
 use crate::listen;
 pub use crate::listen::BindError;
 use crate::metrics::ServerMetrics;
@@ -107,10 +107,6 @@ impl ServerState {
 
     pub(crate) fn limits(&self) -> LimitsConfig {
         self.config().limits.clone()
-    }
-
-    pub(crate) fn cluster(&self, id: &str) -> Option<ClusterConfig> {
-        self.config().cluster(id).cloned()
     }
 }
 

@@ -188,8 +188,10 @@ pub async fn handle(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
-    let cluster = route(&path).map(|(id, _)| id).ok();
-    let response = match forward(&state, request, client, &path).await {
+    // Routed once: `forward` gets the parts, the metric label below the id.
+    let routed = route(&path);
+    let cluster = routed.as_ref().ok().map(|(id, _)| *id);
+    let response = match forward(&state, request, client, routed).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(cluster = cluster.unwrap_or("-"), %error, "request not forwarded");
@@ -212,9 +214,9 @@ async fn forward(
     state: &Arc<ServerState>,
     request: Request<Body>,
     client: SocketAddr,
-    path: &str,
+    routed: Result<(&str, Cow<'_, str>), RouteError>,
 ) -> Result<Response<Body>, ForwardError> {
-    let (cluster_id, rest) = route(path).map_err(|error| match error {
+    let (cluster_id, rest) = routed.map_err(|error| match error {
         RouteError::NotTunnel => ForwardError::NotTunnel,
         RouteError::EmptyId => ForwardError::EmptyId,
     })?;

@@ -279,7 +279,7 @@ async fn missing_or_wrong_proxy_credentials_fail_the_dial() {
         std::fs::write(&path, agent_toml(&url, &via(&proxy_url, "[]"), &kube)).unwrap();
         let config = AgentConfig::load(&path, Check::Files).expect("agent config");
         let budget = Arc::new(MemoryBudget::default_process());
-        let Err(error) = within("dial", dial::dial(&config, budget)).await else {
+        let Err(error) = within("dial", dial::dial(&config, budget, "test-instance")).await else {
             panic!("dialled through {proxy_url} without the right credentials");
         };
         let text = error.to_string();

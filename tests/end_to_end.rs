@@ -301,10 +301,9 @@ async fn replaced_agent_leaving_keeps_the_new_one_routed() {
         dir: _dir,
     } = stack;
     first.shutdown().await;
-    // Polled, not asserted once: the retired first agent may have redialled and taken the
-    // route back just before it shut down, and the second then needs its own redial. If the
-    // departing agent removed the live agent's route instead (B1), that agent is never
-    // disconnected, never registers again, and this times out.
+    // The retired first agent stands by (tests/standby.rs) and now leaves. If its leaving
+    // removed the live agent's route (B1), that agent is never disconnected, never registers
+    // again, and this times out. (Polled: routes are checked through the ops listener.)
     let ops = server.addrs.ops.unwrap();
     wait_routed(ops, "c1").await;
     let (before_first, before_second) = (first_kube.requests().len(), second_kube.requests().len());

@@ -87,7 +87,11 @@ async fn dial_once(dir: &Path, name: &str, toml: &str) -> Result<(), DialError> 
     let config = AgentConfig::load(&path, Check::Files).unwrap();
     within(
         "dial",
-        dial(&config, Arc::new(MemoryBudget::default_process())),
+        dial(
+            &config,
+            Arc::new(MemoryBudget::default_process()),
+            "mtls-test",
+        ),
     )
     .await
     .map(drop)

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use crate::config::AgentConfig;
 use crate::mux::negotiate::{self, Negotiated};
 use crate::mux::{MemoryBudget, Role, Session};
+use crate::protocol::handshake;
 use crate::transport::{proxy, tls, websocket};
 
 /// A connected byte stream, TLS or not.
@@ -45,6 +46,9 @@ pub enum DialError {
         /// Seconds from `Retry-After`, if any.
         retry_after: Option<u64>,
     },
+    /// Another agent of this cluster displaced this one and still serves (409): stand by.
+    #[error("another agent serves this cluster; standing by")]
+    StandingBy,
     /// The upgrade failed otherwise.
     #[error("WebSocket upgrade: {0}")]
     Upgrade(String),
@@ -74,8 +78,12 @@ async fn bounded<T>(
         .map_err(|_| DialError::Timeout(step))?
 }
 
-/// Dials the server once.
-pub async fn dial(config: &AgentConfig, budget: Arc<MemoryBudget>) -> Result<Dialed, DialError> {
+/// Dials the server once, as agent `instance` (see `handshake::AGENT_INSTANCE_HEADER`).
+pub async fn dial(
+    config: &AgentConfig,
+    budget: Arc<MemoryBudget>,
+    instance: &str,
+) -> Result<Dialed, DialError> {
     let timeout = config.limits.handshake_timeout;
     let uri: http::Uri = config
         .server_url
@@ -147,10 +155,12 @@ pub async fn dial(config: &AgentConfig, budget: Arc<MemoryBudget>) -> Result<Dia
     };
     let url = config.server_url.clone();
     let token = config.token.expose().to_owned();
+    let extra = [(handshake::AGENT_INSTANCE_HEADER, instance)];
     let connected = bounded(timeout, "WebSocket upgrade", async move {
-        websocket::connect(io, &url, Some(&token), true)
+        websocket::connect_with_headers(io, &url, Some(&token), true, &extra)
             .await
             .map_err(|error| match error {
+                websocket::HandshakeError::Refused { status: 409, .. } => DialError::StandingBy,
                 websocket::HandshakeError::Refused {
                     status,
                     retry_after,

@@ -39,6 +39,10 @@ pub(crate) struct AgentState {
     destinations: RwLock<Arc<destination::Destinations>>,
     pub(crate) metrics: AgentMetrics,
     connected: AtomicBool,
+    /// Set while the server refuses this agent because a newer agent of its cluster serves.
+    standing_by: AtomicBool,
+    /// This agent's id on the upgrade request, new per start (`handshake::AGENT_INSTANCE_HEADER`).
+    instance: String,
     /// The tunnel's session while it is up (its heartbeat round trip is read at scrape time).
     session: std::sync::Mutex<Option<crate::mux::SessionHandle>>,
 }
@@ -90,6 +94,8 @@ impl Agent {
                 destinations: RwLock::new(Arc::new(destinations)),
                 metrics: AgentMetrics::new(),
                 connected: AtomicBool::new(false),
+                standing_by: AtomicBool::new(false),
+                instance: new_instance(),
                 session: std::sync::Mutex::new(None),
             }),
             health,
@@ -142,7 +148,7 @@ impl Agent {
             let config = state.config();
             backoff.set_cap(config.max_reconnect_interval);
             let attempt = tokio::select! {
-                attempt = dial::dial(&config, budget.clone()) => attempt,
+                attempt = dial::dial(&config, budget.clone(), &state.instance) => attempt,
                 _ = shutdown.cancelled() => break,
             };
             let server = &config.server_url;
@@ -150,6 +156,12 @@ impl Agent {
                 // Ready after the first attempt, whatever its outcome: a server outage must not
                 // make systemd restart every agent in lock-step.
                 crate::systemd::ready(&format!("dialing {server}"));
+            }
+            // Other failures (the server away) say nothing about the other agent.
+            match &attempt {
+                Ok(_) => state.stand_by(false),
+                Err(dial::DialError::StandingBy) => state.stand_by(true),
+                Err(_) => {}
             }
             let delay = match attempt {
                 Ok(dialed) => {
@@ -164,6 +176,17 @@ impl Agent {
                         backoff.reset();
                     }
                     backoff.next_delay()
+                }
+                Err(dial::DialError::StandingBy) => {
+                    // Polled at the backoff's pace (up to its cap): the serving agent leaving
+                    // is seen within `max_reconnect_interval`, and a standby costs the server
+                    // one refused handshake per interval.
+                    let delay = backoff.next_delay();
+                    crate::systemd::status(&format!(
+                        "standing by: another agent serves this cluster (asking again in {:.1} s)",
+                        delay.as_secs_f64()
+                    ));
+                    delay
                 }
                 Err(error) => {
                     // A server's Retry-After is a floor under the jittered backoff, never a
@@ -195,6 +218,39 @@ impl Agent {
     }
 }
 
+impl AgentState {
+    /// Enters or leaves standby, logging the change (not every refused attempt).
+    fn stand_by(&self, standing_by: bool) {
+        if self.standing_by.swap(standing_by, Ordering::AcqRel) == standing_by {
+            return;
+        }
+        self.metrics
+            .standby
+            .set(&[], f64::from(u8::from(standing_by)));
+        if standing_by {
+            tracing::warn!(
+                instance = %self.instance,
+                "another agent serves this cluster (its token is in use twice); standing by until it leaves"
+            );
+        } else {
+            tracing::info!(instance = %self.instance, "no longer standing by");
+        }
+    }
+}
+
+/// A fresh instance id: 16 hex digits from the kernel's CSPRNG (time and pid if it fails).
+fn new_instance() -> String {
+    let bytes = crate::host::random_bytes(8).unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        (nanos ^ u64::from(std::process::id()) << 40)
+            .to_be_bytes()
+            .to_vec()
+    });
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// Serves one tunnel until it ends or the agent stops.
 async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &CancellationToken) {
     let version = dialed.negotiated.version;
@@ -202,7 +258,7 @@ async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &Cancel
         handle,
         mut incoming,
     } = dialed.session;
-    tracing::info!(server = %state.config().server_url, protocol = version.as_str(), "tunnel up");
+    tracing::info!(server = %state.config().server_url, protocol = version.as_str(), instance = %state.instance, "tunnel up");
     state.connected.store(true, Ordering::Release);
     *lock(&state.session) = Some(handle.clone());
     state.metrics.connected.add(&[], 1.0);
@@ -246,6 +302,10 @@ async fn health(state: Arc<AgentState>, request: Request<Body>) -> Response<Body
     match request.uri().path() {
         "/healthz" => text_response(StatusCode::OK, "ok"),
         "/readyz" if state.connected.load(Ordering::Acquire) => text_response(StatusCode::OK, "ok"),
+        "/readyz" if state.standing_by.load(Ordering::Acquire) => text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "standing by: another agent serves this cluster\n",
+        ),
         "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "not connected\n"),
         "/metrics" => {
             if let Some(rtt) = lock(&state.session)

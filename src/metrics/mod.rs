@@ -48,6 +48,10 @@ pub struct ServerMetrics {
     pub agents_connected: Family,
     /// `auth_failures_total{endpoint}`.
     pub auth_failures: Family,
+    /// `agents_replaced_total{cluster}`: live tunnels replaced by a newer agent.
+    pub agents_replaced: Family,
+    /// `agents_standing_by_total{cluster}`: displaced agents refused with 409.
+    pub agents_standing_by: Family,
     /// `proxy_requests_total{cluster,method,code}`.
     pub requests: Family,
     /// `tunnel_active_connections{cluster}`: requests in flight.
@@ -93,6 +97,16 @@ impl ServerMetrics {
                 "auth_failures_total",
                 "Rejected agent credentials.",
                 &["endpoint"],
+            ),
+            agents_replaced: Family::counter(
+                "agents_replaced_total",
+                "Live agent tunnels replaced by a newer agent of the same cluster.",
+                &["cluster"],
+            ),
+            agents_standing_by: Family::counter(
+                "agents_standing_by_total",
+                "Connects refused with 409 because a newer agent of the cluster still serves.",
+                &["cluster"],
             ),
             requests: Family::counter(
                 "proxy_requests_total",
@@ -175,6 +189,8 @@ impl ServerMetrics {
             &[
                 &self.agents_connected,
                 &self.auth_failures,
+                &self.agents_replaced,
+                &self.agents_standing_by,
                 &self.requests,
                 &self.active,
                 &self.rate_limited,
@@ -204,6 +220,8 @@ impl Default for ServerMetrics {
 pub struct AgentMetrics {
     /// `agent_connected`: 1 while the tunnel is up.
     pub connected: Family,
+    /// `agent_standby`: 1 while another agent serves the cluster and this one waits.
+    pub standby: Family,
     /// `agent_reconnects_total`.
     pub reconnects: Family,
     /// `agent_upstream_requests_total`.
@@ -223,6 +241,11 @@ impl AgentMetrics {
             connected: Family::gauge(
                 "agent_connected",
                 "1 while the tunnel to the server is up.",
+                &[],
+            ),
+            standby: Family::gauge(
+                "agent_standby",
+                "1 while another agent serves this cluster and this one stands by.",
                 &[],
             ),
             reconnects: Family::counter(
@@ -255,6 +278,7 @@ impl AgentMetrics {
             &self.log_dropped,
             &[
                 &self.connected,
+                &self.standby,
                 &self.reconnects,
                 &self.upstream_requests,
                 &self.upstream_errors,

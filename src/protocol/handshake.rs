@@ -20,6 +20,13 @@ pub const PROTOCOL_HEADER: &str = "x-argocd-proxy-protocol";
 /// The value an agent offers and a v2 server echoes.
 pub const PROTOCOL_V2: &str = "2";
 
+/// The agent names its process here on the upgrade request: an opaque id of at most 64
+/// visible ASCII bytes, new each time the agent starts. The server refuses (409) an instance
+/// that a newer agent of the same cluster displaced while that one still serves, so two agents
+/// of one cluster do not take the route from each other on every redial. Any version; a Go
+/// agent sends none and keeps newest-wins.
+pub const AGENT_INSTANCE_HEADER: &str = "x-argocd-proxy-agent-instance";
+
 /// The protocol a session speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Version {

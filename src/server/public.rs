@@ -7,6 +7,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::auth::authenticate;
+use super::registry;
 use super::ServerState;
 use crate::http::{full, text_response, Body};
 use crate::mux::negotiate;
@@ -82,6 +83,14 @@ fn connect(state: Arc<ServerState>, mut request: Request<Body>) -> Response<Body
         }
         return response;
     }
+    let instance = registry::instance_of(headers.get(handshake::AGENT_INSTANCE_HEADER));
+    if state.registry.stands_by(&cluster, instance.as_deref()) {
+        // Another agent displaced this one and still serves: taking the route back would only
+        // make the two trade it on every redial (see `registry`). The agent retries later.
+        state.metrics.agents_standing_by.inc(&[&cluster]);
+        tracing::debug!(%cluster, instance = instance.as_deref(), "displaced agent stands by");
+        return text_response(StatusCode::CONFLICT, "another agent serves this cluster\n");
+    }
     let key = headers
         .get("sec-websocket-key")
         .map(HeaderValue::as_bytes)
@@ -108,7 +117,7 @@ fn connect(state: Arc<ServerState>, mut request: Request<Body>) -> Response<Body
             transport,
             negotiated.into_config(Role::Server, limits.clone(), state.budget.clone()),
         );
-        serve_agent(state, cluster, session, version).await;
+        serve_agent(state, cluster, instance, session, version).await;
     });
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -157,22 +166,29 @@ pub(crate) fn retire(state: &ServerState, session: SessionHandle, grace: std::ti
 async fn serve_agent(
     state: Arc<ServerState>,
     cluster: String,
+    instance: Option<registry::Instance>,
     session: Session,
     version: crate::protocol::Version,
 ) {
     let Session { handle, incoming } = session;
     drop(incoming); // agents never open streams towards the server
-    let (guard, replaced) = state.registry.register(&cluster, handle.clone());
+    let instance_text = instance.clone();
+    let (guard, replaced) = state.registry.register(&cluster, handle.clone(), instance);
     if state.config().cluster(&cluster).is_none() {
         // A reload removed the cluster while this agent was negotiating: it must not stay.
         tracing::info!(%cluster, "cluster removed during the agent's handshake; closing");
         retire(&state, handle.clone(), std::time::Duration::ZERO);
     }
-    tracing::info!(%cluster, protocol = version.as_str(), "agent connected");
+    let instance = instance_text.as_deref();
+    tracing::info!(%cluster, protocol = version.as_str(), instance, "agent connected");
     agents_status(&state);
     if let Some(old) = replaced {
         // The new agent takes new streams now; the old one finishes what it has, then goes.
-        retire(&state, old, state.limits().tunnel.open_timeout);
+        if !old.session.is_closed() {
+            state.metrics.agents_replaced.inc(&[&cluster]);
+            tracing::info!(%cluster, instance, replaced = old.instance.as_deref(), "a newer agent replaced the cluster's live one");
+        }
+        retire(&state, old.session, state.limits().tunnel.open_timeout);
     }
     let end = tokio::select! {
         end = handle.closed() => end.to_string(),

@@ -229,10 +229,24 @@ struct Answer {
 /// Agent side: sends the upgrade for `url` over `io` (already TCP/TLS-connected) with
 /// `Authorization: Bearer <token>` and, when `offer_v2`, the negotiation header.
 pub async fn connect<S>(
+    io: S,
+    url: &str,
+    token: Option<&str>,
+    offer_v2: bool,
+) -> Result<Connected<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    connect_with_headers(io, url, token, offer_v2, &[]).await
+}
+
+/// [`connect`] with `extra` headers on the upgrade request (values must be valid).
+pub async fn connect_with_headers<S>(
     mut io: S,
     url: &str,
     token: Option<&str>,
     offer_v2: bool,
+    extra: &[(&str, &str)],
 ) -> Result<Connected<S>, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -261,6 +275,14 @@ where
             return Err(invalid("the token is not a valid header value"));
         }
         head += &format!("Authorization: Bearer {token}\r\n");
+    }
+    for (name, value) in extra {
+        if HeaderValue::from_str(value).is_err()
+            || http::HeaderName::from_bytes(name.as_bytes()).is_err()
+        {
+            return Err(invalid(format!("header {name:?} is not valid")));
+        }
+        head += &format!("{name}: {value}\r\n");
     }
     send_head(&mut io, head, offer_v2).await?;
     let expected_accept = accept_key(key.as_bytes());

@@ -68,7 +68,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Checks the schema cannot express; rendered (empty) from the Deployment. */}}
 {{- define "argocd-proxy-agent.validate" -}}
 {{- if gt (int .Values.replicaCount) 1 }}
-{{- fail "replicaCount > 1 is not supported: the server keeps one tunnel per cluster, so a second agent replica would take over the first one's tunnel on every reconnect. Use replicaCount: 1." }}
+{{- fail "replicaCount > 1 is not supported: the server keeps one tunnel per cluster, so a second agent replica would only stand by, unready, until the first one leaves. Use replicaCount: 1." }}
 {{- end }}
 {{- if not .Values.serverURL }}
 {{- fail "serverURL is required: the server's public listener, e.g. wss://proxy.example.com/connect" }}

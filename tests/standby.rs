@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 
 use http::StatusCode;
 use support::kubeapi::FakeKubeApi;
-use support::stack::{agent, get, Inject, Stack, SA_TOKEN};
-use support::within;
+use support::stack::{agent, get, Inject, Stack, TestAgent, SA_TOKEN};
+use support::{middlebox, within};
 
 /// The value of one series (name with labels, exactly as exported), if present.
 fn metric(text: &[u8], series: &str) -> Option<f64> {
@@ -100,4 +100,125 @@ async fn a_displaced_agent_stands_by_and_takes_over_when_the_serving_one_leaves(
         Some(1.0),
         "the takeover replaced nobody"
     );
+}
+
+/// The serving agent's tunnel drops (a load balancer recycling connections, a blip) and it
+/// redials: the standby, polling meanwhile, must not take the route in that window.
+#[tokio::test]
+async fn the_serving_agents_redial_keeps_the_route_from_the_standby() {
+    let stack = Stack::start().await;
+    let (internal, ops) = (stack.internal(), stack.ops());
+    let second_kube = FakeKubeApi::start(Some(SA_TOKEN)).await;
+    let cuttable = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let via = cuttable.local_addr().unwrap();
+    let cut = middlebox::cut_all(cuttable, stack.server.addrs.public);
+    let second = agent(
+        &stack.dir.0,
+        "a2",
+        via,
+        "agent-token-1",
+        &second_kube.addr.to_string(),
+        Inject::TokenFile(stack.dir.0.join("sa.token")),
+    )
+    .await;
+    within("the first agent stands by", async {
+        while scrape(ops, REFUSED).await.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let first_served = stack.kube.requests().len();
+    for round in 1..=3u32 {
+        let reconnects = scrape(second.health, "agent_reconnects_total").await;
+        cut.send(round).unwrap();
+        wait_redialled(&second, reconnects).await;
+        let served = second_kube.requests().len();
+        within("the second agent serves again", async {
+            while second_kube.requests().len() == served {
+                let (status, _, _) = get(internal, "/tunnel/c1/api", &[]).await;
+                if status == StatusCode::OK {
+                    let first = stack.kube.requests().len();
+                    assert_eq!(first, first_served, "round {round}: the standby took over");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert_eq!(scrape(ops, REPLACED).await, Some(1.0), "round {round}");
+    }
+    assert_eq!(scrape(stack.agent.health, "agent_standby").await, Some(1.0));
+}
+
+/// Waits until `agent` has lost its tunnel (its reconnect count moved past `before`) and
+/// has a new one up.
+async fn wait_redialled(agent: &TestAgent, before: Option<f64>) {
+    within("the agent redials", async {
+        loop {
+            let now = scrape(agent.health, "agent_reconnects_total").await;
+            let (status, _, body) = get(agent.health, "/readyz", &[]).await;
+            let body = String::from_utf8_lossy(&body);
+            assert!(
+                !body.contains("standing by"),
+                "the standby took the route over"
+            );
+            if now > before && status == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// After a token rotation the agent holding the new token wins, even over a route it was
+/// displaced from (the holder of a leaked old token must not keep the route), and an agent
+/// refused for another reason (401) no longer says it stands by.
+#[tokio::test]
+async fn a_rotated_token_takes_the_route_from_the_old_tokens_holder() {
+    let stack = Stack::start().await;
+    let (internal, ops) = (stack.internal(), stack.ops());
+    let first = &stack.agent;
+    let other_kube = FakeKubeApi::start(Some(SA_TOKEN)).await;
+    let _old_token_holder = agent(
+        &stack.dir.0,
+        "a2",
+        stack.server.addrs.public,
+        "agent-token-1",
+        &other_kube.addr.to_string(),
+        Inject::TokenFile(stack.dir.0.join("sa.token")),
+    )
+    .await;
+    within("the first agent stands by", async {
+        while scrape(first.health, "agent_standby").await != Some(1.0) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The server rotates first: the holder's tunnel stays; the first agent's old token gets 401.
+    std::fs::write(stack.dir.0.join("c1.token"), "agent-token-2").unwrap();
+    stack.server.reloader.reload().expect("server reload");
+    within("a 401 ends standing by", async {
+        while scrape(first.health, "agent_standby").await != Some(0.0) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, _, body) = get(first.health, "/readyz", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        String::from_utf8_lossy(&body).contains("not connected"),
+        "{body:?}"
+    );
+    // Then the first agent gets the new token and takes the route back.
+    support::write_atomic(&stack.dir.0.join("a1.agent-token"), "agent-token-2");
+    first.reloader.reload().expect("agent reload");
+    let served = stack.kube.requests().len();
+    within("the new token's agent serves", async {
+        while stack.kube.requests().len() == served {
+            get(internal, "/tunnel/c1/api", &[]).await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(scrape(ops, REPLACED).await, Some(2.0));
 }

@@ -46,7 +46,8 @@ pub enum DialError {
         /// Seconds from `Retry-After`, if any.
         retry_after: Option<u64>,
     },
-    /// Another agent of this cluster displaced this one and still serves (409): stand by.
+    /// Another agent of this cluster displaced this one and still serves (the server's 409
+    /// with `handshake::STANDBY_REFUSAL`): stand by.
     #[error("another agent serves this cluster; standing by")]
     StandingBy,
     /// The upgrade failed otherwise.
@@ -58,6 +59,17 @@ pub enum DialError {
     /// A step took longer than the handshake timeout.
     #[error("timed out during {0}")]
     Timeout(&'static str),
+}
+
+impl DialError {
+    /// The attempt never got an answer from the server (URL, TCP, egress proxy, TLS, a
+    /// timeout), so it says nothing about the server's view of this agent.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            Self::Url(_) | Self::Connect { .. } | Self::Proxy(_) | Self::Tls(_) | Self::Timeout(_)
+        )
+    }
 }
 
 /// A negotiated tunnel.
@@ -160,7 +172,13 @@ pub async fn dial(
         websocket::connect_with_headers(io, &url, Some(&token), true, &extra)
             .await
             .map_err(|error| match error {
-                websocket::HandshakeError::Refused { status: 409, .. } => DialError::StandingBy,
+                websocket::HandshakeError::Refused {
+                    status: 409,
+                    ref body,
+                    ..
+                } if body.starts_with(handshake::STANDBY_REFUSAL.as_bytes()) => {
+                    DialError::StandingBy
+                }
                 websocket::HandshakeError::Refused {
                     status,
                     retry_after,

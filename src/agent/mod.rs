@@ -157,12 +157,13 @@ impl Agent {
                 // make systemd restart every agent in lock-step.
                 crate::systemd::ready(&format!("dialing {server}"));
             }
-            // Other failures (the server away) say nothing about the other agent.
-            match &attempt {
-                Ok(_) => state.stand_by(false),
-                Err(dial::DialError::StandingBy) => state.stand_by(true),
-                Err(_) => {}
-            }
+            state.set_standing_by(match &attempt {
+                Err(dial::DialError::StandingBy) => true,
+                // Not reaching the server says nothing about the other agent; any other answer
+                // of the server (a tunnel, 401 after a rotation, 503) ends standing by.
+                Err(error) if error.is_transport() => state.standing_by.load(Ordering::Acquire),
+                _ => false,
+            });
             let delay = match attempt {
                 Ok(dialed) => {
                     let connected_at = Instant::now();
@@ -220,7 +221,7 @@ impl Agent {
 
 impl AgentState {
     /// Enters or leaves standby, logging the change (not every refused attempt).
-    fn stand_by(&self, standing_by: bool) {
+    fn set_standing_by(&self, standing_by: bool) {
         if self.standing_by.swap(standing_by, Ordering::AcqRel) == standing_by {
             return;
         }
@@ -228,9 +229,10 @@ impl AgentState {
             .standby
             .set(&[], f64::from(u8::from(standing_by)));
         if standing_by {
+            let instance = self.instance.as_str();
             tracing::warn!(
-                instance = %self.instance,
-                "another agent serves this cluster (its token is in use twice); standing by until it leaves"
+                instance,
+                "another agent serves this cluster (its token is in use twice); standing by"
             );
         } else {
             tracing::info!(instance = %self.instance, "no longer standing by");
@@ -258,7 +260,8 @@ async fn tunnel(state: &Arc<AgentState>, dialed: dial::Dialed, shutdown: &Cancel
         handle,
         mut incoming,
     } = dialed.session;
-    tracing::info!(server = %state.config().server_url, protocol = version.as_str(), instance = %state.instance, "tunnel up");
+    let (server, instance) = (&state.config().server_url, state.instance.as_str());
+    tracing::info!(%server, protocol = version.as_str(), instance, "tunnel up");
     state.connected.store(true, Ordering::Release);
     *lock(&state.session) = Some(handle.clone());
     state.metrics.connected.add(&[], 1.0);

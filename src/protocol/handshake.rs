@@ -27,6 +27,10 @@ pub const PROTOCOL_V2: &str = "2";
 /// agent sends none and keeps newest-wins.
 pub const AGENT_INSTANCE_HEADER: &str = "x-argocd-proxy-agent-instance";
 
+/// The body of the server's 409 to a displaced agent; the agent stands by only on a 409 with
+/// this body (an ingress or firewall answering 409 is an error like any other).
+pub const STANDBY_REFUSAL: &str = "another agent serves this cluster\n";
+
 /// The protocol a session speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Version {

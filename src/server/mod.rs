@@ -19,6 +19,7 @@ mod public;
 mod ratelimit;
 mod relay;
 pub mod registry;
+pub mod standby;
 mod reload;
 mod route;
 

@@ -7,7 +7,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::auth::authenticate;
-use super::registry;
+use super::standby::{self, Applicant};
 use super::ServerState;
 use crate::http::{full, text_response, Body};
 use crate::mux::negotiate;
@@ -83,13 +83,19 @@ fn connect(state: Arc<ServerState>, mut request: Request<Body>) -> Response<Body
         }
         return response;
     }
-    let instance = registry::instance_of(headers.get(handshake::AGENT_INSTANCE_HEADER));
-    if state.registry.stands_by(&cluster, instance.as_deref()) {
-        // Another agent displaced this one and still serves: taking the route back would only
-        // make the two trade it on every redial (see `registry`). The agent retries later.
-        state.metrics.agents_standing_by.inc(&[&cluster]);
-        tracing::debug!(%cluster, instance = instance.as_deref(), "displaced agent stands by");
-        return text_response(StatusCode::CONFLICT, "another agent serves this cluster\n");
+    let instance = standby::instance_of(headers.get(handshake::AGENT_INSTANCE_HEADER));
+    // Authenticated, so the cluster has a token hash: the applicant's credential generation.
+    let credential = config.clusters[index]
+        .token
+        .as_ref()
+        .map(|hash| hash.0)
+        .unwrap_or_default();
+    let applicant = Applicant {
+        instance: instance.as_deref(),
+        credential: &credential,
+    };
+    if state.registry.stands_by(&cluster, applicant) {
+        return stand_by(&state, &cluster, applicant);
     }
     let key = headers
         .get("sec-websocket-key")
@@ -117,7 +123,11 @@ fn connect(state: Arc<ServerState>, mut request: Request<Body>) -> Response<Body
             transport,
             negotiated.into_config(Role::Server, limits.clone(), state.budget.clone()),
         );
-        serve_agent(state, cluster, instance, session, version).await;
+        let applicant = Applicant {
+            instance: instance.as_deref(),
+            credential: &credential,
+        };
+        serve_agent(state, cluster, applicant, session, version).await;
     });
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -162,31 +172,46 @@ pub(crate) fn retire(state: &ServerState, session: SessionHandle, grace: std::ti
     });
 }
 
+/// Another agent displaced this one and still serves: taking the route back would only make
+/// the two trade it on every redial (`standby`). The agent stands by and asks again later.
+fn stand_by(state: &ServerState, cluster: &str, applicant: Applicant<'_>) -> Response<Body> {
+    state.metrics.agents_standing_by.inc(&[cluster]);
+    let instance = applicant.instance;
+    tracing::debug!(%cluster, instance, "a displaced agent stands by");
+    text_response(StatusCode::CONFLICT, handshake::STANDBY_REFUSAL)
+}
+
 /// Registers the agent's tunnel for its cluster until the tunnel ends or the server stops.
 async fn serve_agent(
     state: Arc<ServerState>,
     cluster: String,
-    instance: Option<registry::Instance>,
+    applicant: Applicant<'_>,
     session: Session,
     version: crate::protocol::Version,
 ) {
     let Session { handle, incoming } = session;
     drop(incoming); // agents never open streams towards the server
-    let instance_text = instance.clone();
-    let (guard, replaced) = state.registry.register(&cluster, handle.clone(), instance);
+    let Ok((guard, replaced)) = state.registry.register(&cluster, handle.clone(), applicant) else {
+        // Another agent registered during this one's handshake and displaced it. Closing the
+        // tunnel makes the agent redial, and that attempt gets the 409.
+        stand_by(&state, &cluster, applicant);
+        handle.close();
+        return;
+    };
     if state.config().cluster(&cluster).is_none() {
         // A reload removed the cluster while this agent was negotiating: it must not stay.
         tracing::info!(%cluster, "cluster removed during the agent's handshake; closing");
         retire(&state, handle.clone(), std::time::Duration::ZERO);
     }
-    let instance = instance_text.as_deref();
+    let instance = applicant.instance;
     tracing::info!(%cluster, protocol = version.as_str(), instance, "agent connected");
     agents_status(&state);
     if let Some(old) = replaced {
         // The new agent takes new streams now; the old one finishes what it has, then goes.
         if !old.session.is_closed() {
             state.metrics.agents_replaced.inc(&[&cluster]);
-            tracing::info!(%cluster, instance, replaced = old.instance.as_deref(), "a newer agent replaced the cluster's live one");
+            let replaced = old.instance.as_deref();
+            tracing::info!(%cluster, instance, replaced, "a newer agent replaced the live one");
         }
         retire(&state, old.session, state.limits().tunnel.open_timeout);
     }

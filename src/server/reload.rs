@@ -92,6 +92,10 @@ impl Reloader {
             .config
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(new);
+        let config = state.config();
+        state
+            .registry
+            .forget_unless(|cluster| config.cluster(cluster).is_some());
         for (cluster, session) in state.registry.sessions() {
             if removed.contains(&cluster) {
                 tracing::info!(%cluster, "cluster removed; closing its tunnel");

@@ -84,6 +84,8 @@ pub enum Inject {
 /// A running agent; stops when dropped.
 pub struct TestAgent {
     pub health: SocketAddr,
+    /// Reloads its config file (what SIGHUP or a file change does in the binary).
+    pub reloader: argocd_proxy::agent::Reloader,
     pub stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -110,10 +112,12 @@ pub async fn agent_from_toml(dir: &Path, name: &str, toml: &str) -> TestAgent {
     let config = AgentConfig::load(&path, Check::Files).expect("agent config");
     let agent = Agent::bind(config).await.expect("agent bind");
     let health = agent.health_addr().expect("health listener");
+    let reloader = agent.reloader();
     let stop = CancellationToken::new();
     let task = tokio::spawn(agent.run(stop.clone()));
     TestAgent {
         health,
+        reloader,
         stop,
         task: Some(task),
     }

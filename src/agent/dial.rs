@@ -50,6 +50,9 @@ pub enum DialError {
     /// with `handshake::STANDBY_REFUSAL`): stand by.
     #[error("another agent serves this cluster; standing by")]
     StandingBy,
+    /// The connection failed or closed during the upgrade, before any answer.
+    #[error("WebSocket upgrade: connection lost: {0}")]
+    UpgradeLost(std::io::Error),
     /// The upgrade failed otherwise.
     #[error("WebSocket upgrade: {0}")]
     Upgrade(String),
@@ -67,9 +70,24 @@ impl DialError {
     pub fn is_transport(&self) -> bool {
         matches!(
             self,
-            Self::Url(_) | Self::Connect { .. } | Self::Proxy(_) | Self::Tls(_) | Self::Timeout(_)
+            Self::Url(_)
+                | Self::Connect { .. }
+                | Self::Proxy(_)
+                | Self::Tls(_)
+                | Self::Timeout(_)
+                | Self::UpgradeLost(_)
+                | Self::Negotiate(
+                    negotiate::NegotiateError::Transport(_) | negotiate::NegotiateError::Timeout(_)
+                )
         )
     }
+}
+
+/// The server's own 409 for a displaced agent (contained, not prefixed: a proxy may re-frame
+/// the body), as opposed to a 409 of an ingress or firewall on the way.
+fn is_standby_refusal(body: &[u8]) -> bool {
+    let marker = handshake::STANDBY_REFUSAL.trim_end().as_bytes();
+    body.windows(marker.len()).any(|window| window == marker)
 }
 
 /// A negotiated tunnel.
@@ -176,9 +194,7 @@ pub async fn dial(
                     status: 409,
                     ref body,
                     ..
-                } if body.starts_with(handshake::STANDBY_REFUSAL.as_bytes()) => {
-                    DialError::StandingBy
-                }
+                } if is_standby_refusal(body) => DialError::StandingBy,
                 websocket::HandshakeError::Refused {
                     status,
                     retry_after,
@@ -187,6 +203,7 @@ pub async fn dial(
                     status,
                     retry_after,
                 },
+                websocket::HandshakeError::Io(error) => DialError::UpgradeLost(error),
                 other => DialError::Upgrade(other.to_string()),
             })
     })
@@ -205,4 +222,35 @@ pub async fn dial(
         session,
         negotiated,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_servers_own_409_means_standing_by() {
+        assert!(is_standby_refusal(handshake::STANDBY_REFUSAL.as_bytes()));
+        // Re-framed by a proxy on the way (chunked), the text is still there.
+        assert!(is_standby_refusal(
+            b"22\r\nanother agent serves this cluster\n\r\n0\r\n\r\n"
+        ));
+        assert!(!is_standby_refusal(b"<html>409 Conflict</html>"));
+        assert!(!is_standby_refusal(b""));
+    }
+
+    #[test]
+    fn only_failures_without_an_answer_are_transport() {
+        let lost = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(DialError::UpgradeLost(lost()).is_transport());
+        assert!(DialError::Negotiate(negotiate::NegotiateError::Transport(lost())).is_transport());
+        assert!(DialError::Timeout("connect").is_transport());
+        let refused = DialError::Refused {
+            status: 401,
+            retry_after: None,
+        };
+        assert!(!refused.is_transport());
+        assert!(!DialError::StandingBy.is_transport());
+        assert!(!DialError::Upgrade("not a WebSocket answer".into()).is_transport());
+    }
 }

@@ -173,10 +173,7 @@ impl Agent {
                     if shutdown.is_cancelled() {
                         break;
                     }
-                    if connected_at.elapsed() >= backoff::STABLE {
-                        backoff.reset();
-                    }
-                    backoff.next_delay()
+                    backoff.after_tunnel(connected_at.elapsed())
                 }
                 Err(dial::DialError::StandingBy) => {
                     // Polled at the backoff's pace (up to its cap): the serving agent leaving

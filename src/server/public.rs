@@ -208,7 +208,10 @@ async fn serve_agent(
     agents_status(&state);
     if let Some(old) = replaced {
         // The new agent takes new streams now; the old one finishes what it has, then goes.
-        if !old.session.is_closed() {
+        // An instance redialling over its own stale tunnel replaces no other agent (agents
+        // that name none cannot be told apart, and count).
+        let same_agent = instance.is_some() && old.instance.as_deref() == instance;
+        if !old.session.is_closed() && !same_agent {
             state.metrics.agents_replaced.inc(&[&cluster]);
             let replaced = old.instance.as_deref();
             tracing::info!(%cluster, instance, replaced, "a newer agent replaced the live one");

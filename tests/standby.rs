@@ -222,3 +222,35 @@ async fn a_rotated_token_takes_the_route_from_the_old_tokens_holder() {
     .await;
     assert_eq!(scrape(ops, REPLACED).await, Some(2.0));
 }
+
+/// A Go agent names no instance: it displaces ours as before (newest wins) and is never
+/// refused, so ours stands by; when the Go agent's connection goes, ours takes over.
+#[tokio::test]
+async fn a_go_agent_displaces_ours_which_stands_by_until_it_leaves() {
+    let stack = Stack::start().await;
+    let (internal, ops, ours) = (stack.internal(), stack.ops(), stack.agent.health);
+    let go_agent =
+        support::gopeer::go_agent_with_token(stack.server.addrs.public, "agent-token-1").await;
+    within("ours stands by", async {
+        while scrape(ours, "agent_standby").await != Some(1.0) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(scrape(ops, REPLACED).await, Some(1.0));
+    assert_eq!(
+        scrape(ops, "agents_connected").await,
+        Some(1.0),
+        "the Go agent serves"
+    );
+    let served = stack.kube.requests().len();
+    go_agent.drop_tcp();
+    within("ours takes over", async {
+        while stack.kube.requests().len() == served {
+            get(internal, "/tunnel/c1/api", &[]).await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(scrape(ours, "agent_standby").await, Some(0.0));
+}

@@ -6,7 +6,10 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 /// Sends one notification (`READY=1`, `STATUS=…`, several lines at once). Errors are ignored:
-/// a missing manager must never stop the service.
+/// a missing manager must never stop the service, and neither may a slow one. The send never
+/// blocks: it runs on the event loop, and a datagram socket whose reader stalls (its queue
+/// full: 512 datagrams or its receive buffer) would otherwise freeze every tunnel; such a
+/// notification is dropped (a later `WATCHDOG=1` or `STATUS=` gets through once it reads).
 pub fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
@@ -14,6 +17,9 @@ pub fn notify(state: &str) {
     let Ok(socket) = UnixDatagram::unbound() else {
         return;
     };
+    if socket.set_nonblocking(true).is_err() {
+        return;
+    }
     let bytes = path.as_encoded_bytes();
     let sent = match bytes.strip_prefix(b"@") {
         Some(name) => {

@@ -144,3 +144,107 @@ async fn agent_lifecycle_without_a_server() {
     notify.until("STOPPING=1").await;
     exits_cleanly(agent).await;
 }
+
+/// Two agent processes with one cluster's token: the second serves, the first says on its
+/// STATUS line that it stands by (not "reconnecting": nothing is wrong with the server), and
+/// goes back to serving when the second stops.
+#[tokio::test]
+async fn a_displaced_agent_says_it_stands_by() {
+    let dir = TempDir::new();
+    let mut server_notify = Notifications::bind(&dir.0, "server-notify");
+    std::fs::write(dir.0.join("c1.token"), "token-c1").unwrap();
+    let config = dir.0.join("server.toml");
+    std::fs::write(&config, server_toml(&["c1"])).unwrap();
+    let server = start(SERVER, &config, &server_notify);
+    let public = addr_in(&status_of(&server_notify.until("READY=1").await), "public");
+    support::write_atomic(&dir.0.join("agent.token"), "token-c1");
+    let agent_process = |name: &str| {
+        let config = dir.0.join(format!("{name}.toml"));
+        let toml = format!(
+            "server_url = \"ws://{public}/connect\"\nallow_insecure_server = true\n\
+             token_file = \"agent.token\"\nmax_reconnect_interval = \"1s\"\n\
+             [upstream]\ntarget = \"127.0.0.1:1\"\nplaintext = true\ninject_token = false\n"
+        );
+        support::write_atomic(&config, toml);
+        let mut notify = Notifications::bind(&dir.0, &format!("{name}-notify"));
+        let child = start(AGENT, &config, &notify);
+        (child, async move {
+            notify.until("STATUS=connected to").await;
+            notify
+        })
+    };
+    let (first, connected) = agent_process("first");
+    let mut first_notify = connected.await;
+    let (second, connected) = agent_process("second");
+    let _second_notify = connected.await;
+    let status = status_of(&first_notify.until("STATUS=standing by").await);
+    assert!(
+        status.contains("another agent serves this cluster"),
+        "{status}"
+    );
+    signal(&second, "TERM");
+    exits_cleanly(second).await;
+    first_notify.until("STATUS=connected to").await;
+    for process in [first, server] {
+        signal(&process, "TERM");
+        exits_cleanly(process).await;
+    }
+}
+
+/// A manager that stops reading its notify socket must not freeze the service: sd_notify runs
+/// on the event loop, and a blocking send to a full datagram queue stopped every tunnel (the
+/// server froze ~20 s into a test that did not read its notifications). Here WATCHDOG=1 every
+/// millisecond fills the queue at once; the server must go on answering.
+#[tokio::test]
+async fn a_manager_that_stops_reading_never_freezes_the_server() {
+    let dir = TempDir::new();
+    let stalled_path = dir.0.join("stalled-notify");
+    let stalled = std::os::unix::net::UnixDatagram::bind(&stalled_path).unwrap();
+    std::fs::write(dir.0.join("c1.token"), "token-c1").unwrap();
+    let config = dir.0.join("server.toml");
+    std::fs::write(&config, server_toml(&["c1"])).unwrap();
+    let log = dir.0.join("server.log");
+    let server = support::KillOnDrop(
+        std::process::Command::new(SERVER)
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &stalled_path)
+            .env("WATCHDOG_USEC", "2000")
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let internal: std::net::SocketAddr = support::within("the server listens", async {
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split(" internal=").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // The queue is full: a send of our own would block.
+    support::within("the notify queue fills", async {
+        let probe = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        probe.set_nonblocking(true).unwrap();
+        while probe.send_to(b"PROBE=1", &stalled_path).is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for _ in 0..20 {
+        let (status, _, _) = get(internal, "/tunnel/c1/api", &[]).await;
+        assert_eq!(
+            status, 503,
+            "configured, no agent: answered by a live event loop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(stalled);
+    signal(&server, "TERM");
+    exits_cleanly(server).await;
+}

@@ -32,7 +32,7 @@ impl Notifications {
         let mut buffer = vec![0u8; 4096];
         let seen = &mut self.seen;
         let socket = &self.socket;
-        within(&format!("sd_notify {wanted:?}"), async {
+        let found = tokio::time::timeout(std::time::Duration::from_secs(20), async {
             loop {
                 let len = socket.recv(&mut buffer).await.unwrap();
                 let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
@@ -42,7 +42,11 @@ impl Notifications {
                 }
             }
         })
-        .await
+        .await;
+        found.unwrap_or_else(|_| {
+            let recent: Vec<_> = seen.iter().filter(|m| !m.starts_with("WATCHDOG")).collect();
+            panic!("timed out after 20 s: sd_notify {wanted:?}; seen (no WATCHDOG): {recent:?}")
+        })
     }
 
     /// A reload's sequence: `RELOADING=1` with `MONOTONIC_USEC`, then `READY=1`; returns the

@@ -24,6 +24,14 @@ async fn scrape(addr: SocketAddr, series: &str) -> Option<f64> {
     metric(&body, series)
 }
 
+/// A second agent with the stack's cluster token, dialing `server`, serving `kube`.
+async fn second_agent(stack: &Stack, server: SocketAddr, kube: &FakeKubeApi) -> TestAgent {
+    let dir = &stack.dir.0;
+    let upstream = kube.addr.to_string();
+    let sa = Inject::TokenFile(dir.join("sa.token"));
+    agent(dir, "a2", server, "agent-token-1", &upstream, sa).await
+}
+
 const REFUSED: &str = "agents_standing_by_total{cluster=\"c1\"}";
 const REPLACED: &str = "agents_replaced_total{cluster=\"c1\"}";
 
@@ -33,15 +41,7 @@ async fn a_displaced_agent_stands_by_and_takes_over_when_the_serving_one_leaves(
     let (internal, ops) = (stack.internal(), stack.ops());
     let first_health = stack.agent.health;
     let second_kube = FakeKubeApi::start(Some(SA_TOKEN)).await;
-    let second = agent(
-        &stack.dir.0,
-        "a2",
-        stack.server.addrs.public,
-        "agent-token-1",
-        &second_kube.addr.to_string(),
-        Inject::TokenFile(stack.dir.0.join("sa.token")),
-    )
-    .await;
+    let second = second_agent(&stack, stack.server.addrs.public, &second_kube).await;
     within("the server routes to the second agent", async {
         while second_kube.requests().is_empty() {
             get(internal, "/tunnel/c1/api", &[]).await;
@@ -112,15 +112,7 @@ async fn the_serving_agents_redial_keeps_the_route_from_the_standby() {
     let cuttable = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let via = cuttable.local_addr().unwrap();
     let cut = middlebox::cut_all(cuttable, stack.server.addrs.public);
-    let second = agent(
-        &stack.dir.0,
-        "a2",
-        via,
-        "agent-token-1",
-        &second_kube.addr.to_string(),
-        Inject::TokenFile(stack.dir.0.join("sa.token")),
-    )
-    .await;
+    let second = second_agent(&stack, via, &second_kube).await;
     within("the first agent stands by", async {
         while scrape(ops, REFUSED).await.is_none() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -179,15 +171,7 @@ async fn a_rotated_token_takes_the_route_from_the_old_tokens_holder() {
     let (internal, ops) = (stack.internal(), stack.ops());
     let first = &stack.agent;
     let other_kube = FakeKubeApi::start(Some(SA_TOKEN)).await;
-    let _old_token_holder = agent(
-        &stack.dir.0,
-        "a2",
-        stack.server.addrs.public,
-        "agent-token-1",
-        &other_kube.addr.to_string(),
-        Inject::TokenFile(stack.dir.0.join("sa.token")),
-    )
-    .await;
+    let _old_token_holder = second_agent(&stack, stack.server.addrs.public, &other_kube).await;
     within("the first agent stands by", async {
         while scrape(first.health, "agent_standby").await != Some(1.0) {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

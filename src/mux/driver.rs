@@ -156,21 +156,22 @@ fn answer_only(shared: &Shared, state: &State, now: Instant) -> bool {
 
 /// Server, v2: asks the writer to list every stream it holds, so the agent drops any it holds
 /// that the server forgot (a lost close must never leak a stream).
+/// Skipped when no stream was opened or closed since the last list (an idle tunnel's minute).
 fn send_live_ids(shared: &Shared, state: &mut State) {
     if shared.config.role != Role::Server || shared.config.version != Version::V2 {
         return;
+    }
+    if let Some((next, sent)) = &state.live_ids_sent {
+        if *next == state.ids.peek() && *sent == live_id_list(state) {
+            return;
+        }
     }
     state.live_ids_due = true;
     shared.writer_wake.notify_one();
 }
 
-/// The LiveIds frame, built by the writer behind every frame it has taken from the queues: the
-/// streams the server holds, and those whose frames (a final Fin or Close, say) are still
-/// queued. So a stream the agent holds and this list lacks is one whose every frame it has
-/// already read, and that the server no longer has. `None` while the list is longer than the
-/// agent accepts (its stream limit; closed streams whose last frames wait in the queue can
-/// push it over): the agent would drop the whole frame, so the writer tries again next batch.
-fn live_ids(state: &State, most: usize) -> Option<Frame> {
+/// The streams the server holds and those with frames still queued, sorted.
+fn live_id_list(state: &State) -> Vec<StreamId> {
     let mut ids: Vec<_> = state
         .streams
         .keys()
@@ -179,7 +180,22 @@ fn live_ids(state: &State, most: usize) -> Option<Frame> {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    (ids.len() <= most).then_some(Frame::LiveIds {
+    ids
+}
+
+/// The LiveIds frame, built by the writer behind every frame it has taken from the queues: the
+/// streams the server holds, and those whose frames (a final Fin or Close, say) are still
+/// queued. So a stream the agent holds and this list lacks is one whose every frame it has
+/// already read, and that the server no longer has. `None` while the list is longer than the
+/// agent accepts (its stream limit; closed streams whose last frames wait in the queue can
+/// push it over): the agent would drop the whole frame, so the writer tries again next batch.
+fn live_ids(state: &mut State, most: usize) -> Option<Frame> {
+    let ids = live_id_list(state);
+    if ids.len() > most {
+        return None;
+    }
+    state.live_ids_sent = Some((state.ids.peek(), ids.clone()));
+    Some(Frame::LiveIds {
         up_to: StreamId::MAX,
         ids,
     })

@@ -20,6 +20,11 @@ impl IdAllocator {
         Self { next }
     }
 
+    /// Where the next allocation starts: unchanged means nothing was allocated since.
+    pub(crate) fn peek(&self) -> StreamId {
+        self.next
+    }
+
     /// The next id that is neither 0 nor live. `None` only if all 2^32 − 1 ids are live, which
     /// the stream limit rules out; callers treat it as "too many streams".
     pub(crate) fn allocate(&mut self, is_live: impl Fn(StreamId) -> bool) -> Option<StreamId> {

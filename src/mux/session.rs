@@ -114,6 +114,7 @@ impl Session {
                 control: VecDeque::new(),
                 data: Default::default(),
                 live_ids_due: false,
+                live_ids_sent: None,
                 send_waiters: Vec::new(),
                 pong_due: None,
                 end: None,

@@ -207,6 +207,10 @@ pub(crate) struct State {
     pub data: DataQueue,
     /// v2 server: a LiveIds frame is due; the writer builds it behind what it has written.
     pub live_ids_due: bool,
+    /// v2 server: the last LiveIds list sent, with [`IdAllocator::peek`] when it was built.
+    /// Both unchanged means no stream was opened or closed since: the agent already dropped
+    /// every stream the list lacks, and the same list again would tell it nothing.
+    pub live_ids_sent: Option<(StreamId, Vec<StreamId>)>,
     pub send_waiters: Vec<Waker>,
     /// A Ping to answer; repeated Pings collapse into one Pong.
     pub pong_due: Option<Bytes>,

@@ -213,6 +213,38 @@ async fn a_v2_server_sends_its_live_ids_periodically() {
     assert_eq!(ids, opened);
 }
 
+/// An idle tunnel's list goes out once: the same list again, with no stream opened or closed
+/// since, would tell the agent nothing (at 10,000 idle agents, a frame a minute each). A
+/// stream opened, or closed, since makes the next list go out.
+#[tokio::test(start_paused = true)]
+async fn live_ids_are_not_repeated_while_nothing_changes() {
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, six_beats_a_second());
+    // Five list periods (600 ms each) per window.
+    async fn lists_within_3s(peer: &mut RawPeer) -> Vec<Vec<crate::protocol::StreamId>> {
+        let mut lists = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while let Some(frame) = peer.recv().await {
+                if let Frame::LiveIds { ids, .. } = frame {
+                    lists.push(ids);
+                }
+            }
+        })
+        .await;
+        lists
+    }
+    assert_eq!(lists_within_3s(&mut peer).await, [Vec::<u32>::new()]);
+    assert!(
+        lists_within_3s(&mut peer).await.is_empty(),
+        "repeated while idle"
+    );
+    let stream = server.handle.open(b"t").await.unwrap();
+    let id = stream.id();
+    assert_eq!(lists_within_3s(&mut peer).await, [vec![id]]);
+    assert!(lists_within_3s(&mut peer).await.is_empty());
+    drop(stream);
+    assert_eq!(lists_within_3s(&mut peer).await, [Vec::<u32>::new()]);
+}
+
 /// Drain: the peer's Drain stops new opens; in-flight streams continue.
 #[tokio::test]
 async fn drain_stops_new_streams_only() {

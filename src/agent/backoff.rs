@@ -9,9 +9,6 @@ const BASE: Duration = Duration::from_millis(500);
 /// A connection that lasted this long resets the backoff.
 pub const STABLE: Duration = Duration::from_secs(30);
 
-/// A connection that lasted this long is redialled at once (within [`BASE`]).
-pub const HELD: Duration = Duration::from_secs(5);
-
 /// Backoff state.
 pub struct Backoff {
     cap: Duration,
@@ -46,24 +43,6 @@ impl Backoff {
     /// Forget past failures (the last connection was stable).
     pub fn reset(&mut self) {
         self.attempt = 0;
-    }
-
-    /// The delay after a tunnel that was up for `up_for`. One up for [`STABLE`] resets the
-    /// backoff; one up for [`HELD`] is redialled within [`BASE`] without forgetting past
-    /// failures. The server keeps a cluster's route from a displaced standby agent for 5 s
-    /// after the serving tunnel ends (`server::standby`), and a serving agent whose backoff
-    /// grew while it stood by must still redial inside that window. A tunnel that ends at once
-    /// (refused after the upgrade) keeps backing off.
-    pub fn after_tunnel(&mut self, up_for: Duration) -> Duration {
-        if up_for >= STABLE {
-            self.reset();
-        }
-        let delay = self.next_delay();
-        if up_for >= HELD {
-            delay.min(BASE)
-        } else {
-            delay
-        }
     }
 
     /// The next delay: uniformly random in [0, min(cap, base × 2^attempt)].
@@ -150,29 +129,5 @@ mod tests {
         let second: Vec<_> = (0..20).map(|_| second.next_delay()).collect();
         let same = first.iter().zip(&second).filter(|(a, b)| a == b).count();
         assert!(same < 5, "{same} of 20 delays identical");
-    }
-
-    /// A serving agent whose backoff grew while it stood by redials a tunnel that held within
-    /// 0.5 s (inside the server's 5 s grace), while a tunnel that ends at once still backs off.
-    #[test]
-    fn a_tunnel_that_held_is_redialled_at_once_without_forgetting_failures() {
-        let cap = Duration::from_secs(60);
-        let mut backoff = Backoff::new(cap);
-        for _ in 0..20 {
-            backoff.next_delay(); // refused polls while standing by
-        }
-        for _ in 0..100 {
-            assert!(backoff.after_tunnel(HELD) <= BASE);
-        }
-        let longest = (0..100)
-            .map(|_| backoff.after_tunnel(Duration::ZERO))
-            .max()
-            .unwrap();
-        assert!(
-            longest > BASE * 10,
-            "immediate closes back off: {longest:?}"
-        );
-        backoff.after_tunnel(STABLE);
-        assert_eq!(backoff.attempt, 1, "a stable tunnel resets");
     }
 }

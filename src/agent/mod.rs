@@ -157,6 +157,12 @@ impl Agent {
                 // make systemd restart every agent in lock-step.
                 crate::systemd::ready(&format!("dialing {server}"));
             }
+            if attempt.is_ok() && state.standing_by.load(Ordering::Acquire) {
+                // Taking over: the backoff grew with the refused polls, not with failures, and
+                // must not slow this agent's redial if its new tunnel drops (the server keeps
+                // the route from the standby for only 5 s after the serving tunnel ends).
+                backoff.reset();
+            }
             state.set_standing_by(match &attempt {
                 Err(dial::DialError::StandingBy) => true,
                 // Not reaching the server says nothing about the other agent; any other answer
@@ -173,7 +179,10 @@ impl Agent {
                     if shutdown.is_cancelled() {
                         break;
                     }
-                    backoff.after_tunnel(connected_at.elapsed())
+                    if connected_at.elapsed() >= backoff::STABLE {
+                        backoff.reset();
+                    }
+                    backoff.next_delay()
                 }
                 Err(dial::DialError::StandingBy) => {
                     // Polled at the backoff's pace (up to its cap): the serving agent leaving

@@ -220,8 +220,13 @@ async fn a_manager_that_stops_reading_never_freezes_the_server() {
     let internal: std::net::SocketAddr = support::within("the server listens", async {
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split(" internal=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            // A line still being written does not parse yet: poll again.
+            let parsed = text
+                .split(" internal=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+            if let Some(addr) = parsed {
+                return addr;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }

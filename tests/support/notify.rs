@@ -8,10 +8,13 @@ use tokio::net::UnixDatagram;
 
 use super::{within, KillOnDrop};
 
-/// The receiving end of `$NOTIFY_SOCKET`, with everything seen so far.
+/// The receiving end of `$NOTIFY_SOCKET`, with everything seen so far. A task reads the
+/// socket as it fills, as a manager does: the queue holds only `net.unix.max_dgram_qlen`
+/// datagrams (10 by default), and a test that paused between waits would otherwise see the
+/// binary's notifications wait behind a full socket.
 pub struct Notifications {
     pub path: PathBuf,
-    socket: UnixDatagram,
+    received: tokio::sync::mpsc::UnboundedReceiver<String>,
     pub seen: Vec<String>,
 }
 
@@ -20,30 +23,37 @@ impl Notifications {
     pub fn bind(dir: &Path, name: &str) -> Notifications {
         let path = dir.join(format!("{name}.sock"));
         let socket = UnixDatagram::bind(&path).unwrap();
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            while let Ok(len) = socket.recv(&mut buffer).await {
+                let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
+                if sender.send(message).is_err() {
+                    return;
+                }
+            }
+        });
         Notifications {
             path,
-            socket,
+            received,
             seen: Vec::new(),
         }
     }
 
     /// Receives until a message contains `wanted`; returns that message.
     pub async fn until(&mut self, wanted: &str) -> String {
-        let mut buffer = vec![0u8; 4096];
-        let seen = &mut self.seen;
-        let socket = &self.socket;
+        let (seen, received) = (&mut self.seen, &mut self.received);
         let found = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-            loop {
-                let len = socket.recv(&mut buffer).await.unwrap();
-                let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
+            while let Some(message) = received.recv().await {
                 seen.push(message.clone());
                 if message.contains(wanted) {
-                    return message;
+                    return Some(message);
                 }
             }
+            None
         })
         .await;
-        found.unwrap_or_else(|_| {
+        found.ok().flatten().unwrap_or_else(|| {
             let recent: Vec<_> = seen.iter().filter(|m| !m.starts_with("WATCHDOG")).collect();
             panic!("timed out after 20 s: sd_notify {wanted:?}; seen (no WATCHDOG): {recent:?}")
         })

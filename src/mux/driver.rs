@@ -156,15 +156,9 @@ fn answer_only(shared: &Shared, state: &State, now: Instant) -> bool {
 
 /// Server, v2: asks the writer to list every stream it holds, so the agent drops any it holds
 /// that the server forgot (a lost close must never leak a stream).
-/// Skipped when no stream was opened or closed since the last list (an idle tunnel's minute).
 fn send_live_ids(shared: &Shared, state: &mut State) {
     if shared.config.role != Role::Server || shared.config.version != Version::V2 {
         return;
-    }
-    if let Some((next, sent)) = &state.live_ids_sent {
-        if *next == state.ids.peek() && *sent == live_id_list(state) {
-            return;
-        }
     }
     state.live_ids_due = true;
     shared.writer_wake.notify_one();
@@ -189,12 +183,22 @@ fn live_id_list(state: &State) -> Vec<StreamId> {
 /// already read, and that the server no longer has. `None` while the list is longer than the
 /// agent accepts (its stream limit; closed streams whose last frames wait in the queue can
 /// push it over): the agent would drop the whole frame, so the writer tries again next batch.
+/// Also `None`, and no longer due, when it would repeat the last list with no stream opened
+/// since (an idle tunnel's minute): the agent already dropped every stream that list lacked.
 fn live_ids(state: &mut State, most: usize) -> Option<Frame> {
     let ids = live_id_list(state);
+    let next = state.ids.peek();
+    if let Some((sent_next, sent)) = &state.live_ids_sent {
+        if *sent_next == next && *sent == ids {
+            state.live_ids_due = false;
+            return None;
+        }
+    }
     if ids.len() > most {
         return None;
     }
-    state.live_ids_sent = Some((state.ids.peek(), ids.clone()));
+    state.live_ids_due = false;
+    state.live_ids_sent = Some((next, ids.clone()));
     Some(Frame::LiveIds {
         up_to: StreamId::MAX,
         ids,
@@ -256,7 +260,6 @@ where
             }
             if state.live_ids_due {
                 if let Some(frame) = live_ids(state, shared.config.peer_max_streams) {
-                    state.live_ids_due = false;
                     batch.push((&frame).into());
                 }
             }

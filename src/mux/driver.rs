@@ -8,9 +8,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 
 use super::error::{SessionEnd, StreamError};
+use super::heartbeat::Heartbeat;
 use super::state::{Outbound, Shared, State};
-use super::Role;
-use crate::protocol::{Frame, Message, ResetReason, StreamId, Version};
+use crate::protocol::{Frame, Message, ResetReason, StreamId};
 
 /// Bytes of Data the writer hands the transport before it flushes and looks at the queues again.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -31,37 +31,25 @@ pub(crate) async fn read_loop<R>(
     R: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
 {
     let limits = &shared.config.limits;
-    let mut next_ping = Instant::now() + limits.heartbeat_interval;
-    let mut beats: u32 = 0;
-    let started = Instant::now();
-    {
-        let mut state = shared.lock();
-        state.last_heard = started;
-        if shared.config.version == Version::V2 {
-            // A first Ping at once: window growth needs the round trip (window.rs), and a
-            // transfer should not wait a heartbeat interval for it.
-            let payload = Bytes::from_static(&[0; 8]);
-            shared.push_control(
-                &mut state,
-                Frame::Ping {
-                    payload: payload.clone(),
-                },
-            );
-            state.ping_sent = Some((started, payload));
-            state.unanswered_since = Some(started);
-        }
-    }
+    let mut heartbeat = Heartbeat::start(&shared, &mut shared.lock());
     let mut read_this_turn = 0;
     // One timer for the session's life, moved only when its deadline changes: a fresh
     // `sleep_until` per message was a timer-wheel insert and removal per message.
-    let timer = tokio::time::sleep_until(next_ping);
+    let timer = tokio::time::sleep_until(heartbeat.wake(&shared, &shared.lock()));
     tokio::pin!(timer);
     loop {
         if read_this_turn >= READ_TURN_BYTES {
             read_this_turn = 0;
             tokio::task::yield_now().await;
         }
-        let next_deadline = next_ping.min(next_open_deadline(&shared).unwrap_or(next_ping));
+        let next_deadline = {
+            let state = shared.lock();
+            let beat = heartbeat.wake(&shared, &state);
+            state
+                .open_deadlines
+                .first()
+                .map_or(beat, |&(open, _)| open.min(beat))
+        };
         if timer.deadline() != next_deadline {
             timer.as_mut().reset(next_deadline);
         }
@@ -72,6 +60,7 @@ pub(crate) async fn read_loop<R>(
                     Some(Ok(bytes)) => {
                         read_this_turn += bytes.len();
                         shared.on_message(&mut state, bytes);
+                        heartbeat.after_message(&shared, &mut state);
                     }
                     Some(Err(error)) => shared.end(&mut state, SessionEnd::Transport(error.to_string())),
                     None => shared.end(&mut state, SessionEnd::PeerClosed),
@@ -81,28 +70,7 @@ pub(crate) async fn read_loop<R>(
                 let now = Instant::now();
                 let mut state = shared.lock();
                 expire_opens(&shared, &mut state, now);
-                if now >= next_ping {
-                    if heartbeat_expired(&state, now, limits.heartbeat_timeout) {
-                        shared.end(&mut state, SessionEnd::HeartbeatTimeout);
-                    } else {
-                        beats += 1;
-                        let live_ids_beat = beats % LIVE_IDS_EVERY == 0;
-                        if beats % OWN_PING_EVERY == 0 || !answer_only(&shared, &state, now) {
-                            let payload = Bytes::copy_from_slice(&now.duration_since(started).as_millis().to_be_bytes()[8..]);
-                            let payload = match shared.config.version {
-                                Version::V1 => Bytes::new(),
-                                Version::V2 => payload,
-                            };
-                            shared.push_control(&mut state, Frame::Ping { payload: payload.clone() });
-                            state.ping_sent = Some((now, payload));
-                            state.unanswered_since.get_or_insert(now);
-                        }
-                        if live_ids_beat {
-                            send_live_ids(&shared, &mut state);
-                        }
-                    }
-                    next_ping += limits.heartbeat_interval;
-                }
+                heartbeat.on_timer(&shared, &mut state, now);
             }
             _ = shared.ended.notified() => {}
             // A new open may have a deadline earlier than the one we sleep towards.
@@ -116,52 +84,6 @@ pub(crate) async fn read_loop<R>(
             return;
         }
     }
-}
-
-/// Every this many heartbeats (a minute by default) a v2 server lists its live streams.
-const LIVE_IDS_EVERY: u32 = 6;
-
-/// A server that only answers an idle agent's Pings still sends one of its own every this many
-/// beats: a peer that keeps pinging but has stopped reading is then dropped within
-/// `(OWN_PING_EVERY + 1) × heartbeat_interval + heartbeat_timeout` of its last Pong (70 s by
-/// default; 50 s when every beat pings), and the round trip stays current.
-pub(crate) const OWN_PING_EVERY: u32 = 3;
-
-/// The peer is dead to us: nothing from it (Ping or Pong) for `timeout`, or a Ping of ours
-/// unanswered for `timeout` (a peer that pings but no longer reads us is dead too, B10).
-fn heartbeat_expired(state: &State, now: Instant, timeout: std::time::Duration) -> bool {
-    now.duration_since(state.last_heard) > timeout
-        || state
-            .unanswered_since
-            .is_some_and(|since| now.duration_since(since) > timeout)
-}
-
-/// A server skips its own Ping on an idle tunnel whose agent pinged lately: the agent's Ping
-/// already proved it alive, and with thousands of idle agents a second exchange per interval
-/// is most of the server's idle CPU. "Lately" is within 1.5 intervals (both ends' timers run
-/// at about the same period; a Go agent pings every 15 s), and only when the silence could not
-/// outlast `heartbeat_timeout` before the next beat pings after all. It pings every
-/// [`OWN_PING_EVERY`] beats regardless, and on every beat while streams are open (window
-/// growth uses the round trip).
-fn answer_only(shared: &Shared, state: &State, now: Instant) -> bool {
-    let limits = &shared.config.limits;
-    shared.config.role == Role::Server
-        && state.streams.is_empty()
-        && state.peer_pinged.is_some_and(|at| {
-            let since = now.duration_since(at);
-            since < limits.heartbeat_interval * 3 / 2
-                && since + limits.heartbeat_interval <= limits.heartbeat_timeout
-        })
-}
-
-/// Server, v2: asks the writer to list every stream it holds, so the agent drops any it holds
-/// that the server forgot (a lost close must never leak a stream).
-fn send_live_ids(shared: &Shared, state: &mut State) {
-    if shared.config.role != Role::Server || shared.config.version != Version::V2 {
-        return;
-    }
-    state.live_ids_due = true;
-    shared.writer_wake.notify_one();
 }
 
 /// The streams the server holds and those with frames still queued, sorted.
@@ -203,14 +125,6 @@ fn live_ids(state: &mut State, most: usize) -> Option<Frame> {
         up_to: StreamId::MAX,
         ids,
     })
-}
-
-fn next_open_deadline(shared: &Shared) -> Option<Instant> {
-    shared
-        .lock()
-        .open_deadlines
-        .first()
-        .map(|(deadline, _)| *deadline)
 }
 
 /// v2: opens nobody answered in time are reset (the opener's reads fail, the agent is told).

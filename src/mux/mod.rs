@@ -21,6 +21,7 @@
 mod budget;
 mod driver;
 mod error;
+mod heartbeat;
 mod ids;
 mod inbound;
 mod incoming;

@@ -193,6 +193,9 @@ pub struct Counters {
     pub bytes_sent: u64,
     /// Data payload bytes received for live streams.
     pub bytes_received: u64,
+    /// Heartbeat beats the reader woke up for (a server that only answers an idle agent's
+    /// Pings wakes for none while the agent keeps pinging).
+    pub beats: u64,
 }
 
 pub(crate) struct State {

@@ -2,6 +2,7 @@
 //! counts as dead.
 
 use super::*;
+use crate::mux::heartbeat::OWN_PING_EVERY;
 
 /// What a scripted peer does for `span`: pings every `ping_every` from the start (as our agent
 /// does), answers the session's Pings if `answer`, accepts every stream opened to it. Returns
@@ -134,7 +135,7 @@ async fn a_peer_that_pings_but_never_answers_is_dropped() {
             (Role::Agent, beat * 2 + limits.heartbeat_timeout),
             (
                 Role::Server,
-                beat * (driver::OWN_PING_EVERY + 1) + limits.heartbeat_timeout,
+                beat * (OWN_PING_EVERY + 1) + limits.heartbeat_timeout,
             ),
         ] {
             let (session, peer) = with_raw_peer(role, version, limits.clone());
@@ -164,7 +165,7 @@ async fn a_server_drops_an_agent_that_stops_answering_but_keeps_pinging() {
     let started = tokio::time::Instant::now();
     let peer = tokio::spawn(scripted(peer, Some(beat), Answer::Until(stop), beat * 60));
     assert_eq!(server.handle.closed().await, SessionEnd::HeartbeatTimeout);
-    let bound = beat * (driver::OWN_PING_EVERY + 1) + limits.heartbeat_timeout;
+    let bound = beat * (OWN_PING_EVERY + 1) + limits.heartbeat_timeout;
     let took = started.elapsed();
     // The last Ping answered went out on the sixth beat, before `stop`.
     assert!(took <= beat * 6 + bound, "took {took:?}");
@@ -183,7 +184,7 @@ async fn a_stale_pong_does_not_answer_a_newer_ping() {
     assert_eq!(server.handle.closed().await, SessionEnd::HeartbeatTimeout);
     // Pings at 0 (unanswered) and on the third beat (answered with the first one's payload):
     // the third beat's Ping is overdue a timeout later.
-    let bound = beat * driver::OWN_PING_EVERY + limits.heartbeat_timeout + beat;
+    let bound = beat * OWN_PING_EVERY + limits.heartbeat_timeout + beat;
     let took = started.elapsed();
     assert!(took <= bound, "took {took:?}");
     peer.abort();
@@ -205,4 +206,87 @@ async fn a_server_keeps_a_slow_pinging_agent_under_a_short_timeout() {
     let (_, pongs) = scripted_peer(peer, Some(Duration::from_secs(15)), true, a_minute() * 2).await;
     assert!(pongs >= 8, "{pongs} Pongs");
     assert!(!server.handle.is_closed(), "{:?}", server.handle.stats());
+}
+
+/// An idle agent pinging out of step with the server's beats (3 s after them): the server's own
+/// Ping goes out right behind the Pong of an agent's Ping (one write), not on a beat of its
+/// own, and the server's timer wakes for no beat at all while the agent keeps pinging.
+#[tokio::test(start_paused = true)]
+async fn an_idle_server_pings_with_its_pong_and_wakes_for_no_beat() {
+    let limits = Limits::default();
+    let beat = limits.heartbeat_interval;
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, limits);
+    let start = tokio::time::Instant::now();
+    let end = start + beat * 6 + Duration::from_secs(5);
+    let mut next_ping = start + Duration::from_secs(3);
+    // (seconds since the start, whether a Pong came just before) for each of the server's Pings.
+    let mut server_pings = Vec::new();
+    let mut last_was_pong = false;
+    loop {
+        tokio::select! {
+            message = peer.0.next() => {
+                let Some(Ok(message)) = message else { panic!("session ended") };
+                match decode(message).expect("decodable") {
+                    Frame::Ping { payload } => {
+                        server_pings.push((start.elapsed().as_secs(), last_was_pong));
+                        peer.send(Frame::Pong { payload }).await;
+                        last_was_pong = false;
+                    }
+                    Frame::Pong { .. } => last_was_pong = true,
+                    _ => last_was_pong = false,
+                }
+            }
+            _ = tokio::time::sleep_until(next_ping.min(end)) => {
+                if tokio::time::Instant::now() >= end {
+                    break;
+                }
+                peer.send(Frame::Ping { payload: Bytes::from_static(b"agent-hb") }).await;
+                next_ping += beat;
+            }
+        }
+    }
+    // At the start (the round trip), then with the Pongs of the Pings of 33 s and 63 s.
+    assert_eq!(server_pings, [(0, false), (33, true), (63, true)]);
+    let stats = server.handle.stats();
+    assert_eq!(stats.counters.beats, 0, "{stats:?}");
+    assert!(!server.handle.is_closed());
+}
+
+/// The agent falls quiet: the server's skipped beats end at the first one that could not only
+/// answer (the agent's last Ping 1.5 beats old), and it pings on every beat from there.
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_falls_quiet_is_pinged_on_the_beats_again() {
+    let limits = Limits::default();
+    let beat = limits.heartbeat_interval;
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, limits);
+    let start = tokio::time::Instant::now();
+    let mut server_pings = Vec::new();
+    // The agent pings at 3, 13 and 23 s, then only answers.
+    let mut next_ping = start + Duration::from_secs(3);
+    let quiet_from = start + Duration::from_secs(30);
+    let end = start + beat * 7 + Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            message = peer.0.next() => {
+                let Some(Ok(message)) = message else { panic!("session ended") };
+                if let Frame::Ping { payload } = decode(message).expect("decodable") {
+                    server_pings.push(start.elapsed().as_secs());
+                    peer.send(Frame::Pong { payload }).await;
+                }
+            }
+            _ = tokio::time::sleep_until(next_ping.min(end)) => {
+                if tokio::time::Instant::now() >= end {
+                    break;
+                }
+                if next_ping < quiet_from {
+                    peer.send(Frame::Ping { payload: Bytes::from_static(b"agent-hb") }).await;
+                }
+                next_ping += beat;
+            }
+        }
+    }
+    // 23 + 15 = 38 s: the beat of 40 s is the first without a recent Ping of the agent.
+    assert_eq!(server_pings, [0, 40, 50, 60, 70]);
+    assert_eq!(server.handle.stats().counters.beats, 4);
+    assert!(!server.handle.is_closed());
 }

@@ -66,5 +66,6 @@ pub mod shutdown;
 pub mod systemd;
 pub mod reload;
 pub mod host;
+mod file_version;
 pub mod telemetry;
 mod allocator;

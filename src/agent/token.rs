@@ -6,51 +6,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use http::HeaderValue;
 
-/// What identifies one version of the file: a rotation changes the device and inode
-/// (kubelet's symlink swap, any write-and-rename), a rewrite in place the modification time or
-/// length, a `chmod` the change time.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Version {
-    device: u64,
-    inode: u64,
-    modified: Option<SystemTime>,
-    changed: (i64, i64),
-    len: u64,
-}
-
-impl Version {
-    fn of(metadata: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            device: metadata.dev(),
-            inode: metadata.ino(),
-            modified: metadata.modified().ok(),
-            changed: (metadata.ctime(), metadata.ctime_nsec()),
-            len: metadata.len(),
-        }
-    }
-
-    /// Changed so recently that a second same-length write within the same timestamp tick
-    /// would look identical (git's "racy" case): such a version is not cached.
-    fn is_racy(&self) -> bool {
-        self.modified
-            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
-            .is_none_or(|age| age < RACY_WINDOW)
-    }
-}
-
-/// Timestamp ticks are a few milliseconds on Linux filesystems.
-const RACY_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+use crate::file_version::FileVersion;
 
 /// A token file and the `Authorization` value made of the last token read from it (built
 /// once per read: cloning it per request is a reference count, not a copy).
 pub(crate) struct TokenFile {
     path: PathBuf,
-    cached: Mutex<Option<(Version, HeaderValue)>>,
+    cached: Mutex<Option<(FileVersion, HeaderValue)>>,
     /// Times the file was read (tests tell a cache hit from a re-read by it).
     reads: std::sync::atomic::AtomicU64,
 }
@@ -73,7 +38,7 @@ impl TokenFile {
     /// live on tmpfs (projected volumes) or a local disk, where it costs about a microsecond
     /// (docs/configuration.md asks for a local filesystem).
     pub(crate) async fn authorization(&self) -> Result<HeaderValue, String> {
-        let version = Version::of(&std::fs::metadata(&self.path).map_err(|e| e.to_string())?);
+        let version = FileVersion::stat(&self.path).map_err(|e| e.to_string())?;
         if let Some((cached_version, value)) = self.lock().as_ref() {
             if *cached_version == version {
                 return Ok(value.clone());
@@ -94,7 +59,7 @@ impl TokenFile {
             return Err("not a valid header value".to_owned());
         };
         value.set_sensitive(true);
-        *self.lock() = (!version.is_racy()).then(|| (version, value.clone()));
+        *self.lock() = version.settled().map(|version| (version, value.clone()));
         Ok(value)
     }
 
@@ -103,7 +68,7 @@ impl TokenFile {
         self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Version, HeaderValue)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(FileVersion, HeaderValue)>> {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

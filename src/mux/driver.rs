@@ -35,7 +35,8 @@ pub(crate) async fn read_loop<R>(
     let mut read_this_turn = 0;
     // One timer for the session's life, moved only when its deadline changes: a fresh
     // `sleep_until` per message was a timer-wheel insert and removal per message.
-    let timer = tokio::time::sleep_until(heartbeat.wake(&shared, &shared.lock()));
+    let first_wake = heartbeat.wake(&shared, &shared.lock());
+    let timer = tokio::time::sleep_until(first_wake);
     tokio::pin!(timer);
     loop {
         if read_this_turn >= READ_TURN_BYTES {
@@ -43,6 +44,7 @@ pub(crate) async fn read_loop<R>(
             tokio::task::yield_now().await;
         }
         let next_deadline = {
+            heartbeat.catch_up(Instant::now());
             let state = shared.lock();
             let beat = heartbeat.wake(&shared, &state);
             state
@@ -73,7 +75,7 @@ pub(crate) async fn read_loop<R>(
                 heartbeat.on_timer(&shared, &mut state, now);
             }
             _ = shared.ended.notified() => {}
-            // A new open may have a deadline earlier than the one we sleep towards.
+            // A new open: its deadline, or its stream's beats, may come before the timer.
             _ = shared.rearm.notified() => {}
         }
         let end = shared.lock().end.clone();

@@ -46,6 +46,8 @@ pub(crate) struct Heartbeat {
     live_ids_due: Instant,
     /// The agent's Ping already looked at ([`State::peer_pinged`]).
     peer_ping_seen: Option<Instant>,
+    /// The last answer of [`Heartbeat::wake`]: no beat before it was due.
+    armed: Instant,
 }
 
 impl Heartbeat {
@@ -63,6 +65,7 @@ impl Heartbeat {
             own_ping_due: started + interval * OWN_PING_EVERY - interval / 2,
             live_ids_due: started + interval * LIVE_IDS_EVERY - interval / 2,
             peer_ping_seen: None,
+            armed: started,
         };
         state.last_heard = started;
         if shared.config.version == Version::V2 {
@@ -71,41 +74,51 @@ impl Heartbeat {
         heartbeat
     }
 
-    /// When the reader must wake next for the heartbeat: the next beat, or, while that beat
-    /// would only answer, the first beat that might not (the agent quiet for too long, or a
-    /// Ping of ours overdue). Never before the next beat, so a wake-up always finds a beat due.
-    pub(crate) fn wake(&self, shared: &Shared, state: &State) -> Instant {
-        let Some(pinged) = state.peer_pinged else {
-            return self.next_beat;
-        };
-        if !self.answer_only(shared, state, self.next_beat) {
-            return self.next_beat;
-        }
-        // `answer_only` holds at a beat `t` while `t - pinged` is below 1.5 intervals and at
-        // most `timeout - interval`: the first beat past either bound.
-        let quiet = (pinged + self.interval * 3 / 2)
-            .min(pinged + self.timeout.saturating_sub(self.interval) + Duration::from_nanos(1));
+    /// When the reader must wake next for the heartbeat: the moment the peer's silence, or a
+    /// Ping of ours left unanswered, passes the timeout; and the next beat, or, while that beat
+    /// would only answer, the first beat that might not (the agent quiet for too long). A
+    /// wake-up therefore always finds the peer expired or a beat due.
+    pub(crate) fn wake(&mut self, shared: &Shared, state: &State) -> Instant {
         let past_timeout = |since: Instant| since + self.timeout + Duration::from_nanos(1);
-        let mut wake = self.beat_at_or_after(quiet);
-        for since in [Some(state.last_heard), state.unanswered_since]
-            .into_iter()
-            .flatten()
-        {
-            wake = wake.min(self.beat_at_or_after(past_timeout(since)));
-        }
-        wake
+        let expiry = state
+            .unanswered_since
+            .map_or(past_timeout(state.last_heard), |since| {
+                past_timeout(since.min(state.last_heard))
+            });
+        let beat = match state.peer_pinged {
+            Some(pinged) if self.answer_only(shared, state, self.next_beat) => {
+                // `answer_only` holds at a beat `t` while `t - pinged` is below 1.5 intervals
+                // and at most `timeout - interval`: the first beat past either bound.
+                let quiet = (pinged + self.interval * 3 / 2).min(
+                    pinged + self.timeout.saturating_sub(self.interval) + Duration::from_nanos(1),
+                );
+                self.beat_at_or_after(quiet)
+            }
+            _ => self.next_beat,
+        };
+        self.armed = beat.min(expiry);
+        self.armed
     }
 
-    /// The reader's timer fired at `now`: handles the beat if one is due.
-    pub(crate) fn on_timer(&mut self, shared: &Shared, state: &mut State, now: Instant) {
-        if now < self.next_beat {
-            return;
+    /// The reader woke before its timer (a message, a stream opened): beats it slept past
+    /// were only answering ones, so the grid moves on to `now` rather than beat at once, late.
+    pub(crate) fn catch_up(&mut self, now: Instant) {
+        if self.next_beat < now && now < self.armed {
+            self.next_beat = self.beat_at_or_after(now);
         }
-        state.counters.beats += 1;
+    }
+
+    /// The reader's timer fired at `now`: drops an expired peer, and handles the beat if one
+    /// is due.
+    pub(crate) fn on_timer(&mut self, shared: &Shared, state: &mut State, now: Instant) {
         if self.expired(state, now) {
             shared.end(state, super::SessionEnd::HeartbeatTimeout);
             return;
         }
+        if now < self.next_beat {
+            return;
+        }
+        state.counters.beats += 1;
         if !self.answer_only(shared, state, now) {
             self.ping(shared, state, now);
         }

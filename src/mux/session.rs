@@ -213,9 +213,11 @@ impl SessionHandle {
                     let deadline = Instant::now() + config.limits.open_timeout;
                     slot.open_deadline = Some(deadline);
                     state.open_deadlines.insert((deadline, id));
-                    shared.rearm.notify_one();
                 }
             }
+            // The reader's timer may be set past beats it skipped on an idle tunnel; with a
+            // stream open every beat pings, and a v2 open has a deadline of its own.
+            shared.rearm.notify_one();
             state.streams.insert(id, slot);
             let target = Bytes::copy_from_slice(target);
             // Connect goes in the data queue so it always precedes the stream's own Data.

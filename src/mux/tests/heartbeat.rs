@@ -290,3 +290,65 @@ async fn an_agent_that_falls_quiet_is_pinged_on_the_beats_again() {
     assert_eq!(server.handle.stats().counters.beats, 4);
     assert!(!server.handle.is_closed());
 }
+
+/// An agent pinging every 12 s (any period up to the interval × 1.5 is legal) stops reading:
+/// the server only answering it drops it within four beats plus the timeout of its last Pong,
+/// the moment the timeout passes, not at the next beat after it.
+#[tokio::test(start_paused = true)]
+async fn an_agent_pinging_off_the_beat_that_stops_reading_is_dropped_in_time() {
+    let limits = Limits::default();
+    let beat = limits.heartbeat_interval;
+    let (server, peer) = with_raw_peer(Role::Server, Version::V2, limits.clone());
+    let started = tokio::time::Instant::now();
+    let stop = Duration::from_secs(40);
+    let every = Duration::from_secs(12);
+    let peer = tokio::spawn(scripted(peer, Some(every), Answer::Until(stop), beat * 60));
+    assert_eq!(server.handle.closed().await, SessionEnd::HeartbeatTimeout);
+    // The server's own Pings ride with the agent's of 0 and 36 s: the last Pong is at 36 s.
+    let since_last_pong = started.elapsed() - Duration::from_secs(36);
+    let bound = beat * (OWN_PING_EVERY + 1) + limits.heartbeat_timeout;
+    assert!(
+        since_last_pong <= bound,
+        "dropped {since_last_pong:?} after the last Pong"
+    );
+    peer.abort();
+}
+
+/// A v1 stream opened while the server skips the beats of an idle tunnel: the reader is woken,
+/// and the server pings on every beat from then on (a stream is open until its Connect is
+/// answered, which this agent never does).
+#[tokio::test(start_paused = true)]
+async fn a_stream_opened_on_an_idle_v1_tunnel_brings_the_beats_back() {
+    let limits = Limits::default();
+    let beat = limits.heartbeat_interval;
+    let (server, mut peer) = with_raw_peer(Role::Server, Version::V1, limits);
+    let start = tokio::time::Instant::now();
+    let end = start + Duration::from_secs(45);
+    let mut next_ping = start + Duration::from_secs(3);
+    let handle = server.handle.clone();
+    let opener = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let _ = handle.open(b"t").await;
+    });
+    let mut server_pings = Vec::new();
+    loop {
+        tokio::select! {
+            message = peer.0.next() => {
+                let Some(Ok(message)) = message else { panic!("session ended") };
+                if let Frame::Ping { payload } = decode(message).expect("decodable") {
+                    server_pings.push(start.elapsed().as_secs());
+                    peer.send(Frame::Pong { payload }).await;
+                }
+            }
+            _ = tokio::time::sleep_until(next_ping.min(end)) => {
+                if tokio::time::Instant::now() >= end {
+                    break;
+                }
+                peer.send(Frame::Ping { payload: Bytes::from_static(b"agent-hb") }).await;
+                next_ping += beat;
+            }
+        }
+    }
+    opener.abort();
+    assert_eq!(server_pings, [30, 40]);
+}

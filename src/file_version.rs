@@ -17,8 +17,12 @@ pub(crate) struct FileVersion {
     len: u64,
 }
 
-/// Timestamp ticks are a few milliseconds on Linux filesystems.
-const RACY_WINDOW: Duration = Duration::from_millis(50);
+/// How long after its last change a version still cannot vouch for the content read of it.
+/// Timestamps tick every few milliseconds on most Linux filesystems, but every second on some
+/// (ext4 with 128-byte inodes, ext3, FAT, some NFS and overlay setups): there, a file written
+/// at 12:00:00.05 is stamped 12:00:00, and a same-length rewrite within that second would look
+/// identical. Two seconds covers that; a poll every 2 s then reads a changed file once more.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 impl FileVersion {
     pub(crate) fn of(metadata: &std::fs::Metadata) -> Self {
@@ -37,17 +41,23 @@ impl FileVersion {
         std::fs::metadata(path).map(|metadata| Self::of(&metadata))
     }
 
-    /// Changed so recently that a second same-length write within the same timestamp tick
-    /// would look identical (git's "racy" case): what was read of such a version must be read
-    /// again next time, not trusted to this version.
-    pub(crate) fn is_racy(&self) -> bool {
-        self.modified
-            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+    /// Changed so recently (seen from `now`, taken before the `stat`) that a second
+    /// same-length write within the same timestamp tick would look identical (git's "racy"
+    /// case): what was read of such a version must be read again next time.
+    pub(crate) fn is_racy(&self, now: SystemTime) -> bool {
+        let changed = u64::try_from(self.changed.0).ok().map(|secs| {
+            SystemTime::UNIX_EPOCH
+                + Duration::new(secs, self.changed.1.clamp(0, 999_999_999) as u32)
+        });
+        let latest = self.modified.max(changed);
+        latest
+            .and_then(|latest| now.duration_since(latest).ok())
             .is_none_or(|age| age < RACY_WINDOW)
     }
 
-    /// This version, if what is read of it may be trusted to it later.
-    pub(crate) fn settled(self) -> Option<Self> {
-        (!self.is_racy()).then_some(self)
+    /// This version, if what is read of it may be trusted to it later (`now` as for
+    /// [`FileVersion::is_racy`]).
+    pub(crate) fn settled(self, now: SystemTime) -> Option<Self> {
+        (!self.is_racy(now)).then_some(self)
     }
 }

@@ -9,7 +9,7 @@
 //! polled every 2 s), so a touch or a Secret resync with the same bytes is no reload.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -74,7 +74,18 @@ impl Watch {
 
     /// Replaces the watched files (fingerprinted now) and the poll interval.
     pub fn watch(&mut self, files: Vec<PathBuf>, poll: Option<Duration>) {
-        self.files = files.into_iter().map(Watched::new).collect();
+        // A file watched before keeps what it was last seen as: a change that lands while a
+        // reload reads the files is then still a change at the next poll.
+        let mut before = std::mem::take(&mut self.files);
+        self.files = files
+            .into_iter()
+            .map(
+                |path| match before.iter().position(|file| file.path == path) {
+                    Some(at) => before.swap_remove(at),
+                    None => Watched::new(path),
+                },
+            )
+            .collect();
         self.poll = poll;
     }
 
@@ -129,6 +140,12 @@ impl Watched {
     /// The `stat` comes first: a write between the two leaves a version older than the
     /// content, which the next poll reads again rather than missing.
     fn changed(&mut self) -> bool {
+        self.changed_seen_at(SystemTime::now())
+    }
+
+    /// [`Watched::changed`] with `now`, taken before the `stat`, deciding whether the file
+    /// changed too recently for its version to vouch for the content (tests pass a later one).
+    fn changed_seen_at(&mut self, now: SystemTime) -> bool {
         let version = FileVersion::stat(&self.path).ok();
         if version.is_some() && version == self.version {
             return false;
@@ -137,7 +154,10 @@ impl Watched {
         let print = std::fs::read(&self.path)
             .ok()
             .map(|content| Sha256::digest(content).into());
-        self.version = version.and_then(FileVersion::settled);
+        // A failed read (too many open files, say) vouches for nothing.
+        self.version = version
+            .filter(|_| print.is_some())
+            .and_then(|version| version.settled(now));
         let changed = print != self.print;
         self.print = print;
         changed
@@ -195,7 +215,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
 
     #[tokio::test]
     async fn a_changed_file_is_a_cause_and_an_unchanged_one_is_not() {
@@ -228,6 +247,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A file that changes while a reload reads the files (after the poll that started it) is
+    /// a change at the next poll: watching the reloaded config's files keeps what each file
+    /// already watched was last seen as.
+    #[tokio::test]
+    async fn a_change_during_a_reload_is_seen_after_it() {
+        let dir = std::env::temp_dir().join(format!("reload-during-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (config, token) = (dir.join("server.toml"), dir.join("new.token"));
+        std::fs::write(&config, "one").unwrap();
+        std::fs::write(&token, "token").unwrap();
+        let poll = Some(Duration::from_millis(10));
+        let mut watch = Watch::new(vec![config.clone()], poll).unwrap();
+        std::fs::write(&config, "two").unwrap();
+        // The reload (which read "one") ends, and names one more file.
+        watch.watch(vec![config.clone(), token], poll);
+        let cause = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("the change is seen");
+        assert_eq!(cause, Cause::Changed(config));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A poll of a file that did not change is a `stat`, not a read; a rewrite in place, even
     /// with the same length and its modification time put back, is read and seen.
     #[tokio::test]
@@ -236,29 +277,32 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("server.toml");
         std::fs::write(&path, "one").unwrap();
-        let modified = SystemTime::now() - Duration::from_secs(60);
-        let age = |path: &std::path::Path| {
-            let file = std::fs::File::options().write(true).open(path).unwrap();
-            file.set_modified(modified).unwrap();
-        };
-        age(&path);
+        // As if the file had aged: its version can vouch for what was read of it.
+        let later = || SystemTime::now() + Duration::from_secs(3);
         let mut file = Watched::new(path.clone());
-        assert_eq!(file.reads, 1);
+        assert!(!file.changed_seen_at(later()));
+        assert_eq!(file.reads, 2, "just written: read again");
         for _ in 0..3 {
-            assert!(!file.changed());
+            assert!(!file.changed_seen_at(later()));
         }
-        assert_eq!(file.reads, 1, "unchanged: stat only");
-        // Same length, same modification time: the change time still tells.
+        assert_eq!(file.reads, 2, "unchanged: stat only");
+        // Same length, modification time put back: the change time still tells.
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
         std::fs::write(&path, "two").unwrap();
-        age(&path);
-        assert!(file.changed(), "the rewrite is seen");
-        assert_eq!(file.reads, 2);
-        assert!(!file.changed());
-        // Just written: the version cannot vouch for the content, so it is read each poll.
+        let handle = std::fs::File::options().write(true).open(&path).unwrap();
+        handle.set_modified(modified).unwrap();
+        assert!(file.changed_seen_at(later()), "the rewrite is seen");
+        assert_eq!(file.reads, 3);
+        assert!(!file.changed_seen_at(later()));
+        // Just written (its change time is now, whatever its modification time says): the
+        // version cannot vouch for the content, so the file is read at each poll.
         std::fs::write(&path, "six").unwrap();
+        handle
+            .set_modified(SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
         assert!(file.changed());
         assert!(!file.changed());
-        assert_eq!(file.reads, 4, "a racy version is read again");
+        assert_eq!(file.reads, 5, "a racy version is read again");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use http::HeaderValue;
 
@@ -38,6 +39,13 @@ impl TokenFile {
     /// live on tmpfs (projected volumes) or a local disk, where it costs about a microsecond
     /// (docs/configuration.md asks for a local filesystem).
     pub(crate) async fn authorization(&self) -> Result<HeaderValue, String> {
+        self.authorization_seen_at(SystemTime::now()).await
+    }
+
+    /// [`TokenFile::authorization`] with `now`, taken before the `stat`, deciding whether the
+    /// file changed too recently for its version to vouch for the token (tests pass a later
+    /// one, as if the file had aged).
+    async fn authorization_seen_at(&self, now: SystemTime) -> Result<HeaderValue, String> {
         let version = FileVersion::stat(&self.path).map_err(|e| e.to_string())?;
         if let Some((cached_version, value)) = self.lock().as_ref() {
             if *cached_version == version {
@@ -59,7 +67,7 @@ impl TokenFile {
             return Err("not a valid header value".to_owned());
         };
         value.set_sensitive(true);
-        *self.lock() = version.settled().map(|version| (version, value.clone()));
+        *self.lock() = version.settled(now).map(|version| (version, value.clone()));
         Ok(value)
     }
 
@@ -91,7 +99,12 @@ mod tests {
         Dir(path)
     }
 
-    /// Writes `text` in place and dates it `age` back, so the version is cacheable.
+    /// Seen from here, a file written now has settled (its version may be cached).
+    fn later() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(3)
+    }
+
+    /// Writes `text` in place and dates its modification `age` back.
     fn write_aged(path: &Path, text: &str, age: Duration) {
         std::fs::write(path, text).unwrap();
         let file = std::fs::File::options().write(true).open(path).unwrap();
@@ -103,10 +116,19 @@ mod tests {
         let dir = dir("cache");
         let path = dir.0.join("token");
         let file = TokenFile::new(path.clone());
-        assert!(file.authorization().await.is_err(), "missing file");
+        assert!(
+            file.authorization_seen_at(later()).await.is_err(),
+            "missing file"
+        );
         write_aged(&path, "first\n", Duration::from_secs(60));
-        assert_eq!(file.authorization().await.unwrap(), "Bearer first");
-        assert_eq!(file.authorization().await.unwrap(), "Bearer first");
+        assert_eq!(
+            file.authorization_seen_at(later()).await.unwrap(),
+            "Bearer first"
+        );
+        assert_eq!(
+            file.authorization_seen_at(later()).await.unwrap(),
+            "Bearer first"
+        );
         assert_eq!(
             file.reads(),
             1,
@@ -121,21 +143,27 @@ mod tests {
             .unwrap()
             .set_modified(modified)
             .unwrap();
-        assert_eq!(file.authorization().await.unwrap(), "Bearer other");
+        assert_eq!(
+            file.authorization_seen_at(later()).await.unwrap(),
+            "Bearer other"
+        );
         // Just written: too recent to cache (a same-tick rewrite would look the same).
         std::fs::write(&path, "fresh\n").unwrap();
         assert_eq!(file.authorization().await.unwrap(), "Bearer fresh");
         assert_eq!(file.authorization().await.unwrap(), "Bearer fresh");
         assert_eq!(file.reads(), 4, "a racy version is re-read");
         write_aged(&path, "  \n", Duration::from_secs(60));
-        assert_eq!(file.authorization().await.unwrap_err(), "empty");
+        assert_eq!(
+            file.authorization_seen_at(later()).await.unwrap_err(),
+            "empty"
+        );
         write_aged(&path, "two\nlines\n", Duration::from_secs(60));
         assert_eq!(
-            file.authorization().await.unwrap_err(),
+            file.authorization_seen_at(later()).await.unwrap_err(),
             "not a valid header value"
         );
         write_aged(&path, "good\n", Duration::from_secs(60));
-        let value = file.authorization().await.unwrap();
+        let value = file.authorization_seen_at(later()).await.unwrap();
         assert_eq!(value, "Bearer good");
         assert!(value.is_sensitive());
     }

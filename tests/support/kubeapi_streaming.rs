@@ -23,6 +23,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::{decode, lock, spdy, status, Open, Reply, SeenRequest, Shared};
 
+/// How long the fake's exec takes to start its process (see `run_exec`).
+const PROCESS_START: Duration = Duration::from_millis(200);
+
 /// The subprotocols exec speaks over WebSocket, most preferred first.
 const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// The stream protocol exec speaks over SPDY. kubectl 1.32 offers v5 first, which over SPDY is
@@ -243,6 +246,11 @@ where
         message.extend_from_slice(bytes);
         Message::Binary(Bytes::from(message))
     };
+    // A real exec starts a process in the container first. Without that moment, output sent
+    // right behind the 101 can reach client-go before it has set up its streams, which it
+    // discards ("Unknown stream id 1, discarding message"), and kubectl then fails with
+    // "closed all streams" (2 runs in 20 with the two exec tests side by side).
+    tokio::time::sleep(PROCESS_START).await;
     let code = match Program::parse(command) {
         Program::Echo(line) => {
             if attach.stdout {

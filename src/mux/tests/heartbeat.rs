@@ -208,18 +208,19 @@ async fn a_server_keeps_a_slow_pinging_agent_under_a_short_timeout() {
     assert!(!server.handle.is_closed(), "{:?}", server.handle.stats());
 }
 
-/// An idle agent pinging out of step with the server's beats (3 s after them): the server's own
-/// Ping goes out right behind the Pong of an agent's Ping (one write), not on a beat of its
-/// own, and the server's timer wakes for no beat at all while the agent keeps pinging.
-#[tokio::test(start_paused = true)]
-async fn an_idle_server_pings_with_its_pong_and_wakes_for_no_beat() {
-    let limits = Limits::default();
-    let beat = limits.heartbeat_interval;
-    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, limits);
+/// An agent that pings every beat from `first` on, until `quiet_from` (then it only answers),
+/// for `span`: each of the session's Pings as (whole seconds since the start, whether a Pong
+/// came right before it).
+async fn agent_pinging_from(
+    mut peer: RawPeer,
+    first: Duration,
+    quiet_from: Duration,
+    span: Duration,
+) -> Vec<(u64, bool)> {
+    let beat = Limits::default().heartbeat_interval;
     let start = tokio::time::Instant::now();
-    let end = start + beat * 6 + Duration::from_secs(5);
-    let mut next_ping = start + Duration::from_secs(3);
-    // (seconds since the start, whether a Pong came just before) for each of the server's Pings.
+    let end = start + span;
+    let mut next_ping = start + first;
     let mut server_pings = Vec::new();
     let mut last_was_pong = false;
     loop {
@@ -240,13 +241,31 @@ async fn an_idle_server_pings_with_its_pong_and_wakes_for_no_beat() {
                 if tokio::time::Instant::now() >= end {
                     break;
                 }
-                peer.send(Frame::Ping { payload: Bytes::from_static(b"agent-hb") }).await;
+                if next_ping < start + quiet_from {
+                    peer.send(Frame::Ping { payload: Bytes::from_static(b"agent-hb") }).await;
+                }
                 next_ping += beat;
             }
         }
     }
+    server_pings
+}
+
+/// The seconds of each of the server's Pings.
+fn seconds(pings: &[(u64, bool)]) -> Vec<u64> {
+    pings.iter().map(|&(at, _)| at).collect()
+}
+
+/// An idle agent pinging out of step with the server's beats (3 s after them): the server's own
+/// Ping goes out right behind the Pong of an agent's Ping (one write), not on a beat of its
+/// own, and the server's timer wakes for no beat at all while the agent keeps pinging.
+#[tokio::test(start_paused = true)]
+async fn an_idle_server_pings_with_its_pong_and_wakes_for_no_beat() {
+    let (server, peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
+    let secs = Duration::from_secs;
+    let pings = agent_pinging_from(peer, secs(3), secs(3600), secs(65)).await;
     // At the start (the round trip), then with the Pongs of the Pings of 33 s and 63 s.
-    assert_eq!(server_pings, [(0, false), (33, true), (63, true)]);
+    assert_eq!(pings, [(0, false), (33, true), (63, true)]);
     let stats = server.handle.stats();
     assert_eq!(stats.counters.beats, 0, "{stats:?}");
     assert!(!server.handle.is_closed());
@@ -256,37 +275,12 @@ async fn an_idle_server_pings_with_its_pong_and_wakes_for_no_beat() {
 /// answer (the agent's last Ping 1.5 beats old), and it pings on every beat from there.
 #[tokio::test(start_paused = true)]
 async fn an_agent_that_falls_quiet_is_pinged_on_the_beats_again() {
-    let limits = Limits::default();
-    let beat = limits.heartbeat_interval;
-    let (server, mut peer) = with_raw_peer(Role::Server, Version::V2, limits);
-    let start = tokio::time::Instant::now();
-    let mut server_pings = Vec::new();
+    let (server, peer) = with_raw_peer(Role::Server, Version::V2, Limits::default());
+    let secs = Duration::from_secs;
     // The agent pings at 3, 13 and 23 s, then only answers.
-    let mut next_ping = start + Duration::from_secs(3);
-    let quiet_from = start + Duration::from_secs(30);
-    let end = start + beat * 7 + Duration::from_secs(5);
-    loop {
-        tokio::select! {
-            message = peer.0.next() => {
-                let Some(Ok(message)) = message else { panic!("session ended") };
-                if let Frame::Ping { payload } = decode(message).expect("decodable") {
-                    server_pings.push(start.elapsed().as_secs());
-                    peer.send(Frame::Pong { payload }).await;
-                }
-            }
-            _ = tokio::time::sleep_until(next_ping.min(end)) => {
-                if tokio::time::Instant::now() >= end {
-                    break;
-                }
-                if next_ping < quiet_from {
-                    peer.send(Frame::Ping { payload: Bytes::from_static(b"agent-hb") }).await;
-                }
-                next_ping += beat;
-            }
-        }
-    }
+    let pings = agent_pinging_from(peer, secs(3), secs(30), secs(75)).await;
     // 23 + 15 = 38 s: the beat of 40 s is the first without a recent Ping of the agent.
-    assert_eq!(server_pings, [0, 40, 50, 60, 70]);
+    assert_eq!(seconds(&pings), [0, 40, 50, 60, 70]);
     assert_eq!(server.handle.stats().counters.beats, 4);
     assert!(!server.handle.is_closed());
 }
@@ -319,36 +313,14 @@ async fn an_agent_pinging_off_the_beat_that_stops_reading_is_dropped_in_time() {
 /// answered, which this agent never does).
 #[tokio::test(start_paused = true)]
 async fn a_stream_opened_on_an_idle_v1_tunnel_brings_the_beats_back() {
-    let limits = Limits::default();
-    let beat = limits.heartbeat_interval;
-    let (server, mut peer) = with_raw_peer(Role::Server, Version::V1, limits);
-    let start = tokio::time::Instant::now();
-    let end = start + Duration::from_secs(45);
-    let mut next_ping = start + Duration::from_secs(3);
+    let (server, peer) = with_raw_peer(Role::Server, Version::V1, Limits::default());
     let handle = server.handle.clone();
     let opener = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(25)).await;
         let _ = handle.open(b"t").await;
     });
-    let mut server_pings = Vec::new();
-    loop {
-        tokio::select! {
-            message = peer.0.next() => {
-                let Some(Ok(message)) = message else { panic!("session ended") };
-                if let Frame::Ping { payload } = decode(message).expect("decodable") {
-                    server_pings.push(start.elapsed().as_secs());
-                    peer.send(Frame::Pong { payload }).await;
-                }
-            }
-            _ = tokio::time::sleep_until(next_ping.min(end)) => {
-                if tokio::time::Instant::now() >= end {
-                    break;
-                }
-                peer.send(Frame::Ping { payload: Bytes::from_static(b"agent-hb") }).await;
-                next_ping += beat;
-            }
-        }
-    }
+    let secs = Duration::from_secs;
+    let pings = agent_pinging_from(peer, secs(3), secs(3600), secs(45)).await;
     opener.abort();
-    assert_eq!(server_pings, [30, 40]);
+    assert_eq!(seconds(&pings), [30, 40]);
 }

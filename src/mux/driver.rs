@@ -44,7 +44,7 @@ pub(crate) async fn read_loop<R>(
             tokio::task::yield_now().await;
         }
         let next_deadline = {
-            heartbeat.catch_up(Instant::now());
+            heartbeat.catch_up(&shared);
             let state = shared.lock();
             let beat = heartbeat.wake(&shared, &state);
             state

@@ -36,8 +36,6 @@ pub(crate) const OWN_PING_EVERY: u32 = 3;
 /// The heartbeat's clock; the reader owns it and runs it under the session lock.
 pub(crate) struct Heartbeat {
     started: Instant,
-    interval: Duration,
-    timeout: Duration,
     /// The next beat on the grid (every interval from the start) not yet handled.
     next_beat: Instant,
     /// A server only answering sends its own Ping with the first Pong from here on.
@@ -59,8 +57,6 @@ impl Heartbeat {
         let interval = limits.heartbeat_interval;
         let mut heartbeat = Heartbeat {
             started,
-            interval,
-            timeout: limits.heartbeat_timeout,
             next_beat: started + interval,
             own_ping_due: started + interval * OWN_PING_EVERY - interval / 2,
             live_ids_due: started + interval * LIVE_IDS_EVERY - interval / 2,
@@ -79,7 +75,8 @@ impl Heartbeat {
     /// would only answer, the first beat that might not (the agent quiet for too long). A
     /// wake-up therefore always finds the peer expired or a beat due.
     pub(crate) fn wake(&mut self, shared: &Shared, state: &State) -> Instant {
-        let past_timeout = |since: Instant| since + self.timeout + Duration::from_nanos(1);
+        let (interval, timeout) = intervals(shared);
+        let past_timeout = |since: Instant| since + timeout + Duration::from_nanos(1);
         let expiry = state
             .unanswered_since
             .map_or(past_timeout(state.last_heard), |since| {
@@ -89,10 +86,9 @@ impl Heartbeat {
             Some(pinged) if self.answer_only(shared, state, self.next_beat) => {
                 // `answer_only` holds at a beat `t` while `t - pinged` is below 1.5 intervals
                 // and at most `timeout - interval`: the first beat past either bound.
-                let quiet = (pinged + self.interval * 3 / 2).min(
-                    pinged + self.timeout.saturating_sub(self.interval) + Duration::from_nanos(1),
-                );
-                self.beat_at_or_after(quiet)
+                let quiet = (pinged + interval * 3 / 2)
+                    .min(pinged + timeout.saturating_sub(interval) + Duration::from_nanos(1));
+                self.beat_at_or_after(interval, quiet)
             }
             _ => self.next_beat,
         };
@@ -101,17 +97,23 @@ impl Heartbeat {
     }
 
     /// The reader woke before its timer (a message, a stream opened): beats it slept past
-    /// were only answering ones, so the grid moves on to `now` rather than beat at once, late.
-    pub(crate) fn catch_up(&mut self, now: Instant) {
+    /// were only answering ones, so the grid moves on to now rather than beat at once, late.
+    /// Reads the clock only while the timer is set past the next beat (an idle tunnel), not
+    /// per message of a busy one.
+    pub(crate) fn catch_up(&mut self, shared: &Shared) {
+        if self.next_beat >= self.armed {
+            return;
+        }
+        let now = Instant::now();
         if self.next_beat < now && now < self.armed {
-            self.next_beat = self.beat_at_or_after(now);
+            self.next_beat = self.beat_at_or_after(shared.config.limits.heartbeat_interval, now);
         }
     }
 
     /// The reader's timer fired at `now`: drops an expired peer, and handles the beat if one
     /// is due.
     pub(crate) fn on_timer(&mut self, shared: &Shared, state: &mut State, now: Instant) {
-        if self.expired(state, now) {
+        if expired(shared, state, now) {
             shared.end(state, super::SessionEnd::HeartbeatTimeout);
             return;
         }
@@ -125,7 +127,8 @@ impl Heartbeat {
         if now >= self.live_ids_due {
             self.send_live_ids(shared, state, now);
         }
-        self.next_beat = self.beat_at_or_after(now + Duration::from_nanos(1));
+        let interval = shared.config.limits.heartbeat_interval;
+        self.next_beat = self.beat_at_or_after(interval, now + Duration::from_nanos(1));
     }
 
     /// After a message: an agent's Ping arrived on a tunnel the server only answers, and the
@@ -150,21 +153,13 @@ impl Heartbeat {
     /// outlast `heartbeat_timeout` before the next beat pings after all. While streams are
     /// open it pings every beat (window growth uses the round trip).
     fn answer_only(&self, shared: &Shared, state: &State, at: Instant) -> bool {
+        let (interval, timeout) = intervals(shared);
         shared.config.role == Role::Server
             && state.streams.is_empty()
             && state.peer_pinged.is_some_and(|pinged| {
                 let since = at.saturating_duration_since(pinged);
-                since < self.interval * 3 / 2 && since + self.interval <= self.timeout
+                since < interval * 3 / 2 && since + interval <= timeout
             })
-    }
-
-    /// The peer is dead to us: nothing from it (Ping or Pong) for the timeout, or a Ping of
-    /// ours unanswered for the timeout (a peer that pings but no longer reads us is dead too).
-    fn expired(&self, state: &State, now: Instant) -> bool {
-        now.duration_since(state.last_heard) > self.timeout
-            || state
-                .unanswered_since
-                .is_some_and(|since| now.duration_since(since) > self.timeout)
     }
 
     fn ping(&mut self, shared: &Shared, state: &mut State, now: Instant) {
@@ -185,13 +180,15 @@ impl Heartbeat {
         state.unanswered_since.get_or_insert(now);
         // Half a beat early, so an agent whose timer runs a little fast still carries it on
         // every `OWN_PING_EVERY`-th Ping rather than the next one.
-        self.own_ping_due = now + self.interval * OWN_PING_EVERY - self.interval / 2;
+        let interval = shared.config.limits.heartbeat_interval;
+        self.own_ping_due = now + interval * OWN_PING_EVERY - interval / 2;
     }
 
     /// Server, v2: asks the writer to list every stream it holds, so the agent drops any it
     /// holds that the server forgot (a lost close must never leak a stream).
     fn send_live_ids(&mut self, shared: &Shared, state: &mut State, now: Instant) {
-        self.live_ids_due = now + self.interval * LIVE_IDS_EVERY - self.interval / 2;
+        let interval = shared.config.limits.heartbeat_interval;
+        self.live_ids_due = now + interval * LIVE_IDS_EVERY - interval / 2;
         if shared.config.role != Role::Server || shared.config.version != Version::V2 {
             return;
         }
@@ -200,16 +197,32 @@ impl Heartbeat {
     }
 
     /// The first beat of the grid at or after `at`, and never before the next one.
-    fn beat_at_or_after(&self, at: Instant) -> Instant {
+    fn beat_at_or_after(&self, interval: Duration, at: Instant) -> Instant {
         if at <= self.next_beat {
             return self.next_beat;
         }
         let behind = (at - self.next_beat).as_nanos();
-        let step = self.interval.as_nanos().max(1);
+        let step = interval.as_nanos().max(1);
         u32::try_from(behind.div_ceil(step))
             .ok()
-            .and_then(|beats| self.interval.checked_mul(beats))
+            .and_then(|beats| interval.checked_mul(beats))
             .and_then(|ahead| self.next_beat.checked_add(ahead))
             .unwrap_or(at)
     }
+}
+
+/// The session's heartbeat interval and timeout.
+fn intervals(shared: &Shared) -> (Duration, Duration) {
+    let limits = &shared.config.limits;
+    (limits.heartbeat_interval, limits.heartbeat_timeout)
+}
+
+/// The peer is dead to us: nothing from it (Ping or Pong) for the timeout, or a Ping of ours
+/// unanswered for the timeout (a peer that pings but no longer reads us is dead too).
+fn expired(shared: &Shared, state: &State, now: Instant) -> bool {
+    let timeout = shared.config.limits.heartbeat_timeout;
+    now.duration_since(state.last_heard) > timeout
+        || state
+            .unanswered_since
+            .is_some_and(|since| now.duration_since(since) > timeout)
 }

@@ -33,6 +33,8 @@ class Setup:
         self.server_log = "server.log"
         self.server_starts = 0
         self.pinned = None  # {"tunnel": cpu, "load": cpu} while S11 runs with --pin
+        self.relays = []  # S2's floor: two examples/floors relays chained in front of nginx plain
+        self.relays_addr = None
 
     def check_binaries(self):
         for binary in ("argocd-proxy-server", "argocd-proxy-agent"):
@@ -77,6 +79,23 @@ class Setup:
         self.wan_nginx = f"127.0.0.1:{ports[f'127.0.0.1:{self.plain_port}']}"
         log(f"delay proxy up ({args.delay_ms:g} ms each way): to server {self.wan_public}, to nginx plain "
             f"{self.wan_nginx}")
+
+    def start_relays(self):
+        """S2's floor (examples/floors/relay.rs): client -> relay -> relay -> nginx plain, two
+        single-threaded processes copying bytes without parsing them, as the server and the agent
+        relay a request. False when the floors example was not built."""
+        floors = self.bin / "examples" / "floors"
+        if self.relays_addr or not floors.is_file():
+            return bool(self.relays_addr)
+        to = f"127.0.0.1:{self.plain_port}"
+        for name in ("agent-side", "server-side"):
+            log_path = self.work / f"relay-{name}.log"
+            proc = PROCS.start(f"floor relay ({name})", [str(floors), "relay", to, "7200"],
+                               stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+            self.relays.append((proc, log_path.name))
+            to = wait_for_line(log_path, r"listening (\S+)", proc, f"floor relay ({name})").group(1)
+        self.relays_addr = to
+        return True
 
     def start_nginx(self):
         work = self.work
@@ -227,6 +246,8 @@ class Setup:
             procs[f"agent {cluster}"] = (proc, f"agent-{cluster}.log")
         if self.delay_proxy:
             procs["delay proxy"] = (self.delay_proxy, "delayproxy.log")
+        for index, relay in enumerate(self.relays):
+            procs[f"floor relay {index + 1}"] = relay
         return procs
 
     def check_alive(self):
@@ -244,6 +265,8 @@ class Setup:
     def url(self, mode, cluster, path):
         if mode == "tunnel":
             return f"http://{self.internal}/tunnel/{cluster}{path}"
+        if mode == "relays":  # S2's floor, plain only
+            return f"http://{self.relays_addr}{path}"
         if cluster == WAN:
             return f"http://{self.wan_nginx}{path}"
         if cluster == "plain":
@@ -259,6 +282,8 @@ class Setup:
         pids = {"nginx": [self.nginx.pid, *self.nginx_workers]}
         if mode == "tunnel":
             pids = {"server": [self.server.pid], "agent": [self.agents[cluster].pid], **pids}
+        if mode == "relays":
+            pids["relays"] = [proc.pid for proc, _ in self.relays]
         if cluster == WAN:
             pids["proxy"] = [self.delay_proxy.pid]
         return pids

@@ -29,6 +29,8 @@ def cpu_table(run):
     names = ["server", "agent", "nginx", "client", "proxy"]
     if any("upstream" in percent for _, percent in run.cpu_rows):  # S9's watch upstream
         names.append("upstream")
+    if any("relays" in percent for _, percent in run.cpu_rows):  # S2's floor
+        names.append("relays")
     lines = ["| measurement | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, percent in run.cpu_rows:
         lines.append(f"| {label} | " + " | ".join(
@@ -152,7 +154,7 @@ def write_report(args, run, info, started, watch, loadavg, top_start, error):
         "Ratios are tunnel ÷ direct (for latency, higher is worse). MB = 10^6 bytes.",
         "",
         "## CPU during each measurement (% of one core; client = curl/wrk, S7's agent pools, S9's watch clients; "
-        "proxy = the delay proxy; upstream = S9's watch upstream)",
+        "proxy = the delay proxy; upstream = S9's watch upstream; relays = S2's floor, both relays)",
         "",
         cpu_table(run),
         "",

@@ -6,6 +6,7 @@
 //! cargo run --release --example floors -- idle raw|hyper-server|hyper-client|h2 [STREAMS]
 //! cargo run --release --example floors -- wire tcp|tls|ws|tls-ws|relay [MIB]
 //! cargo run --release --example floors -- heartbeat [SESSIONS] [WINDOW_S]
+//! cargo run --release --example floors -- relay ADDR [LIFETIME_S]
 //! ```
 //!
 //! `idle`: RSS per idle watch-like stream (a request answered with a chunked head and one event,
@@ -24,10 +25,13 @@
 //! through a 64 KiB buffer, as a download crosses the agent and the server (three connections
 //! instead of one). The ceilings for the tunnel's data path (S1's floor). `heartbeat`: S7's
 //! floor, the CPU a single-threaded server spends answering one small message per connection
-//! every 10 s on SESSIONS plain connections (heartbeat.rs). Each run prints one JSON line.
+//! every 10 s on SESSIONS plain connections (heartbeat.rs). `relay`: S2's floor, a process
+//! relaying every connection to ADDR unparsed (relay.rs); the harness chains two in front of
+//! nginx. Each run prints one JSON line.
 
 mod heartbeat;
 mod idle;
+mod relay;
 mod wire;
 
 use std::time::Duration;
@@ -74,6 +78,11 @@ fn main() -> Result<(), Error> {
         (Some("wire"), "tcp" | "tls" | "ws" | "tls-ws" | "relay") => {
             wire::wire(kind, count(1024)?)?
         }
+        (Some("relay"), _) => {
+            let to = arg(1).ok_or("relay needs an address")?.parse()?;
+            let lifetime = arg(2).map_or(Ok(3600.0), str::parse::<f64>)?;
+            relay::relay(to, Duration::from_secs_f64(lifetime))?
+        }
         (Some("heartbeat"), _) => {
             let sessions = arg(1).map_or(Ok(10_000), str::parse)?;
             let window = arg(2).map_or(Ok(20.0), str::parse::<f64>)?;
@@ -83,7 +92,8 @@ fn main() -> Result<(), Error> {
             return Err(
                 "usage: floors idle raw|hyper-server|hyper-client|h2 [STREAMS] \
                         | floors wire tcp|tls|ws|tls-ws|relay [MIB] \
-                        | floors heartbeat [SESSIONS] [WINDOW_S]"
+                        | floors heartbeat [SESSIONS] [WINDOW_S] \
+                        | floors relay ADDR [LIFETIME_S]"
                     .into(),
             )
         }

@@ -29,9 +29,10 @@ class RunBase:
             self.failures.append(f"{what}: {'; '.join(result['errors'])}")
             log(f"  FAILURE {what}: {result['errors']}")
 
-    def order(self, round_index):
-        # ABBA: alternate which mode goes first so slow drifts (other load on the box) cancel out.
-        return ("direct", "tunnel") if round_index % 2 == 0 else ("tunnel", "direct")
+    def order(self, round_index, modes=("direct", "tunnel")):
+        # Rotate which mode goes first (ABBA for two) so slow drifts (other load on the box) cancel out.
+        turn = round_index % len(modes)
+        return modes[turn:] + modes[:turn]
 
     def record_memory(self, label):
         setup = self.setup

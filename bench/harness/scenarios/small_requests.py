@@ -11,11 +11,11 @@ from ..measure import Measure
 class SmallRequests:
     """Mixin of scenarios.Run; S5 (wan.py) uses wrk_pair too."""
 
-    def wrk_pair(self, scenario, cluster, threads, connections, latency):
+    def wrk_pair(self, scenario, cluster, threads, connections, latency, modes=("direct", "tunnel")):
         setup, args = self.setup, self.args
-        rounds = {"direct": [], "tunnel": []}
+        rounds = {mode: [] for mode in modes}
         for r in range(args.rounds):
-            for mode in self.order(r if cluster == "plain" else r + 1):
+            for mode in self.order(r if cluster == "plain" else r + 1, modes):
                 with Measure(setup.cpu_pids(mode, cluster)) as m:
                     result = wrk(setup, mode, cluster, threads, connections, args.duration, latency)
                 setup.check_alive()
@@ -29,8 +29,8 @@ class SmallRequests:
         mean = lambda mode, key: statistics.mean(x[key] for x in rounds[mode])
         return mean
 
-    def warm_up(self, cluster):
-        for mode in ("direct", "tunnel"):
+    def warm_up(self, cluster, modes=("direct", "tunnel")):
+        for mode in modes:
             wrk(self.setup, mode, cluster, 2, 64, 1)
 
     def s2_small(self):
@@ -38,11 +38,20 @@ class SmallRequests:
         log(f"S2 small requests: wrk -t2 -c64 -d{args.duration}s, {args.rounds} round(s)")
         tunnel_rps = {}
         for cluster in CLUSTERS:
-            self.warm_up(cluster)
-            mean = self.wrk_pair("S2", cluster, 2, 64, latency=False)
+            # The floor in the same rounds: two relays that copy bytes (plain only; see start_relays).
+            floor = cluster == "plain" and self.setup.start_relays()
+            modes = ("direct", "relays", "tunnel") if floor else ("direct", "tunnel")
+            self.warm_up(cluster, modes)
+            mean = self.wrk_pair("S2", cluster, 2, 64, latency=False, modes=modes)
             direct, tunnel = mean("direct", "rps"), mean("tunnel", "rps")
             tunnel_rps[cluster] = tunnel
             self.row(f"S2 small {cluster}", "req/s (c64)", direct, tunnel, tunnel / direct, "≥ 0.25×", tunnel / direct >= 0.25)
+            if "relays" in modes:
+                relays = mean("relays", "rps")
+                self.row("S2 floor plain", "req/s (c64) through two copying relays (tunnel col; S2's floor)",
+                         direct, relays, relays / direct)
+                self.row("S2 floor plain", "tunnel req/s ÷ the floor's (direct col = floor)", relays, tunnel,
+                         tunnel / relays)
         ratio = tunnel_rps["tls"] / tunnel_rps["plain"]
         self.row("S2 small", "tunnel req/s: tls ÷ plain (direct col = plain, tunnel col = tls)",
                  tunnel_rps["plain"], tunnel_rps["tls"], ratio, "≥ 0.8×", ratio >= 0.8)

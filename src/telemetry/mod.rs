@@ -3,6 +3,8 @@
 //! otherwise — and a level that a reload can change.
 
 mod journald;
+pub mod lines;
+mod utc;
 mod stderr;
 
 use std::sync::OnceLock;
@@ -51,10 +53,12 @@ pub fn init(config: &RuntimeConfig) {
         tracing_subscriber::fmt::layer()
             .with_writer(stderr::QueuedStderr)
             .with_ansi(terminal)
+            .event_format(lines::TextLines::new(lines::Utc))
     });
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
+            .event_format(lines::JsonLines::new(lines::Utc))
             .with_writer(stderr::QueuedStderr)
     });
     let journal = (format == LogFormat::Journald)

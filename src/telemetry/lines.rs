@@ -104,12 +104,12 @@ where
         if ctx.event_scope().is_some() {
             return self.library.format_event(ctx, writer, event);
         }
-        let mut timestamp = String::with_capacity(32);
-        self.timer.format_time(&mut Writer::new(&mut timestamp))?;
         let meta = event.metadata();
-        writer.write_str("{\"timestamp\":")?;
-        json_string(&mut writer, &timestamp)?;
-        writer.write_str(",\"level\":\"")?;
+        writer.write_str("{\"timestamp\":\"")?;
+        // Straight into the line, escaped as the library's string would be: no buffer per line.
+        self.timer
+            .format_time(&mut Writer::new(&mut JsonEscaping(&mut writer)))?;
+        writer.write_str("\",\"level\":\"")?;
         writer.write_str(meta.level().as_str())?;
         writer.write_str("\",\"fields\":{")?;
         let mut fields = JsonFields {

@@ -200,3 +200,34 @@ fn a_terminal_gets_the_library_s_colours() {
     assert!(library.contains("\x1b["), "coloured: {library}");
     assert_same_lines(&ours, &library);
 }
+
+/// A clock whose text needs JSON escaping: the library escapes the timestamp as a string.
+#[derive(Clone)]
+struct QuotingTime;
+
+impl FormatTime for QuotingTime {
+    fn format_time(&self, out: &mut Writer<'_>) -> fmt::Result {
+        out.write_str("at \"noon\" \\ \t")
+    }
+}
+
+#[test]
+fn a_json_timestamp_is_escaped_as_the_library_escapes_it() {
+    let library = capture(|sink| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_timer(QuotingTime)
+            .with_writer(move || sink.clone())
+    });
+    let ours = capture(|sink| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .event_format(JsonLines::new(QuotingTime))
+            .with_writer(move || sink.clone())
+    });
+    assert!(
+        ours.contains(r#""timestamp":"at \"noon\" \\ \t""#),
+        "{ours}"
+    );
+    assert_same_lines(&ours, &library);
+}

@@ -11,7 +11,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description="argocd-proxy benchmark: direct vs tunnel (docs/benchmarks.md)")
     parser.add_argument("--smoke", action="store_true", help="CI mode: 64 MiB file, 2 s per measurement, no bars")
     parser.add_argument("--duration", type=int, help="seconds per wrk measurement (full 10, smoke 2)")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved direct/tunnel rounds per wrk scenario")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved direct/tunnel rounds per wrk scenario (each round starts with "
+                        "the next mode: S2's three modes need 3 rounds to cancel a drift)")
     parser.add_argument("--size", type=str, help="bulk file size, e.g. 1G, 64M (full 1G, smoke 64M)")
     parser.add_argument("--bulk-repeats", type=int, help="timed downloads per mode in S1 (full 3, smoke 1)")
     parser.add_argument("--bulk-timeout", type=int, default=300, help="seconds allowed for one bulk download")

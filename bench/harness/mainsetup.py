@@ -85,12 +85,18 @@ class Setup:
         single-threaded processes copying bytes without parsing them, as the server and the agent
         relay a request. False when the floors example was not built."""
         floors = self.bin / "examples" / "floors"
-        if self.relays_addr or not floors.is_file():
-            return bool(self.relays_addr)
+        if self.relays_addr:
+            return True
+        if not floors.is_file():
+            log(f"S2's floor skipped: {floors} not found (cargo build --release --example floors)")
+            return False
         to = f"127.0.0.1:{self.plain_port}"
         for name in ("agent-side", "server-side"):
             log_path = self.work / f"relay-{name}.log"
-            proc = PROCS.start(f"floor relay ({name})", [str(floors), "relay", to, "7200"],
+            # They stop by themselves when the delay proxy would (--proxy-lifetime), and are
+            # stopped with everything else at the end.
+            lifetime = str(self.args.proxy_lifetime)
+            proc = PROCS.start(f"floor relay ({name})", [str(floors), "relay", to, lifetime],
                                stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
             self.relays.append((proc, log_path.name))
             to = wait_for_line(log_path, r"listening (\S+)", proc, f"floor relay ({name})").group(1)

@@ -1,6 +1,6 @@
 //! The text and JSON lines of `[log] format`, written without tracing-subscriber's general
 //! formatting machinery: byte for byte what its `Full` (without colour) and `Json` formats write
-//! (tests compare the two), at about a third of the CPU.
+//! (tests compare the two), at about half the CPU (`cargo bench --bench log`).
 //!
 //! Why: both binaries log one line per request at `info` (the server's `proxy`, the agent's
 //! `proxied` audit line), on the thread that runs every tunnel. The library's formatters spent
@@ -22,7 +22,9 @@ use tracing_subscriber::registry::LookupSpan;
 
 pub use super::utc::Utc;
 
-/// tracing-subscriber's `Full` text format without colour, for events outside spans.
+/// tracing-subscriber's `Full` text format without colour, for events outside spans, with the
+/// layer's defaults: its own field formatting and ANSI sanitising of messages and errors
+/// (`fmt::layer()` as `telemetry::init` builds it; a custom `fmt_fields` would be ignored).
 pub struct TextLines<T> {
     timer: T,
     library: Format<Full, T>,
@@ -37,7 +39,7 @@ pub struct JsonLines<T> {
 impl<T: FormatTime + Clone> TextLines<T> {
     /// Lines stamped by `timer` (the library's formatter, for what it gets, too).
     pub fn new(timer: T) -> Self {
-        let library = format().with_timer(timer.clone());
+        let library = format::format().with_timer(timer.clone());
         Self { timer, library }
     }
 }
@@ -45,13 +47,9 @@ impl<T: FormatTime + Clone> TextLines<T> {
 impl<T: FormatTime + Clone> JsonLines<T> {
     /// Lines stamped by `timer` (the library's formatter, for what it gets, too).
     pub fn new(timer: T) -> Self {
-        let library = format().json().with_timer(timer.clone());
+        let library = format::format().json().with_timer(timer.clone());
         Self { timer, library }
     }
-}
-
-fn format() -> Format<Full, tracing_subscriber::fmt::time::SystemTime> {
-    format::format()
 }
 
 impl<S, N, T> FormatEvent<S, N> for TextLines<T>
@@ -101,7 +99,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        if ctx.event_scope().is_some() {
+        // The library's test for a span to print: the explicit parent if it still exists, else
+        // the entered span (an event with `parent: None` inside a span gets it too).
+        let span = event.parent().and_then(|id| ctx.span(id));
+        if span.or_else(|| ctx.lookup_current()).is_some() {
             return self.library.format_event(ctx, writer, event);
         }
         let meta = event.metadata();

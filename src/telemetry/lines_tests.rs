@@ -107,9 +107,38 @@ fn emit() {
     );
     tracing::info!(display = %"ANSI \x1b[0m and \"quotes\" in a Display value", "display");
     tracing::info!(target: "custom::target", "another target");
+    tracing::info!(target: "t\"arget\u{1}", "a target that needs escaping");
+    tracing::info!(
+        "we\"ird\\key" = 1u64,
+        "a\u{1}b" = "c",
+        "field names that need escaping"
+    );
+    let escaping = Wrapped("outer \x1b[1m", Cause("inner \x07 \u{85}"));
+    tracing::warn!(
+        error = &escaping as &(dyn std::error::Error + 'static),
+        "sources to escape"
+    );
+    tracing::warn!(message = &wrapped as &(dyn std::error::Error + 'static));
+    tracing::info!(message = true, other = -0.0f64);
+    tracing::info!(
+        inf = f64::INFINITY,
+        minus = f64::NEG_INFINITY,
+        zero = -0.0f64,
+        "more floats"
+    );
+    tracing::info!(
+        empty = tracing::field::Empty,
+        after = 1u64,
+        "an empty field"
+    );
+    tracing::info!(bytes = &b"ab\x01"[..], "bytes");
+    tracing::info!(max = u128::MAX, min = i128::MIN, "extreme wide integers");
     let span = tracing::info_span!("outer", id = 7u64);
     let _inside = span.enter();
     tracing::info!(x = 1u64, "inside a span");
+    tracing::info!(parent: None, "a root event inside a span");
+    let gone = tracing::info_span!("gone").id();
+    tracing::info!(parent: gone, "an event whose parent is gone");
 }
 
 fn capture<L>(layer: impl FnOnce(Sink) -> L) -> String
@@ -138,7 +167,7 @@ impl io::Write for Sink {
 }
 
 fn assert_same_lines(ours: &str, library: &str) {
-    assert_eq!(ours.lines().count(), 21, "one line per event:\n{ours}");
+    assert_eq!(ours.lines().count(), 32, "one line per event:\n{ours}");
     for (ours, library) in ours.lines().zip(library.lines()) {
         assert_eq!(ours, library);
     }

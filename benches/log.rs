@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use argocd_proxy::telemetry::lines::{JsonLines, TextLines, Utc};
+use argocd_proxy::telemetry::JournaldLayer;
 use criterion::{criterion_group, criterion_main, Criterion};
 use tracing::Dispatch;
 use tracing_subscriber::layer::SubscriberExt;
@@ -46,6 +47,23 @@ fn lines(c: &mut Criterion) {
             ),
         ),
     ];
+    // journald's side: a datagram socket drained by a thread, as journald would read it.
+    let dir = std::env::temp_dir().join(format!("log-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let socket_path = dir.join("journal.socket");
+    let journal = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("journal socket");
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 65536];
+        while journal.recv(&mut buffer).is_ok() {}
+    });
+    let journald = JournaldLayer::new(socket_path.clone(), "bench".into());
+    let formats: Vec<(&str, Dispatch)> = formats
+        .into_iter()
+        .chain([(
+            "journald/ours",
+            Dispatch::new(tracing_subscriber::registry().with(journald)),
+        )])
+        .collect();
     let mut group = c.benchmark_group("access line");
     for (name, dispatch) in formats {
         tracing::dispatcher::with_default(&dispatch, || {
@@ -53,6 +71,7 @@ fn lines(c: &mut Criterion) {
         });
     }
     group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 criterion_group!(benches, lines);

@@ -42,8 +42,9 @@
 //! - [`config`] (TOML → validated typed config), [`cli`] (what both binaries share),
 //!   [`reload`] (SIGHUP and config-file changes → the server's or agent's `Reloader`),
 //!   [`metrics`], [`telemetry`] (text, JSON or journald; a reloadable level; text and JSON lines
-//!   formatted by our own `lines`, the library's bytes at half the CPU per request; lines leave the
-//!   event loop through a bounded queue, so a slow stderr drops lines instead of stalling tunnels), [`shutdown`],
+//!   formatted by our own `lines`, the library's bytes at half the CPU per request; lines and
+//!   journald datagrams leave the event loop through bounded queues to threads that write them,
+//!   so a slow stderr or journal drops lines instead of stalling tunnels), [`shutdown`],
 //!   [`systemd`] (sd_notify), [`host`] (fd limit and monotonic clock, via rustix), and the
 //!   static builds' heap allocator (`allocator`: dlmalloc in place of musl's).
 //!

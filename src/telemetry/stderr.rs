@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// Log lines waiting for the writer thread; past this they are dropped.
 pub const QUEUED_LINES: usize = 4096;
 /// How long the writer lets lines gather before each write (the delay a line can see).
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
+pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// Most bytes gathered into one write (bounded so a burst is not copied into one huge buffer;
 /// a full batch is followed by the next without the wait).
 const BATCH_BYTES: usize = 256 * 1024;
@@ -30,6 +30,16 @@ static PENDING: AtomicUsize = AtomicUsize::new(0);
 /// Log lines dropped because stderr (or the journal) was not keeping up, since the start.
 pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
+}
+
+/// Counts lines queued elsewhere (the journal's sender), for [`flush`] to wait for.
+pub(super) fn queued(lines: usize) {
+    PENDING.fetch_add(lines, Ordering::Relaxed);
+}
+
+/// Counts lines written (or given up) that [`queued`] counted.
+pub(super) fn written(lines: usize) {
+    PENDING.fetch_sub(lines, Ordering::Relaxed);
 }
 
 /// Counts a line the journal's socket had no room for.

@@ -37,11 +37,16 @@ fn logged(log: impl FnOnce()) -> HashMap<String, String> {
     let path = dir.join(format!("{:?}.sock", std::thread::current().id()));
     let _ = std::fs::remove_file(&path);
     let receiver = UnixDatagram::bind(&path).unwrap();
-    receiver.set_nonblocking(true).unwrap();
+    // The layer's own thread sends, a few milliseconds later.
+    receiver
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let layer = JournaldLayer::new(path.clone(), "argocd-proxy-test".into());
     tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log);
     let mut buffer = vec![0u8; 128 * 1024];
-    let len = receiver.recv(&mut buffer).expect("one datagram sent");
+    let len = receiver
+        .recv(&mut buffer)
+        .expect("one datagram within 10 s");
     let _ = std::fs::remove_file(&path);
     parse(&buffer[..len])
 }
@@ -95,4 +100,50 @@ fn journal_stream_must_name_our_stderr() {
     assert!(!stderr_is_journal());
     std::env::remove_var("JOURNAL_STREAM");
     assert!(!stderr_is_journal());
+}
+
+/// A socket for a test of its own name.
+fn journal_socket(name: &str) -> (PathBuf, UnixDatagram) {
+    let dir = std::env::temp_dir().join(format!("journald-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    (path, socket)
+}
+
+#[test]
+fn the_event_s_thread_does_not_send() {
+    let (path, receiver) = journal_socket("later.sock");
+    receiver.set_nonblocking(true).unwrap();
+    let layer = JournaldLayer::new(path.clone(), "argocd-proxy-test".into());
+    let mut buffer = vec![0u8; 64 * 1024];
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        let logged = std::time::Instant::now();
+        tracing::info!("sent by the layer's thread");
+        // Sent where the event happened, the datagram would be there now; the layer's thread
+        // waits its batch window first.
+        if receiver.recv(&mut buffer).is_ok() {
+            assert!(
+                logged.elapsed() >= super::super::stderr::BATCH_WINDOW,
+                "the datagram was sent on the event's thread"
+            );
+        }
+    });
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_journal_that_stops_reading_costs_counted_lines() {
+    let (path, _stuck) = journal_socket("stuck.sock");
+    let layer = JournaldLayer::new(path.clone(), "argocd-proxy-test".into());
+    let before = crate::telemetry::dropped_log_lines();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        for line in 0..2_000 {
+            tracing::info!(line, "to a journal that never reads");
+        }
+    });
+    crate::telemetry::flush(std::time::Duration::from_secs(10));
+    let _ = std::fs::remove_file(&path);
+    assert!(crate::telemetry::dropped_log_lines() > before);
 }

@@ -21,6 +21,9 @@ pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 /// A value longer than this is cut: a datagram has to fit the socket's send buffer.
 const MAX_VALUE: usize = 16 * 1024;
 
+/// How long the sender thread waits for room in the journal's socket before it drops a line.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Fields the layer sets itself; an event field of the same name gets an `F_` prefix.
 const RESERVED: &[&str] = &["MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "TARGET"];
 
@@ -71,29 +74,47 @@ struct Journal {
 impl JournaldLayer {
     /// A layer sending to `path` (journald's socket, or a test's) as `identifier`.
     pub fn new(path: PathBuf, identifier: String) -> Self {
+        // The sender thread waits up to SEND_TIMEOUT for room in a journal that reads (a batch
+        // sent back to back overruns its queue: a non-blocking socket dropped a third of a
+        // burst to a healthy reader); a journal that stops reading costs dropped lines, counted
+        // where the bounded queue refuses them, never the tunnel.
         let journal = Arc::new(Journal {
-            // Non-blocking: a journal that stops reading costs dropped lines, never the tunnel.
             socket: UnixDatagram::unbound()
-                .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+                .and_then(|socket| {
+                    socket
+                        .set_write_timeout(Some(SEND_TIMEOUT))
+                        .map(|()| socket)
+                })
                 .ok(),
             path,
         });
         let (sender, receiver) = sync_channel::<Entry>(super::QUEUED_LINES);
         let sending = journal.clone();
-        let queue = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || {
+                let mut reported = 0;
                 while let Ok(first) = receiver.recv() {
                     // Let the next entries gather (see the stderr writer).
                     std::thread::sleep(super::stderr::BATCH_WINDOW);
                     sending.send(&first);
-                    for entry in receiver.try_iter().take(super::QUEUED_LINES) {
+                    for entry in receiver.try_iter() {
                         sending.send(&entry);
                     }
+                    reported = super::stderr::report_dropped(reported);
                 }
-            })
-            .map(|_| sender)
-            .ok();
+            });
+        let queue = match spawned {
+            Ok(_) => Some(sender),
+            Err(error) => {
+                eprintln!("cannot start the journal writer thread ({error}); sending directly");
+                // On the event loop: never wait for the journal.
+                if let Some(socket) = &journal.socket {
+                    let _ = socket.set_nonblocking(true);
+                }
+                None
+            }
+        };
         Self {
             queue,
             journal,
@@ -110,7 +131,12 @@ impl Journal {
         };
         match sent {
             Ok(_) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 super::stderr::count_dropped();
             }
             Err(_) => {
@@ -222,6 +248,8 @@ struct Fields {
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
+            // A second `message` replaces the first, as it always has.
+            self.message.clear();
             self.message.push_str(value);
         } else {
             let start = self.values.len();
@@ -232,6 +260,7 @@ impl Visit for Fields {
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
+            self.message.clear();
             let _ = write!(self.message, "{value:?}");
         } else {
             let start = self.values.len();

@@ -79,17 +79,8 @@ pub(super) fn start() {
                     lines += 1;
                 }
                 backlog = batch.len() >= BATCH_BYTES;
-                let mut stderr = io::stderr().lock();
-                let _ = stderr.write_all(&batch);
-                let dropped = DROPPED.load(Ordering::Relaxed);
-                if dropped > reported {
-                    let _ = writeln!(
-                        stderr,
-                        "{} log lines dropped: stderr or the journal was not keeping up",
-                        dropped - reported
-                    );
-                    reported = dropped;
-                }
+                let _ = io::stderr().lock().write_all(&batch);
+                reported = report_dropped(reported);
                 PENDING.fetch_sub(lines, Ordering::Relaxed);
             }
         });
@@ -99,6 +90,19 @@ pub(super) fn start() {
         }
         Err(error) => eprintln!("cannot start the log writer thread ({error}); logging directly"),
     }
+}
+
+/// Says on stderr how many lines were dropped since `reported` were; returns the new count.
+pub(super) fn report_dropped(reported: u64) -> u64 {
+    let dropped = DROPPED.load(Ordering::Relaxed);
+    if dropped > reported {
+        let _ = writeln!(
+            io::stderr().lock(),
+            "{} log lines dropped: stderr or the journal was not keeping up",
+            dropped - reported
+        );
+    }
+    dropped
 }
 
 /// Waits, at most `limit`, until every queued line is written: at exit, so the last lines

@@ -139,11 +139,53 @@ fn a_journal_that_stops_reading_costs_counted_lines() {
     let layer = JournaldLayer::new(path.clone(), "argocd-proxy-test".into());
     let before = crate::telemetry::dropped_log_lines();
     tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
-        for line in 0..2_000 {
-            tracing::info!(line, "to a journal that never reads");
+        // 16 KiB each: the socket's buffer is full after a dozen, whatever its queue length.
+        let big = "x".repeat(16 * 1024);
+        for line in 0..40 {
+            tracing::info!(line, %big, "to a journal that never reads");
         }
     });
     crate::telemetry::flush(std::time::Duration::from_secs(10));
     let _ = std::fs::remove_file(&path);
     assert!(crate::telemetry::dropped_log_lines() > before);
+}
+
+#[test]
+fn a_burst_to_a_journal_that_reads_loses_nothing() {
+    let (path, receiver) = journal_socket("burst.sock");
+    receiver
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut received = 0;
+        while received < 200 && receiver.recv(&mut buffer).is_ok() {
+            received += 1;
+        }
+        received
+    });
+    let layer = JournaldLayer::new(path.clone(), "argocd-proxy-test".into());
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        // One batch window's worth, queued at once: sent back to back, it overruns the
+        // socket's queue (10 datagrams by default) unless the sender waits for room.
+        for line in 0..200 {
+            tracing::info!(line, "a burst");
+        }
+    });
+    let flushing = std::time::Instant::now();
+    crate::telemetry::flush(std::time::Duration::from_secs(10));
+    assert!(
+        flushing.elapsed() < std::time::Duration::from_secs(5),
+        "flush waited for lines nobody counts as written"
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(reader.join().unwrap(), 200);
+}
+
+#[test]
+fn a_message_recorded_twice_is_the_last_recorded() {
+    // tracing records the format string's message before the named one; the last one wins,
+    // as it did when each overwrote the other (not the two run together).
+    let fields = logged(|| tracing::info!(message = "first", "second {}", 2));
+    assert_eq!(fields["MESSAGE"], "first");
 }

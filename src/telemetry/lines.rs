@@ -6,8 +6,9 @@
 //! `proxied` audit line), on the thread that runs every tunnel. The library's formatters spent
 //! 2.6 µs (text) and 4.4 µs (JSON, the server chart's default) per such line on the bench host,
 //! mostly in nested `Display` wrappers for colours that are off; S2's requests cost ~30 µs in
-//! each process (docs/benchmarks.md, "The access line"). An event inside a span (none of ours;
-//! a dependency's at `debug`) goes to the library's formatter, which prints the span context.
+//! each process (docs/benchmarks.md, "S2's floor, and the access line at half the CPU"). An
+//! event inside a span (none of ours; a dependency's at `debug`) goes to the library's
+//! formatter, which prints the span context.
 
 use std::fmt::{self, Debug, Display, Write};
 

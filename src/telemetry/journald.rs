@@ -157,20 +157,30 @@ impl<S: Subscriber> Layer<S> for JournaldLayer {
         let metadata = event.metadata();
         // MESSAGE carries the fields too: journalctl shows only MESSAGE by default.
         let mut message = fields.message;
-        let mut name = String::new();
-        for (field, value) in &fields.others {
-            journal_name(&mut name, field);
-            name.make_ascii_lowercase();
-            let _ = write!(message, " {name}={}", &fields.values[value.clone()]);
+        // Each field's journal name, made once for MESSAGE (lower case) and its own field.
+        let mut names = String::new();
+        let named: Vec<_> = fields
+            .others
+            .iter()
+            .map(|(field, value)| (journal_name(&mut names, field), value))
+            .collect();
+        for (name, value) in &named {
+            message.push(' ');
+            message.extend(names[name.clone()].chars().map(|c| c.to_ascii_lowercase()));
+            message.push('=');
+            message.push_str(&fields.values[(*value).clone()]);
         }
         let mut datagram = Vec::with_capacity(256 + 2 * message.len());
         append(&mut datagram, "PRIORITY", priority(*metadata.level()));
         append(&mut datagram, "SYSLOG_IDENTIFIER", &self.identifier);
         append(&mut datagram, "TARGET", metadata.target());
         let message = append(&mut datagram, "MESSAGE", &message);
-        for (field, value) in &fields.others {
-            journal_name(&mut name, field);
-            append(&mut datagram, &name, &fields.values[value.clone()]);
+        for (name, value) in &named {
+            append(
+                &mut datagram,
+                &names[name.clone()],
+                &fields.values[(*value).clone()],
+            );
         }
         let entry = Entry {
             datagram,
@@ -223,18 +233,21 @@ fn append(datagram: &mut Vec<u8>, name: &str, value: &str) -> Range<usize> {
     start..start + value.len()
 }
 
-/// A journal field name, into `out` (cleared first): `A-Z`, `0-9`, `_`, not starting with `_`
-/// or a digit, ≤ 64 bytes.
-fn journal_name(out: &mut String, name: &str) {
-    out.clear();
+/// Appends a journal field name to `out` and returns where it went: `A-Z`, `0-9`, `_`, not
+/// starting with `_` or a digit, ≤ 64 bytes.
+fn journal_name(out: &mut String, name: &str) -> Range<usize> {
+    let start = out.len();
     out.extend(name.chars().map(|c| match c.to_ascii_uppercase() {
         upper @ ('A'..='Z' | '0'..='9') => upper,
         _ => '_',
     }));
-    if out.starts_with(|c: char| c == '_' || c.is_ascii_digit()) || RESERVED.contains(&&**out) {
-        out.insert_str(0, "F_");
+    let written = &out[start..];
+    if written.starts_with(|c: char| c == '_' || c.is_ascii_digit()) || RESERVED.contains(&written)
+    {
+        out.insert_str(start, "F_");
     }
-    out.truncate(64);
+    out.truncate(start + 64);
+    start..out.len()
 }
 
 /// An event's fields: every value's text in one buffer.

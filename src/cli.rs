@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Check, ConfigError, RuntimeConfig};
-use crate::reload::Watch;
+use crate::reload::{Seen, Watch};
 
 /// EX_USAGE: the command line or the config is unusable.
 pub const EX_USAGE: i32 = 64;
@@ -46,9 +46,15 @@ pub struct Started {
 
 /// Starts logging (printing the config's warnings), raises the fd limit, runs `main` on a
 /// current-thread runtime with a token that SIGTERM/SIGINT fires and a [`Watch`] on SIGHUP and
-/// `watched` (so a SIGHUP from here on reloads instead of killing), and exits with the code
-/// `main` returns.
-pub fn run<F, M>(runtime: &RuntimeConfig, warnings: &[String], watched: Vec<PathBuf>, main: M) -> !
+/// `watched` (so a SIGHUP from here on reloads instead of killing; starting from what the
+/// config load `seen` of them), and exits with the code `main` returns.
+pub fn run<F, M>(
+    runtime: &RuntimeConfig,
+    warnings: &[String],
+    watched: Vec<PathBuf>,
+    seen: Vec<Seen>,
+    main: M,
+) -> !
 where
     M: FnOnce(Started) -> F,
     F: Future<Output = i32>,
@@ -77,7 +83,7 @@ where
         if let Some(interval) = crate::systemd::watchdog_interval() {
             tokio::spawn(crate::systemd::watchdog(interval));
         }
-        let reloads = match Watch::new(watched, poll) {
+        let reloads = match Watch::new(watched, seen, poll) {
             Ok(reloads) => reloads,
             Err(error) => {
                 eprintln!("cannot handle SIGHUP: {error}");

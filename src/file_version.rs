@@ -2,8 +2,10 @@
 //! is read only when it may have changed: one `stat` instead of a read and a hash (the server's
 //! config at 10,000 clusters is a megabyte, polled every 2 s).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
 
 /// What identifies one version of a file: a rotation changes the device and inode (kubelet's
 /// symlink swap, any write-and-rename; `stat` follows the symlink), a rewrite in place the
@@ -60,4 +62,45 @@ impl FileVersion {
     pub(crate) fn settled(self, now: SystemTime) -> Option<Self> {
         (!self.is_racy(now)).then_some(self)
     }
+}
+
+/// What a reader saw of a watched file: its content's SHA-256, and the version `stat` gave just
+/// before the read (while that version can vouch for the content). A reload watch starts from
+/// what the config load saw, not from a look of its own afterwards: a change that lands between
+/// the two (a Secret rotated while the process starts) is then still a change.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub(crate) path: PathBuf,
+    pub(crate) version: Option<FileVersion>,
+    pub(crate) digest: [u8; 32],
+}
+
+impl Seen {
+    /// Reads all of `path` and what it saw. The `stat` comes first: a write between the two
+    /// leaves a version older than the content, which the watch reads again rather than trusts.
+    pub(crate) fn read(path: &Path) -> std::io::Result<(Vec<u8>, Seen)> {
+        let now = SystemTime::now();
+        let version = FileVersion::stat(path).ok();
+        let content = std::fs::read(path)?;
+        let seen = Seen {
+            path: path.to_owned(),
+            version: version.and_then(|version| version.settled(now)),
+            digest: digest(&content),
+        };
+        Ok((content, seen))
+    }
+}
+
+/// The path only: a token file's digest is no one's business in a config dump.
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seen")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fingerprint a watch compares contents by.
+pub(crate) fn digest(content: &[u8]) -> [u8; 32] {
+    Sha256::digest(content).into()
 }

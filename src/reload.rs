@@ -11,11 +11,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::file_version::FileVersion;
+pub use crate::file_version::Seen;
 
 /// Why a reload happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct Applied {
     pub status: String,
     /// The files to watch from now on (the new config's).
     pub watched: Vec<PathBuf>,
+    /// What the reload read of them (the config, token files): a change since is a change.
+    pub seen: Vec<Seen>,
     /// The new poll interval (`None`: SIGHUP only).
     pub poll: Option<Duration>,
 }
@@ -60,31 +62,41 @@ pub struct Watch {
 
 impl Watch {
     /// Starts listening for SIGHUP (from now on SIGHUP no longer terminates the process) and
-    /// remembers the current content of `files`.
-    pub fn new(files: Vec<PathBuf>, poll: Option<Duration>) -> std::io::Result<Self> {
+    /// remembers the content of `files`: as `seen` by the config load for the files it read,
+    /// as they are now for the others.
+    pub fn new(
+        files: Vec<PathBuf>,
+        seen: Vec<Seen>,
+        poll: Option<Duration>,
+    ) -> std::io::Result<Self> {
         let mut watch = Self {
             hangup: signal(SignalKind::hangup())?,
             files: Vec::new(),
             poll,
             retry: false,
         };
-        watch.watch(files, poll);
+        watch.watch(files, seen, poll);
         Ok(watch)
     }
 
-    /// Replaces the watched files (fingerprinted now) and the poll interval.
-    pub fn watch(&mut self, files: Vec<PathBuf>, poll: Option<Duration>) {
-        // A file watched before keeps what it was last seen as: a change that lands while a
-        // reload reads the files is then still a change at the next poll.
+    /// Replaces the watched files and the poll interval. A file the reload read starts from
+    /// what it `seen` (the running config was made of that content); one it did not read keeps
+    /// what it was last seen as if it was watched before (a change that lands while a reload
+    /// reads the files is still a change at the next poll), and is fingerprinted now if not (a
+    /// certificate the reload named for the first time).
+    pub fn watch(&mut self, files: Vec<PathBuf>, mut seen: Vec<Seen>, poll: Option<Duration>) {
         let mut before = std::mem::take(&mut self.files);
         self.files = files
             .into_iter()
-            .map(
-                |path| match before.iter().position(|file| file.path == path) {
+            .map(|path| {
+                if let Some(at) = seen.iter().position(|read| read.path == path) {
+                    return Watched::from_seen(seen.swap_remove(at));
+                }
+                match before.iter().position(|file| file.path == path) {
                     Some(at) => before.swap_remove(at),
                     None => Watched::new(path),
-                },
-            )
+                }
+            })
             .collect();
         self.poll = poll;
     }
@@ -136,6 +148,15 @@ impl Watched {
         file
     }
 
+    fn from_seen(seen: Seen) -> Self {
+        Self {
+            path: seen.path,
+            version: seen.version,
+            print: Some(seen.digest),
+            reads: 0,
+        }
+    }
+
     /// Whether the content changed since the last look; reads it only if the `stat` did.
     /// The `stat` comes first: a write between the two leaves a version older than the
     /// content, which the next poll reads again rather than missing.
@@ -153,7 +174,7 @@ impl Watched {
         self.reads += 1;
         let print = std::fs::read(&self.path)
             .ok()
-            .map(|content| Sha256::digest(content).into());
+            .map(|content| crate::file_version::digest(&content));
         // A failed read (too many open files, say) vouches for nothing.
         self.version = version
             .filter(|_| print.is_some())
@@ -192,7 +213,7 @@ where
                 tracing::info!(status = %applied.status, %cause, "config reloaded");
                 watch.retry = false;
                 last_error = None;
-                watch.watch(applied.watched, applied.poll);
+                watch.watch(applied.watched, applied.seen, applied.poll);
                 crate::systemd::ready(&applied.status);
             }
             Err(error) => {
@@ -223,8 +244,12 @@ mod tests {
         let (a, b) = (dir.join("a.toml"), dir.join("b.token"));
         std::fs::write(&a, "one").unwrap();
         std::fs::write(&b, "token").unwrap();
-        let mut watch =
-            Watch::new(vec![a.clone(), b.clone()], Some(Duration::from_millis(10))).unwrap();
+        let mut watch = Watch::new(
+            vec![a.clone(), b.clone()],
+            Vec::new(),
+            Some(Duration::from_millis(10)),
+        )
+        .unwrap();
         // Rewriting the same bytes (a touch, a Secret resync) is not a change.
         std::fs::write(&a, "one").unwrap();
         std::fs::write(&b, "rotated").unwrap();
@@ -258,14 +283,46 @@ mod tests {
         std::fs::write(&config, "one").unwrap();
         std::fs::write(&token, "token").unwrap();
         let poll = Some(Duration::from_millis(10));
-        let mut watch = Watch::new(vec![config.clone()], poll).unwrap();
+        let mut watch = Watch::new(vec![config.clone()], Vec::new(), poll).unwrap();
         std::fs::write(&config, "two").unwrap();
         // The reload (which read "one") ends, and names one more file.
-        watch.watch(vec![config.clone(), token], poll);
+        watch.watch(vec![config.clone(), token], Vec::new(), poll);
         let cause = tokio::time::timeout(Duration::from_secs(5), watch.next())
             .await
             .expect("the change is seen");
         assert_eq!(cause, Cause::Changed(config));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The startup gap: a file that changes after the config load read it and before the
+    /// watch first looks is a change at the first poll (a watch fingerprinting the files itself
+    /// would take the new content as the running one, and never reload it).
+    #[tokio::test]
+    async fn a_change_between_the_load_and_the_watch_is_a_change() {
+        let dir = std::env::temp_dir().join(format!("reload-gap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (config, token) = (dir.join("agent.toml"), dir.join("agent.token"));
+        std::fs::write(&config, "one").unwrap();
+        std::fs::write(&token, "token").unwrap();
+        let (_, config_seen) = Seen::read(&config).unwrap();
+        let (_, token_seen) = Seen::read(&token).unwrap();
+        std::fs::write(&config, "two").unwrap();
+        let poll = Some(Duration::from_millis(10));
+        let files = vec![config.clone(), token.clone()];
+        let mut watch = Watch::new(files.clone(), vec![config_seen, token_seen], poll).unwrap();
+        let cause = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("the change is seen");
+        assert_eq!(cause, Cause::Changed(config.clone()));
+        // A reload that read the new content starts from it: no second reload for it.
+        let (_, config_seen) = Seen::read(&config).unwrap();
+        watch.watch(files, vec![config_seen], poll);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), watch.next())
+                .await
+                .is_err(),
+            "nothing changed since the reload read the files"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -22,7 +22,8 @@ impl Reloader {
     pub fn reload(&self) -> Result<Applied, String> {
         let state = &self.state;
         let old = state.config();
-        let new = AgentConfig::load(&old.path, Check::Files).map_err(|error| error.to_string())?;
+        let mut new =
+            AgentConfig::load(&old.path, Check::Files).map_err(|error| error.to_string())?;
         // Build everything that can fail before changing anything.
         let destinations = super::destination::Destinations::build(&new)
             .map_err(|error| format!("cannot load a CA: {error}"))?;
@@ -49,6 +50,7 @@ impl Reloader {
         }
         let server = new.server_url.clone();
         let watched = new.watched.clone();
+        let seen = std::mem::take(&mut new.seen);
         let poll = new.runtime.config_poll_interval;
         *state
             .destinations
@@ -66,6 +68,7 @@ impl Reloader {
         Ok(Applied {
             status: format!("reloaded; {tunnel} to {server}"),
             watched,
+            seen,
             poll,
         })
     }

@@ -34,16 +34,17 @@ fn main() {
         return println!("{PROGRAM} {}", env!("CARGO_PKG_VERSION"));
     }
     let check = cli::check_level(PROGRAM, args.check_config, args.syntax_only);
-    let config = cli::config_or_exit(PROGRAM, AgentConfig::load(&args.config, check));
+    let mut config = cli::config_or_exit(PROGRAM, AgentConfig::load(&args.config, check));
     if args.check_config {
         return println!("{}: ok", args.config.display());
     }
-    let (runtime, warnings, watched) = (
+    let (runtime, warnings, watched, seen) = (
         config.runtime.clone(),
         config.warnings.clone(),
         config.watched.clone(),
+        std::mem::take(&mut config.seen),
     );
-    cli::run(&runtime, &warnings, watched, |started| async move {
+    cli::run(&runtime, &warnings, watched, seen, |started| async move {
         let agent = match Agent::bind(config).await {
             Ok(agent) => agent,
             Err(error) => {

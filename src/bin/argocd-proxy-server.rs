@@ -73,17 +73,18 @@ fn main() {
         None => {}
     }
     let check = cli::check_level(PROGRAM, args.check_config, args.syntax_only);
-    let config = cli::config_or_exit(PROGRAM, ServerConfig::load(&args.config, check));
+    let mut config = cli::config_or_exit(PROGRAM, ServerConfig::load(&args.config, check));
     if args.check_config {
         let clusters = config.clusters.len();
         return println!("{}: ok ({clusters} clusters)", args.config.display());
     }
-    let (runtime, warnings, watched) = (
+    let (runtime, warnings, watched, seen) = (
         config.runtime.clone(),
         config.warnings.clone(),
         config.watched.clone(),
+        std::mem::take(&mut config.seen),
     );
-    cli::run(&runtime, &warnings, watched, |started| async move {
+    cli::run(&runtime, &warnings, watched, seen, |started| async move {
         let server = match Server::bind(config).await {
             Ok(server) => server,
             Err(error) => {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::limits::{LimitsConfig, RawLimits};
 use super::runtime::{RawLog, RuntimeConfig};
 use super::{parse, read, read_secret_file, resolve, Check, ConfigError, Secret};
+use crate::file_version::Seen;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +97,9 @@ pub struct AgentConfig {
     pub runtime: RuntimeConfig,
     /// The config file and every file it names: a change to any of them reloads.
     pub watched: Vec<PathBuf>,
+    /// What the load read of them (the config file, token files), for the reload watch to
+    /// start from; taken by whoever starts or updates the watch.
+    pub seen: Vec<Seen>,
     /// Warnings to log once telemetry is up.
     pub warnings: Vec<String>,
 }
@@ -105,7 +109,10 @@ const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 impl AgentConfig {
     /// Reads and validates `path`.
     pub fn load(path: &Path, check: Check) -> Result<Self, ConfigError> {
-        Self::from_toml(path, &read(path)?, check)
+        let (text, seen) = read(path)?;
+        let mut config = Self::from_toml(path, &text, check)?;
+        config.seen.push(seen);
+        Ok(config)
     }
 
     /// Validates TOML text that came from `path`.
@@ -116,6 +123,7 @@ impl AgentConfig {
             message,
         };
         let mut warnings = Vec::new();
+        let mut seen = Vec::new();
         let runtime = raw
             .log
             .validate(raw.config_poll_interval)
@@ -148,7 +156,7 @@ impl AgentConfig {
         let token = match (&raw_token_file, raw.token) {
             (Some(file), None) => match check {
                 Check::Syntax => Secret::new("unread".into()),
-                Check::Files => read_secret_file(file)
+                Check::Files => read_secret_file(file, &mut seen)
                     .map_err(|error| invalid(format!("token_file: {error}")))?,
             },
             (None, Some(token)) if !token.trim().is_empty() => {
@@ -217,7 +225,7 @@ impl AgentConfig {
             }
             (Some(url), None, _) => Some(url),
             (None, Some(file), Check::Files) => Some(
-                read_secret_file(file)
+                read_secret_file(file, &mut seen)
                     .map_err(|error| invalid(format!("proxy_url_file: {error}")))?
                     .expose()
                     .to_owned(),
@@ -296,6 +304,7 @@ impl AgentConfig {
             limits: raw.limits.validate().map_err(invalid)?,
             runtime,
             watched,
+            seen,
             warnings,
         })
     }

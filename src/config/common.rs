@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::server::TokenHash;
 use super::{read_secret_file, resolve, Check};
+use crate::file_version::Seen;
 
 /// A secret's three spellings in one table: `<key>_sha256`, `<key>_file`, `<key>`.
 pub(crate) struct SecretSource {
@@ -19,6 +20,7 @@ pub(crate) struct Reading<'a> {
     pub(crate) config_path: &'a Path,
     pub(crate) check: Check,
     pub(crate) watched: &'a mut Vec<PathBuf>,
+    pub(crate) seen: &'a mut Vec<Seen>,
     pub(crate) warnings: &'a mut Vec<String>,
 }
 
@@ -63,7 +65,7 @@ impl SecretSource {
                 Check::Syntax => Hashed::Unread,
                 Check::Files => {
                     let file = resolve(reading.config_path, &file);
-                    let secret = read_secret_file(&file)
+                    let secret = read_secret_file(&file, reading.seen)
                         .map_err(|error| format!("{at}: {key}_file: {error}"))?;
                     reading.watched.push(file);
                     Hashed::Hash(TokenHash::of(secret.expose().as_bytes()))

@@ -28,7 +28,10 @@ pub use runtime::{LogFormat, RuntimeConfig};
 pub use server::{ClusterConfig, Impersonation, ServerConfig, TokenHash};
 
 use std::fmt;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+
+use crate::file_version::Seen;
 
 /// Default config file of the server.
 pub const DEFAULT_SERVER_CONFIG: &str = "/etc/argocd-proxy/server.toml";
@@ -96,12 +99,20 @@ impl fmt::Debug for Secret {
     }
 }
 
-pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// Reads a config file, with what the reload watch starts from.
+pub(crate) fn read(path: &Path) -> Result<(String, Seen), ConfigError> {
+    let error = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })
+    };
+    let (content, seen) = Seen::read(path).map_err(error)?;
+    let text = String::from_utf8(content)
+        .map_err(|_| error(std::io::Error::new(ErrorKind::InvalidData, NOT_UTF8)))?;
+    Ok((text, seen))
 }
+
+/// What `read_to_string` says of a file that is not UTF-8.
+const NOT_UTF8: &str = "stream did not contain valid UTF-8";
 
 pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     path: &Path,
@@ -123,10 +134,12 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Reads a secret file (a token): trimmed, never empty.
-pub(crate) fn read_secret_file(path: &Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+/// Reads a secret file (a token): trimmed, never empty; what was read goes to `seen`.
+pub(crate) fn read_secret_file(path: &Path, seen: &mut Vec<Seen>) -> Result<Secret, String> {
+    let cannot = |error: &dyn fmt::Display| format!("cannot read {}: {error}", path.display());
+    let (content, read) = Seen::read(path).map_err(|error| cannot(&error))?;
+    let text = String::from_utf8(content).map_err(|_| cannot(&NOT_UTF8))?;
+    seen.push(read);
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("{} is empty", path.display()));

@@ -14,6 +14,7 @@ use super::limits::{LimitsConfig, RawLimits};
 use super::listener::{ListenerTls, RawListener};
 use super::runtime::{RawLog, RuntimeConfig};
 use super::{parse, read, Check, ConfigError};
+use crate::file_version::Seen;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +151,9 @@ pub struct ServerConfig {
     pub runtime: RuntimeConfig,
     /// The config file and every file it names: a change to any of them reloads.
     pub watched: Vec<PathBuf>,
+    /// What the load read of them (the config file, token files), for the reload watch to
+    /// start from; taken by whoever starts or updates the watch.
+    pub seen: Vec<Seen>,
     /// Warnings to log once telemetry is up (e.g. plaintext tokens).
     pub warnings: Vec<String>,
 }
@@ -160,7 +164,10 @@ pub const DEFAULT_TARGET: &str = "kubernetes.default.svc:443";
 impl ServerConfig {
     /// Reads and validates `path`.
     pub fn load(path: &Path, check: Check) -> Result<Self, ConfigError> {
-        Self::from_toml(path, &read(path)?, check)
+        let (text, seen) = read(path)?;
+        let mut config = Self::from_toml(path, &text, check)?;
+        config.seen.push(seen);
+        Ok(config)
     }
 
     /// Validates TOML text that came from `path` (used for messages and relative paths).
@@ -190,11 +197,13 @@ impl ServerConfig {
             .validate(raw.config_poll_interval)
             .map_err(invalid)?;
         let mut watched = vec![path.to_owned()];
+        let mut seen = Vec::new();
         let mut warnings = Vec::new();
         let mut reading = Reading {
             config_path: path,
             check,
             watched: &mut watched,
+            seen: &mut seen,
             warnings: &mut warnings,
         };
         let mut clusters = Vec::new();
@@ -342,6 +351,7 @@ impl ServerConfig {
             limits,
             runtime,
             watched,
+            seen,
             warnings,
         })
     }

@@ -431,6 +431,59 @@ fn backend_header_values_never_show_in_debug_output() {
     assert!(!format!("{config:?}").contains("k3y-value"));
 }
 
+/// The reload watch starts from what the load read (the startup gap: a file changed between
+/// the load and the watch's first look would otherwise never reload): each file read, and the
+/// digest of exactly what was read.
+#[test]
+fn a_load_records_what_it_read_of_each_file() {
+    let dir = std::env::temp_dir().join(format!("config-seen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.token"), "tok-a\n").unwrap();
+    let text = with_clusters("[[cluster]]\nid = \"a\"\ntoken_file = \"a.token\"\n");
+    std::fs::write(dir.join("server.toml"), &text).unwrap();
+    let mut config = ServerConfig::load(&dir.join("server.toml"), Check::Files).unwrap();
+    config.seen.sort_by(|a, b| a.path.cmp(&b.path));
+    let seen: Vec<_> = config
+        .seen
+        .iter()
+        .map(|seen| (seen.path.clone(), seen.digest))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (dir.join("a.token"), crate::file_version::digest(b"tok-a\n")),
+            (
+                dir.join("server.toml"),
+                crate::file_version::digest(text.as_bytes())
+            ),
+        ]
+    );
+    assert!(!format!("{config:?}").contains("tok-a"));
+    let unread = ServerConfig::from_toml(&dir.join("server.toml"), &text, Check::Syntax).unwrap();
+    assert!(
+        unread.seen.is_empty(),
+        "a syntax-only check reads no token file"
+    );
+
+    std::fs::write(dir.join("proxy.url"), "http://proxy.example:3128\n").unwrap();
+    let text =
+        "server_url = \"wss://h/c\"\ntoken_file = \"a.token\"\nproxy_url_file = \"proxy.url\"\n\
+                [upstream]\nplaintext = true\ninject_token = false\n";
+    std::fs::write(dir.join("agent.toml"), text).unwrap();
+    let config = AgentConfig::load(&dir.join("agent.toml"), Check::Files).unwrap();
+    let mut seen: Vec<_> = config.seen.iter().map(|seen| seen.path.clone()).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            dir.join("a.token"),
+            dir.join("agent.toml"),
+            dir.join("proxy.url")
+        ]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn the_proxy_url_can_come_from_a_watched_file() {
     let dir = std::env::temp_dir().join(format!("proxy-url-{}", std::process::id()));

@@ -59,7 +59,7 @@ impl Reloader {
     }
 
     /// Applies an already validated config (certificates are rotated by [`Self::reload`]).
-    pub(crate) fn apply(&self, new: ServerConfig) -> Applied {
+    pub(crate) fn apply(&self, mut new: ServerConfig) -> Applied {
         let state = &self.state;
         let old = state.config();
         crate::telemetry::set_level(&new.runtime.log_level);
@@ -85,6 +85,7 @@ impl Reloader {
         let grace = new.limits.tunnel.open_timeout;
         let clusters = new.clusters.len();
         let watched = new.watched.clone();
+        let seen = std::mem::take(&mut new.seen);
         let poll = new.runtime.config_poll_interval;
         // Swap first: from here on requests for a removed cluster get 404 and its agent's
         // token no longer authenticates, so draining its tunnel cannot race a new stream in.
@@ -108,6 +109,7 @@ impl Reloader {
                 state.registry.connected()
             ),
             watched,
+            seen,
             poll,
         }
     }

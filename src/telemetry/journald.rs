@@ -69,11 +69,29 @@ struct Entry {
 struct Journal {
     socket: Option<UnixDatagram>,
     path: PathBuf,
+    /// Where a line goes when the journal's socket is gone: stderr (a test's buffer).
+    fallback: Box<dyn Fn(&[u8]) + Send + Sync>,
 }
 
 impl JournaldLayer {
     /// A layer sending to `path` (journald's socket, or a test's) as `identifier`.
     pub fn new(path: PathBuf, identifier: String) -> Self {
+        Self::with_fallback(
+            path,
+            identifier,
+            Box::new(|line| {
+                use std::io::Write;
+                let _ = std::io::stderr().write_all(line);
+            }),
+        )
+    }
+
+    /// [`JournaldLayer::new`], with the text lines of a missing journal going to `fallback`.
+    fn with_fallback(
+        path: PathBuf,
+        identifier: String,
+        fallback: Box<dyn Fn(&[u8]) + Send + Sync>,
+    ) -> Self {
         // The sender thread waits up to SEND_TIMEOUT for room in a journal that reads (a batch
         // sent back to back overruns its queue: a non-blocking socket dropped a third of a
         // burst to a healthy reader); a journal that stops reading costs dropped lines, counted
@@ -87,6 +105,7 @@ impl JournaldLayer {
                 })
                 .ok(),
             path,
+            fallback,
         });
         let (sender, receiver) = sync_channel::<Entry>(super::QUEUED_LINES);
         let sending = journal.clone();
@@ -140,10 +159,9 @@ impl Journal {
                 super::stderr::count_dropped();
             }
             Err(_) => {
-                use std::io::Write;
                 let message = String::from_utf8_lossy(&entry.datagram[entry.message.clone()]);
                 let line = format!("{} {}: {message}\n", entry.level, entry.target);
-                let _ = std::io::stderr().write_all(line.as_bytes());
+                (self.fallback)(line.as_bytes());
             }
         }
         super::stderr::written(1);

@@ -32,11 +32,7 @@ fn parse(mut datagram: &[u8]) -> HashMap<String, String> {
 
 /// Logs with a layer pointed at a real datagram socket and returns what journald would get.
 fn logged(log: impl FnOnce()) -> HashMap<String, String> {
-    let dir = std::env::temp_dir().join(format!("journald-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{:?}.sock", std::thread::current().id()));
-    let _ = std::fs::remove_file(&path);
-    let receiver = UnixDatagram::bind(&path).unwrap();
+    let (_dir, path, receiver) = journal_socket(&format!("{:?}", std::thread::current().id()));
     // The layer's own thread sends, a few milliseconds later.
     receiver
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -47,7 +43,6 @@ fn logged(log: impl FnOnce()) -> HashMap<String, String> {
     let len = receiver
         .recv(&mut buffer)
         .expect("one datagram within 10 s");
-    let _ = std::fs::remove_file(&path);
     parse(&buffer[..len])
 }
 
@@ -102,19 +97,58 @@ fn journal_stream_must_name_our_stderr() {
     assert!(!stderr_is_journal());
 }
 
-/// A socket for a test of its own name.
-fn journal_socket(name: &str) -> (PathBuf, UnixDatagram) {
-    let dir = std::env::temp_dir().join(format!("journald-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
+/// A directory of a test's own (`name`), removed when dropped.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("journald-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A journal socket in a directory of the test's own.
+fn journal_socket(name: &str) -> (TestDir, PathBuf, UnixDatagram) {
+    let dir = TestDir::new(name);
+    let path = dir.0.join("journal.sock");
     let socket = UnixDatagram::bind(&path).unwrap();
-    (path, socket)
+    (dir, path, socket)
+}
+
+/// With the journal's socket gone (journald restarting), a line still reaches stderr, which
+/// systemd routes to the journal too: level, target and message, once each.
+#[test]
+fn a_missing_journal_falls_back_to_a_text_line() {
+    let dir = TestDir::new("missing");
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = written.clone();
+    let layer = JournaldLayer::with_fallback(
+        dir.0.join("no-such.sock"),
+        "argocd-proxy-test".into(),
+        Box::new(move |line| sink.lock().unwrap().extend_from_slice(line)),
+    );
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        tracing::warn!(cluster = "c1", "tunnel down");
+    });
+    crate::telemetry::flush(std::time::Duration::from_secs(10));
+    let written = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        written,
+        format!("WARN {}: tunnel down cluster=c1\n", module_path!())
+    );
 }
 
 #[test]
 fn the_event_s_thread_does_not_send() {
-    let (path, receiver) = journal_socket("later.sock");
+    let (_dir, path, receiver) = journal_socket("later");
     receiver.set_nonblocking(true).unwrap();
     let layer = JournaldLayer::new(path.clone(), "argocd-proxy-test".into());
     let mut buffer = vec![0u8; 64 * 1024];
@@ -130,12 +164,13 @@ fn the_event_s_thread_does_not_send() {
             );
         }
     });
-    let _ = std::fs::remove_file(&path);
+    // Sent before the socket goes with the test's directory (else it lands on stderr).
+    crate::telemetry::flush(std::time::Duration::from_secs(10));
 }
 
 #[test]
 fn a_journal_that_stops_reading_costs_counted_lines() {
-    let (path, _stuck) = journal_socket("stuck.sock");
+    let (_dir, path, _stuck) = journal_socket("stuck");
     let layer = JournaldLayer::new(path.clone(), "argocd-proxy-test".into());
     let before = crate::telemetry::dropped_log_lines();
     tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
@@ -146,13 +181,12 @@ fn a_journal_that_stops_reading_costs_counted_lines() {
         }
     });
     crate::telemetry::flush(std::time::Duration::from_secs(10));
-    let _ = std::fs::remove_file(&path);
     assert!(crate::telemetry::dropped_log_lines() > before);
 }
 
 #[test]
 fn a_burst_to_a_journal_that_reads_loses_nothing() {
-    let (path, receiver) = journal_socket("burst.sock");
+    let (_dir, path, receiver) = journal_socket("burst");
     receiver
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
@@ -178,7 +212,6 @@ fn a_burst_to_a_journal_that_reads_loses_nothing() {
         flushing.elapsed() < std::time::Duration::from_secs(5),
         "flush waited for lines nobody counts as written"
     );
-    let _ = std::fs::remove_file(&path);
     assert_eq!(reader.join().unwrap(), 200);
 }
 

@@ -70,8 +70,11 @@ struct Journal {
     socket: Option<UnixDatagram>,
     path: PathBuf,
     /// Where a line goes when the journal's socket is gone: stderr (a test's buffer).
-    fallback: Box<dyn Fn(&[u8]) + Send + Sync>,
+    fallback: Fallback,
 }
+
+/// Writes a text line where the journal cannot take it.
+type Fallback = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 impl JournaldLayer {
     /// A layer sending to `path` (journald's socket, or a test's) as `identifier`.
@@ -87,11 +90,7 @@ impl JournaldLayer {
     }
 
     /// [`JournaldLayer::new`], with the text lines of a missing journal going to `fallback`.
-    fn with_fallback(
-        path: PathBuf,
-        identifier: String,
-        fallback: Box<dyn Fn(&[u8]) + Send + Sync>,
-    ) -> Self {
+    fn with_fallback(path: PathBuf, identifier: String, fallback: Fallback) -> Self {
         // The sender thread waits up to SEND_TIMEOUT for room in a journal that reads (a batch
         // sent back to back overruns its queue: a non-blocking socket dropped a third of a
         // burst to a healthy reader); a journal that stops reading costs dropped lines, counted

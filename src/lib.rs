@@ -30,15 +30,17 @@
 //!   `h1`: our own HTTP/1.1 client and server (pure codecs; an exchange, or a serve loop, over
 //!   any connection read in pieces; bodies that hold no buffer while they wait): the server's
 //!   relay is its client on tunnel streams and its internal listener's HTTP/1.1 server, the
-//!   agent is its server on tunnel streams and its client for watches — an idle watch costs
+//!   agent is its server on tunnel streams and its client for watches and HTTP/1.1-only
+//!   destinations — an idle watch costs
 //!   ~3 KiB at each end (S9); [`listen`]: the accept loop of every listener.
 //! - [`server`]: public `/connect` → negotiation → session in the registry; internal
 //!   `/tunnel/<cluster-id>/…` → a stream on that cluster's session, on which the server writes
 //!   the request and reads the answer with its own HTTP/1.1 client (an idle watch holds the
 //!   stream and a decoder, ~2 KiB); ops endpoints.
 //! - [`agent`]: dial → negotiate → accept streams → forward each request to the one configured
-//!   upstream with the agent's own credentials (watches and followed logs over `h1`
-//!   connections of their own, the rest over a pooled hyper client); health endpoints.
+//!   upstream with the agent's own credentials (watches, followed logs, and bodiless requests
+//!   to an HTTP/1.1-only destination over `h1` connections of their own; HTTP/2, bodies and
+//!   upgrades over hyper's clients); health endpoints.
 //! - [`config`] (TOML → validated typed config), [`cli`] (what both binaries share),
 //!   [`reload`] (SIGHUP and config-file changes → the server's or agent's `Reloader`),
 //!   [`metrics`], [`telemetry`] (text, JSON or journald; a reloadable level; text and JSON lines

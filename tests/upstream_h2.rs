@@ -1,6 +1,7 @@
 //! The agent talks HTTP/2 to a TLS upstream that offers it by ALPN (as the Kubernetes API
 //! does): many requests share one pooled connection. Upgrades (exec, port-forward) still go
-//! over HTTP/1.1, the only version that has them.
+//! over HTTP/1.1, the only version that has them. An upstream that offers only HTTP/1.1 is
+//! served by the agent's own client once it answered so.
 
 mod support;
 
@@ -14,15 +15,19 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::pki::TestCa;
-use support::stack::{agent_from_toml, get, server, wait_routed};
+use support::stack::{agent_from_toml, get, server, wait_routed, TestAgent, TestServer};
 use support::{listener, within, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A TLS upstream offering h2 and http/1.1; answers with the request's HTTP version, accepts
-/// any upgrade with a 101 and then echoes. Returns its address and its connection count.
-async fn upstream(config: Arc<rustls::ServerConfig>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// A TLS upstream offering `alpn`; answers with the request's HTTP version (and the length of
+/// its body, if any), accepts any upgrade with a 101 and then echoes. Returns its address and
+/// its connection count.
+async fn upstream(
+    config: Arc<rustls::ServerConfig>,
+    alpn: &[&[u8]],
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let mut config = (*config).clone();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (listener, addr) = listener().await;
     let connections = Arc::new(AtomicUsize::new(0));
@@ -59,7 +64,15 @@ async fn upstream(config: Arc<rustls::ServerConfig>) -> (std::net::SocketAddr, A
                             return Ok::<_, Infallible>(response);
                         }
                         let version = format!("{:?}", request.version());
-                        Ok(http::Response::new(Full::new(Bytes::from(version))))
+                        let body = http_body_util::BodyExt::collect(request.into_body())
+                            .await
+                            .map(|body| body.to_bytes().len())
+                            .unwrap_or_default();
+                        let answer = match body {
+                            0 => version,
+                            len => format!("{version} {len}"),
+                        };
+                        Ok(http::Response::new(Full::new(Bytes::from(answer))))
                     },
                 );
                 let io = TokioIo::new(tls);
@@ -79,15 +92,11 @@ async fn upstream(config: Arc<rustls::ServerConfig>) -> (std::net::SocketAddr, A
     (addr, connections)
 }
 
-#[tokio::test]
-async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
-    let dir = TempDir::new();
-    let ca = TestCa::new("api CA");
-    let (api, connections) = upstream(ca.server_config(&["localhost"])).await;
-    let target = format!("localhost:{}", api.port());
-    let server = server(&dir.0, &[("c1", "agent-token", &target)]).await;
+/// A server with cluster `c1` and its agent, whose upstream is `target` (TLS, signed by `ca`).
+async fn stack(dir: &TempDir, ca: &TestCa, target: &str) -> (TestServer, TestAgent) {
+    let server = server(&dir.0, &[("c1", "agent-token", target)]).await;
     std::fs::write(dir.0.join("agent.token"), "agent-token").unwrap();
-    let _agent = agent_from_toml(
+    let agent = agent_from_toml(
         &dir.0,
         "a",
         &format!(
@@ -99,6 +108,17 @@ async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
     )
     .await;
     wait_routed(server.addrs.ops.unwrap(), "c1").await;
+    (server, agent)
+}
+
+#[tokio::test]
+async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
+    let dir = TempDir::new();
+    let ca = TestCa::new("api CA");
+    let (api, connections) =
+        upstream(ca.server_config(&["localhost"]), &[b"h2", b"http/1.1"]).await;
+    let target = format!("localhost:{}", api.port());
+    let (server, _agent) = stack(&dir, &ca, &target).await;
     let internal = server.addrs.internal;
 
     let (status, _, body) = get(internal, "/tunnel/c1/version", &[]).await;
@@ -167,5 +187,46 @@ async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
         connections.load(Ordering::SeqCst),
         3,
         "the upgrade took an HTTP/1.1 connection of its own"
+    );
+}
+
+/// An upstream that offers only HTTP/1.1 (nginx without `http2`, most extension backends):
+/// after its first answer over hyper's pooled client, the agent sends bodiless requests over
+/// its own client, on a connection of its own that it reuses; a request with a body stays on
+/// hyper's (which reads an early answer while it still sends).
+#[tokio::test]
+async fn an_http1_only_upstream_is_served_by_the_agents_own_client_after_its_first_answer() {
+    let dir = TempDir::new();
+    let ca = TestCa::new("api CA");
+    let (api, connections) = upstream(ca.server_config(&["localhost"]), &[b"http/1.1"]).await;
+    let target = format!("localhost:{}", api.port());
+    let (server, _agent) = stack(&dir, &ca, &target).await;
+    let internal = server.addrs.internal;
+    for i in 0..5 {
+        let (status, _, body) = get(internal, &format!("/tunnel/c1/api/{i}"), &[]).await;
+        assert_eq!((status, body), (StatusCode::OK, Bytes::from("HTTP/1.1")));
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "hyper's connection for the first answer, the agent's own for the next four"
+    );
+    let mut tcp = tokio::net::TcpStream::connect(internal).await.unwrap();
+    tcp.write_all(
+        b"POST /tunnel/c1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    within("the POST's answer", tcp.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("\r\n\r\nHTTP/1.1 5"), "{response}");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the POST went over hyper's pooled connection"
     );
 }

@@ -3,6 +3,7 @@
 //! credential; a reload rebuilds them all.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::uri::Authority;
@@ -36,8 +37,28 @@ pub(crate) struct Destination {
     pub(crate) client: UpstreamClient<RequestBody>,
     /// HTTP/1.1 only, for upgrade requests (exec, attach, port-forward).
     pub(crate) upgrade_client: UpstreamClient<RequestBody>,
-    /// Our own HTTP/1.1 client, for long-lived requests (watches, followed logs).
-    pub(crate) long_lived: UpstreamH1,
+    /// Our own HTTP/1.1 client: long-lived requests (watches, followed logs), and every
+    /// request but an upgrade once the destination is known to speak only HTTP/1.1.
+    pub(crate) own_h1: UpstreamH1,
+    /// Plain HTTP from the start; a TLS destination once it answered over HTTP/1.1 (its ALPN
+    /// did not pick HTTP/2). Until a reload: a destination that later offers HTTP/2 is still
+    /// served, over HTTP/1.1.
+    h1_only: AtomicBool,
+}
+
+impl Destination {
+    /// Whether a request (not an upgrade) goes over our own HTTP/1.1 client: per request, it
+    /// costs less than hyper's pooled client (S2 in docs/benchmarks.md); HTTP/2 stays hyper's.
+    pub(crate) fn speaks_h1_only(&self) -> bool {
+        self.h1_only.load(Ordering::Relaxed)
+    }
+
+    /// Learns from a response of the pooled client which protocol the destination speaks.
+    pub(crate) fn answered_over(&self, version: http::Version) {
+        if version != http::Version::HTTP_2 && !self.speaks_h1_only() {
+            self.h1_only.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The Kubernetes API and the extension backends.
@@ -66,7 +87,8 @@ impl Destinations {
             path_prefix: String::new(),
             client: tls::upstream_client(trust, true)?,
             upgrade_client: tls::upstream_client(trust, false)?,
-            long_lived: UpstreamH1::new(upstream.target.clone(), tls::upstream_h1_config(trust)?),
+            own_h1: UpstreamH1::new(upstream.target.clone(), tls::upstream_h1_config(trust)?),
+            h1_only: AtomicBool::new(upstream.plaintext),
         });
         let mut backends = HashMap::new();
         for backend in &config.backends {
@@ -88,10 +110,11 @@ impl Destinations {
                     path_prefix: backend.path_prefix.clone(),
                     client: tls::upstream_client(trust, true)?,
                     upgrade_client: tls::upstream_client(trust, false)?,
-                    long_lived: UpstreamH1::new(
+                    own_h1: UpstreamH1::new(
                         backend.target.clone(),
                         tls::upstream_h1_config(trust)?,
                     ),
+                    h1_only: AtomicBool::new(!backend.tls),
                 }),
             );
         }

@@ -1,8 +1,9 @@
 //! Per tunnel stream: decide where it goes — the Kubernetes API, or an extension backend this
 //! agent allows by name (the agent never dials an address from the wire) — then serve HTTP/1.1
 //! on it (our own server, `h1::serve`): each request gets the agent's own credentials for that
-//! destination and goes there over a pooled client (watches over our own, `upstream_h1`); the
-//! response streams back.
+//! destination and goes there over hyper's pooled client, or over our own (`upstream_h1`) for
+//! watches and followed logs, and for bodiless requests to a destination known to speak only
+//! HTTP/1.1; the response streams back.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -205,8 +206,12 @@ async fn forward(
         parts.headers.insert(header::HOST, host.clone());
     }
     let request = Request::from_parts(parts, body);
-    if tunnel_upgrade.is_none() && long_lived(&path) {
-        let response = match upstream.long_lived.send(request).await {
+    // A request with a body stays on hyper's client when it need not be ours: an upstream may
+    // answer before it read the body (a 413), and hyper reads that answer while it still
+    // sends, where our exchange sends the whole body first.
+    let bodiless = hyper::body::Body::is_end_stream(request.body());
+    if tunnel_upgrade.is_none() && ((upstream.speaks_h1_only() && bodiless) || long_lived(&path)) {
+        let response = match upstream.own_h1.send(request).await {
             Ok(response) => relayed(response),
             Err(error) => upstream_failed(&state, upstream, &error),
         };
@@ -230,7 +235,12 @@ async fn forward(
                 .insert(crate::h1::UpgradeTo::hyper(upstream_upgrade));
             response
         }
-        Ok(response) => relayed(response),
+        Ok(response) => {
+            if tunnel_upgrade.is_none() {
+                upstream.answered_over(response.version());
+            }
+            relayed(response)
+        }
         Err(error) => upstream_failed(&state, upstream, &error),
     };
     log_proxied(&method, &path, &response, started, impersonate.as_deref());

@@ -1,7 +1,9 @@
-//! The agent's own HTTP/1.1 client for long-lived requests (watches, followed logs): a
-//! connection of their own to the destination, our `h1` exchange on it, and a few idle
-//! connections kept for the next one. A hyper client connection holds ~14 KiB for as long as
-//! a watch idles; this holds the socket and a decoder (S9 in docs/benchmarks.md).
+//! The agent's own HTTP/1.1 client for long-lived requests (watches, followed logs), and for
+//! bodiless requests to a destination that speaks only HTTP/1.1: a connection of their own to
+//! the destination, our `h1` exchange on it, and idle connections kept for the next one. A
+//! hyper client connection holds ~14 KiB for as long as a watch idles; this holds the socket
+//! and a decoder (S9 in docs/benchmarks.md); per request it costs the agent ~14% less CPU than
+//! hyper's pooled client (S2).
 
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
@@ -21,7 +23,7 @@ use crate::transport::tls::{dial_upstream, TlsError, UpstreamIo};
 pub(crate) type UpstreamConn = Pieces<UpstreamIo>;
 
 /// Idle connections kept per destination; more are closed when they come back.
-const MAX_IDLE: usize = 32;
+const MAX_IDLE: usize = 64;
 /// How long an idle connection is kept: well under the API server's own idle timeout (Go's
 /// `http.Server` closes idle connections after its `IdleTimeout`), so we seldom pick one the
 /// upstream is closing.

@@ -1,7 +1,8 @@
-//! The agent's own HTTP/1.1 client for long-lived requests (`agent::upstream_h1`: watches and
-//! followed logs) against a scripted upstream on a raw socket: the answer reaches Argo CD's
-//! side intact, a connection is reused only after a clean end and while the upstream keeps
-//! it, and a cut or malformed answer fails that one request.
+//! The agent's own HTTP/1.1 client (`agent::upstream_h1`: watches and followed logs, and every
+//! bodiless request to a plain-HTTP upstream as here) against a scripted upstream on a raw
+//! socket: the answer reaches Argo CD's side intact, a connection is reused only after a clean
+//! end and while the upstream keeps it (one it closes while idle is closed here too), a cut or
+//! malformed answer fails that one request, and only a safe request is sent again.
 
 mod support;
 
@@ -229,39 +230,54 @@ async fn a_watch_on_a_pooled_connection_the_upstream_closes_is_sent_again_on_a_n
 /// been acted on (RFC 9112 §9.3.1, RFC 9110 §9.2.2). It is a 502, and the next request goes on a new connection.
 #[tokio::test]
 async fn a_post_on_a_pooled_connection_the_upstream_closes_is_not_sent_again() {
+    not_sent_again(
+        "POST /tunnel/c1/api/v1/pods?watch=true HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "POST /api/v1/pods?watch=true HTTP/1.1\r\n",
+    )
+    .await;
+}
+
+/// Nor is an idempotent but unsafe one once it was written: a DELETE the upstream acted on
+/// before the connection broke would find nothing to delete the second time (a 404).
+#[tokio::test]
+async fn a_delete_on_a_pooled_connection_the_upstream_closes_is_not_sent_again() {
+    not_sent_again(
+        "DELETE /tunnel/c1/api/v1/namespaces/a/pods/p HTTP/1.1\r\nHost: x\r\n\r\n",
+        "DELETE /api/v1/namespaces/a/pods/p HTTP/1.1\r\n",
+    )
+    .await;
+}
+
+/// `request` (raw, to the server) takes a pooled connection, which the upstream closes after
+/// reading it (its head starts with `upstream_line`): a 502, nothing sent again, and the next
+/// request goes on a new connection.
+async fn not_sent_again(request: &'static str, upstream_line: &str) {
     let dir = TempDir::new();
     let (upstream, addr) = listener().await;
     let (server, _agent) = stack(&dir, addr).await;
     let internal = server.addrs.internal;
     let mut first = pooled_watch(&upstream, internal).await;
 
-    // The POST takes the pooled connection; the upstream closes it without an answer.
-    let post = tokio::spawn(async move {
+    // The request takes the pooled connection; the upstream closes it without an answer.
+    let sent = tokio::spawn(async move {
         let mut conn = TcpStream::connect(internal).await.unwrap();
-        conn.write_all(
-            b"POST /tunnel/c1/api/v1/pods?watch=true HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
         let mut answer = vec![0u8; 64];
         let read = conn.read(&mut answer).await.unwrap();
         String::from_utf8_lossy(&answer[..read]).into_owned()
     });
     let head = read_head(&mut first)
         .await
-        .expect("the POST on the pooled connection");
-    assert!(
-        head.starts_with("POST /api/v1/pods?watch=true HTTP/1.1\r\n"),
-        "{head}"
-    );
+        .expect("the request on the pooled connection");
+    assert!(head.starts_with(upstream_line), "{head}");
     drop(first);
-    // Sent again, the POST would arrive on a new connection before any answer.
-    let answer = within("the POST's answer or a new connection", async {
+    // Sent again, the request would arrive on a new connection before any answer.
+    let answer = within("the request's answer or a new connection", async {
         tokio::select! {
-            answer = post => answer.unwrap(),
+            answer = sent => answer.unwrap(),
             accepted = upstream.accept() => {
                 let mut again = accepted.unwrap().0;
-                panic!("the POST was sent again: {:?}", read_head(&mut again).await)
+                panic!("the request was sent again: {:?}", read_head(&mut again).await)
             }
         }
     })
@@ -283,4 +299,20 @@ async fn a_post_on_a_pooled_connection_the_upstream_closes_is_not_sent_again() {
         within("the next watch", client).await.unwrap().0,
         StatusCode::OK
     );
+}
+
+/// An idle pooled connection the upstream closes (its keep-alive timeout, shorter than ours)
+/// is closed by the agent too, within its sweep, not held half-closed until the next request.
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closes_is_closed_by_the_agent_too() {
+    let dir = TempDir::new();
+    let (upstream, addr) = listener().await;
+    let (server, _agent) = stack(&dir, addr).await;
+    let mut pooled = pooled_watch(&upstream, server.addrs.internal).await;
+    pooled.shutdown().await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = within("the agent closes its end", pooled.read(&mut byte))
+        .await
+        .unwrap();
+    assert_eq!(read, 0, "the agent sent bytes on an idle connection");
 }

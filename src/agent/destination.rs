@@ -37,18 +37,19 @@ pub(crate) struct Destination {
     pub(crate) client: UpstreamClient<RequestBody>,
     /// HTTP/1.1 only, for upgrade requests (exec, attach, port-forward).
     pub(crate) upgrade_client: UpstreamClient<RequestBody>,
-    /// Our own HTTP/1.1 client: long-lived requests (watches, followed logs), and every
-    /// request but an upgrade once the destination is known to speak only HTTP/1.1.
+    /// Our own HTTP/1.1 client: long-lived requests (watches, followed logs), and bodiless
+    /// requests (not upgrades) once the destination is known to speak only HTTP/1.1.
     pub(crate) own_h1: UpstreamH1,
-    /// Plain HTTP from the start; a TLS destination once it answered over HTTP/1.1 (its ALPN
-    /// did not pick HTTP/2). Until a reload: a destination that later offers HTTP/2 is still
+    /// Plain HTTP from the start; a TLS destination once hyper's client got an answer from it
+    /// that was not HTTP/2 (its ALPN did not pick h2; HTTP/1.0 counts as HTTP/1.1 here). Until a reload: a destination that later offers HTTP/2 is still
     /// served, over HTTP/1.1.
     h1_only: AtomicBool,
 }
 
 impl Destination {
-    /// Whether a request (not an upgrade) goes over our own HTTP/1.1 client: per request, it
-    /// costs less than hyper's pooled client (S2 in docs/benchmarks.md); HTTP/2 stays hyper's.
+    /// Whether a bodiless request (not an upgrade) goes over our own HTTP/1.1 client: per
+    /// request, it costs less than hyper's pooled client (S2 in docs/benchmarks.md); HTTP/2
+    /// stays hyper's.
     pub(crate) fn speaks_h1_only(&self) -> bool {
         self.h1_only.load(Ordering::Relaxed)
     }

@@ -5,7 +5,7 @@
 //! and a decoder (S9 in docs/benchmarks.md); per request it costs the agent ~14% less CPU than
 //! hyper's pooled client (S2).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
@@ -25,11 +25,15 @@ pub(crate) type UpstreamConn = Pieces<UpstreamIo>;
 /// Idle connections kept per destination; more are closed when they come back.
 const MAX_IDLE: usize = 64;
 /// How long an idle connection is kept: well under the API server's own idle timeout (Go's
-/// `http.Server` closes idle connections after its `IdleTimeout`), so we seldom pick one the
-/// upstream is closing.
+/// `http.Server` closes idle connections after its `IdleTimeout`). A backend that closes
+/// sooner is found out by the sweep, or at checkout.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the idle connections are looked at while there are any: one the upstream closed
+/// is closed here too within this (not held half-closed until the next request), and one past
+/// [`IDLE_TIMEOUT`] goes.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
-/// Why a long-lived request got no response head.
+/// Why a request got no response head.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum H1Error {
     #[error(transparent)]
@@ -38,12 +42,23 @@ pub(crate) enum H1Error {
     Exchange(#[from] ExchangeError),
 }
 
-/// One destination's HTTP/1.1 connections for long-lived requests.
+/// One destination's HTTP/1.1 connections of our own.
 pub(crate) struct UpstreamH1 {
     target: String,
     /// `None`: plain HTTP.
     tls: Option<Arc<ClientConfig>>,
-    idle: Arc<Mutex<Vec<(UpstreamConn, Instant)>>>,
+    idle: Arc<Mutex<Idle>>,
+}
+
+/// The idle connections, oldest first, and whether a sweep task looks after them.
+#[derive(Default)]
+struct Idle {
+    conns: Vec<(UpstreamConn, Instant)>,
+    swept: bool,
+}
+
+fn lock(idle: &Mutex<Idle>) -> MutexGuard<'_, Idle> {
+    idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl UpstreamH1 {
@@ -74,12 +89,20 @@ impl UpstreamH1 {
             return self.exchange(conn, &mut parts, body).await;
         }
         // The upstream may close an idle connection just as we take it: a bodiless idempotent
-        // request (a watch) is sent again on a new one if that one fails before answering
-        // (RFC 9112 §9.3.1, RFC 9110 §9.2.2: a POST might have been acted on).
+        // request is sent again on a new one if writing it failed (RFC 9112 §9.3.1, RFC 9110
+        // §9.2.2: a POST might have been acted on). Once it was written, only a safe one is
+        // (a watch, a GET): a DELETE the upstream acted on before the connection broke would
+        // answer 404 the second time. Go's `http.Transport` draws the same line.
+        let method = parts.method.clone();
         match self.exchange(conn, &mut parts, body).await {
-            Err(H1Error::Exchange(
-                ExchangeError::Write(_) | ExchangeError::Read(_) | ExchangeError::NoAnswer,
-            )) => {
+            Err(H1Error::Exchange(ExchangeError::Write(_))) => {
+                let conn = Pieces::new(dial_upstream(self.tls.as_ref(), &self.target).await?);
+                let empty = http_body_util::Empty::<Bytes>::new();
+                self.exchange(conn, &mut parts, empty).await
+            }
+            Err(H1Error::Exchange(ExchangeError::Read(_) | ExchangeError::NoAnswer))
+                if safe(&method) =>
+            {
                 let conn = Pieces::new(dial_upstream(self.tls.as_ref(), &self.target).await?);
                 let empty = http_body_util::Empty::<Bytes>::new();
                 self.exchange(conn, &mut parts, empty).await
@@ -99,17 +122,7 @@ impl UpstreamH1 {
         B::Error: Into<BoxError>,
     {
         let idle = Arc::downgrade(&self.idle);
-        let reuse: Reuse<UpstreamConn> = Box::new(move |conn| {
-            if let Some(idle) = idle.upgrade() {
-                let mut idle = idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                // Expired ones go now, not only at the next checkout.
-                let now = Instant::now();
-                drop_expired(&mut idle, now);
-                if idle.len() < MAX_IDLE {
-                    idle.push((conn, now));
-                }
-            }
-        });
+        let reuse: Reuse<UpstreamConn> = Box::new(move |conn| put_back(&idle, conn));
         match h1::exchange(conn, parts, body, false, Some(reuse)).await? {
             Answer::Response(response) => Ok(response),
             // Not asked for: `exchange` refuses a 101 then, so this is never reached.
@@ -122,20 +135,60 @@ impl UpstreamH1 {
     /// The most recently returned idle connection that is still open and silent; the
     /// others that are not, or are past [`IDLE_TIMEOUT`], are closed on the way.
     fn checkout(&self) -> Option<UpstreamConn> {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        drop_expired(&mut idle, Instant::now());
-        while let Some((mut conn, _)) = idle.pop() {
-            // An idle HTTP/1.1 connection has nothing to say: bytes or an end mean the peer
-            // closed it (or broke the protocol).
-            let mut cx = Context::from_waker(Waker::noop());
-            if conn.poll_recv(&mut cx, 1).is_pending() {
+        let mut idle = lock(&self.idle);
+        drop_expired(&mut idle.conns, Instant::now());
+        while let Some((mut conn, _)) = idle.conns.pop() {
+            if still_open(&mut conn) {
                 return Some(conn);
             }
         }
         None
+    }
+}
+
+/// An idle HTTP/1.1 connection has nothing to say: bytes or an end mean the peer closed it (or
+/// broke the protocol).
+fn still_open(conn: &mut UpstreamConn) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    conn.poll_recv(&mut cx, 1).is_pending()
+}
+
+/// A connection whose answer ended cleanly comes back to the idle list, if the destination
+/// is still configured and the list has room; a sweep task starts if none looks after it.
+fn put_back(idle: &Weak<Mutex<Idle>>, conn: UpstreamConn) {
+    let Some(pool) = idle.upgrade() else {
+        return;
+    };
+    let mut idle = lock(&pool);
+    // Expired ones go now, not only at the next checkout.
+    let now = Instant::now();
+    drop_expired(&mut idle.conns, now);
+    if idle.conns.len() < MAX_IDLE {
+        idle.conns.push((conn, now));
+    }
+    if !idle.swept {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            idle.swept = true;
+            runtime.spawn(sweep(Arc::downgrade(&pool)));
+        }
+    }
+}
+
+/// Every [`SWEEP_EVERY`], closes the idle connections the upstream closed or that are past
+/// [`IDLE_TIMEOUT`]; ends when none are left, or the destination is gone (a reload).
+async fn sweep(idle: Weak<Mutex<Idle>>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(pool) = idle.upgrade() else {
+            return;
+        };
+        let mut idle = lock(&pool);
+        drop_expired(&mut idle.conns, Instant::now());
+        idle.conns.retain_mut(|(conn, _)| still_open(conn));
+        if idle.conns.is_empty() {
+            idle.swept = false;
+            return;
+        }
     }
 }
 
@@ -149,9 +202,14 @@ fn drop_expired<T>(idle: &mut Vec<(T, Instant)>, now: Instant) {
 /// Methods a client may send again after a connection failed under them (RFC 9112 §9.3.1):
 /// the idempotent ones (RFC 9110 §9.2.2).
 fn idempotent(method: &Method) -> bool {
+    safe(method) || matches!(*method, Method::PUT | Method::DELETE)
+}
+
+/// Methods that change nothing (RFC 9110 §9.2.1): sent again even after they were written.
+fn safe(method: &Method) -> bool {
     matches!(
         *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
 }
 

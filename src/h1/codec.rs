@@ -1,5 +1,5 @@
 //! HTTP/1.1 as our own client speaks it (the server on tunnel streams, the agent to its
-//! upstream for watches), without I/O: request heads out, response heads in, and how the
+//! upstream for watches and HTTP/1.1-only destinations), without I/O: request heads out, response heads in, and how the
 //! response body is framed (its decoders are in `decode`).
 //! (Why not hyper's client here: one hyper HTTP/1 client connection holds ~14 KiB for as long
 //! as a watch idles, the largest part of S9's per-stream memory; see docs/benchmarks.md, F.)

@@ -1,6 +1,7 @@
 //! Our own HTTP/1.1 client: one request written on a connection, its response head read, the
 //! body handed on as slices of what the connection received. The server runs it on tunnel
-//! streams (to the agent), the agent on its connections to the upstream for watches. It
+//! streams (to the agent), the agent on its connections to the upstream for watches and
+//! HTTP/1.1-only destinations. It
 //! replaces a hyper client connection, which holds ~14 KiB for as long as a watch idles (S9
 //! and F in docs/benchmarks.md); this holds the connection and a decoder.
 //!

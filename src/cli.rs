@@ -68,10 +68,11 @@ where
         Err(error) => tracing::warn!(%error, "cannot raise the file-descriptor soft limit"),
     }
     let poll = runtime.config_poll_interval;
-    let executor = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    if let Some(nap) = runtime.idle_nap {
+        builder.on_thread_park(crate::nap::before_sleep(nap));
+    }
+    let executor = builder.enable_all().build().expect("tokio runtime");
     let code = executor.block_on(async {
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();

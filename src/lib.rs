@@ -22,7 +22,9 @@
 //! - [`protocol`]: bytes on the wire only: v1 frames (the Go implementation's, byte for byte),
 //!   v2 frames, settings and the version negotiation rules. Imports nothing from the crate.
 //! - [`mux`]: many byte streams over one frame transport, with per-stream credits (v2), bounded
-//!   buffers, heartbeats and reset-vs-EOF semantics. Imports only `protocol`.
+//!   buffers, heartbeats and reset-vs-EOF semantics. Imports only `protocol`, and the leaf
+//!   [`nap`] to mark work (a quiet process naps before its sleeps, so the heartbeats of
+//!   thousands of idle agents are answered in batches; `listen` marks its requests too).
 //! - [`transport`]: the only modules importing the WebSocket and TLS crates: the WebSocket ⇄
 //!   frame adapter with both sides of the upgrade, rustls client and server configurations
 //!   (mTLS, rotation), and the agent's egress `CONNECT` through an HTTP proxy.
@@ -70,6 +72,7 @@ pub mod shutdown;
 pub mod systemd;
 pub mod reload;
 pub mod host;
+pub mod nap;
 mod file_version;
 pub mod telemetry;
 mod allocator;

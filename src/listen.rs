@@ -123,6 +123,7 @@ pub async fn serve<H, F>(
             },
             _ = shutdown.cancelled() => break,
         };
+        crate::nap::note_activity();
         let _ = tcp.set_nodelay(true);
         let (handle, shutdown, options) = (handle.clone(), shutdown.clone(), options.clone());
         // One task per connection, each path a future of its own: an idle plain connection (a
@@ -261,6 +262,7 @@ async fn serve_own<S, H, F>(
         if crate::http::wants_upgrade(request.headers()) {
             request.extensions_mut().insert(ServedHere);
         }
+        crate::nap::note_activity();
         // Boxed: freed when the response head is out (S9).
         Box::pin(handle(request, peer))
     })
@@ -292,6 +294,7 @@ where
         if let Some(cert) = &cert {
             request.extensions_mut().insert(cert.clone());
         }
+        crate::nap::note_activity();
         let in_flight = activity.as_ref().map(|activity| activity.start());
         let response = handle(request, peer);
         // Boxed: hyper keeps a slot the size of this future for the connection's whole life

@@ -40,6 +40,9 @@ impl Reloader {
         if old.runtime.log_format != new.runtime.log_format {
             tracing::warn!("[log] format changed; it takes effect on restart");
         }
+        if old.runtime.idle_nap != new.runtime.idle_nap {
+            tracing::warn!("idle_nap changed; it takes effect on restart");
+        }
         if old.server_url != new.server_url
             || old.token != new.token
             || old.server_ca != new.server_ca

@@ -37,6 +37,8 @@ struct RawAgent {
     log: RawLog,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     config_poll_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    idle_nap: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +128,8 @@ impl AgentConfig {
         let mut seen = Vec::new();
         let runtime = raw
             .log
-            .validate(raw.config_poll_interval)
+            // Off: an agent has one tunnel and few wake-ups to batch.
+            .validate(raw.config_poll_interval, raw.idle_nap, Duration::ZERO)
             .map_err(invalid)?;
         let scheme = raw
             .server_url

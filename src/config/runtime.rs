@@ -1,5 +1,6 @@
-//! What both binaries share around their own work: `[log]` (level and format) and how often
-//! the config file is polled for changes (`config_poll_interval`).
+//! What both binaries share around their own work: `[log]` (level and format), how often
+//! the config file is polled for changes (`config_poll_interval`), and the nap of a quiet
+//! process before each sleep (`idle_nap`, `crate::nap`).
 
 use std::time::Duration;
 
@@ -40,13 +41,25 @@ pub struct RuntimeConfig {
     /// How often the config file and the files it names are checked for changes; `None`
     /// (`"0s"`): only SIGHUP reloads. Default 2 s.
     pub config_poll_interval: Option<Duration>,
+    /// How long the process naps before each sleep once it has done no work but heartbeats
+    /// for a while (`crate::nap`); `None` (`"0s"`): never. Set at start.
+    pub idle_nap: Option<Duration>,
 }
 
 /// The default `config_poll_interval`.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
 
+/// The longest `idle_nap`: the first request after a quiet spell waits up to one nap.
+pub const MAX_IDLE_NAP: Duration = Duration::from_millis(20);
+
 impl RawLog {
-    pub(crate) fn validate(self, poll: Option<Duration>) -> Result<RuntimeConfig, String> {
+    /// `idle_nap` is `nap` if set, else `default_nap`.
+    pub(crate) fn validate(
+        self,
+        poll: Option<Duration>,
+        nap: Option<Duration>,
+        default_nap: Duration,
+    ) -> Result<RuntimeConfig, String> {
         let log_level = self.level.unwrap_or_else(|| "info".to_owned());
         crate::telemetry::check_filter(&log_level)
             .map_err(|error| format!("[log] level = \"{log_level}\": {error}"))?;
@@ -58,10 +71,21 @@ impl RawLog {
             }
             interval => Some(interval),
         };
+        let idle_nap = match nap.unwrap_or(default_nap) {
+            zero if zero.is_zero() => None,
+            long if long > MAX_IDLE_NAP => {
+                return Err(format!(
+                    "idle_nap must be at most {}ms: the first request after a quiet spell waits up to one nap",
+                    MAX_IDLE_NAP.as_millis()
+                ))
+            }
+            nap => Some(nap),
+        };
         Ok(RuntimeConfig {
             log_level,
             log_format: self.format,
             config_poll_interval,
+            idle_nap,
         })
     }
 }

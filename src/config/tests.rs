@@ -322,8 +322,13 @@ fn log_and_poll_settings_are_validated() {
     assert_eq!(defaults.log_level, "info");
     assert_eq!(defaults.log_format, crate::config::LogFormat::Auto);
     assert_eq!(defaults.config_poll_interval, Some(Duration::from_secs(2)));
-    let off = load("config_poll_interval = \"0s\"").unwrap().runtime;
-    assert_eq!(off.config_poll_interval, None);
+    assert_eq!(defaults.idle_nap, Some(Duration::from_millis(2)));
+    let off = load("config_poll_interval = \"0s\"\nidle_nap = \"0s\"")
+        .unwrap()
+        .runtime;
+    assert_eq!((off.config_poll_interval, off.idle_nap), (None, None));
+    let error = load("idle_nap = \"50ms\"").unwrap_err().to_string();
+    assert!(error.contains("idle_nap must be at most 20ms"), "{error}");
     let error = load("config_poll_interval = \"10ms\"")
         .unwrap_err()
         .to_string();

@@ -15,12 +15,42 @@ fn log_dropped() -> Family {
     )
 }
 
-/// The exposition text: the binary's `log_dropped()` counter, brought up to date first (the
-/// telemetry writer counts drops on its own), then its other `families`.
-fn render(log_dropped: &Family, families: &[&Family]) -> String {
-    log_dropped.set(&[], crate::telemetry::dropped_log_lines() as f64);
+/// Both binaries: naps of a quiet process before a sleep (`nap`).
+fn idle_naps() -> Family {
+    Family::counter(
+        "idle_naps_total",
+        "Naps taken before a sleep after a while of no work but heartbeats (idle_nap).",
+        &[],
+    )
+}
+
+/// The process-wide counters both binaries export, kept by their own modules.
+struct ProcessCounters {
+    log_dropped: Family,
+    idle_naps: Family,
+}
+
+impl ProcessCounters {
+    fn new() -> Self {
+        Self {
+            log_dropped: log_dropped(),
+            idle_naps: idle_naps(),
+        }
+    }
+}
+
+/// The exposition text: the process-wide counters, brought up to date first (the telemetry
+/// writer counts drops on its own, `nap` its naps), then the binary's other `families`.
+fn render(process: &ProcessCounters, families: &[&Family]) -> String {
+    process
+        .log_dropped
+        .set(&[], crate::telemetry::dropped_log_lines() as f64);
+    process.idle_naps.set(&[], crate::nap::naps() as f64);
     let mut out = String::new();
-    for family in std::iter::once(&log_dropped).chain(families) {
+    for family in [&process.log_dropped, &process.idle_naps]
+        .into_iter()
+        .chain(families.iter().copied())
+    {
         family.render(&mut out);
     }
     out
@@ -84,8 +114,8 @@ pub struct ServerMetrics {
     pub extension_active: Family,
     /// `tunnel_heartbeat_rtt_seconds{cluster}`: Ping → Pong time of the last heartbeat.
     pub rtt: Family,
-    /// `log_lines_dropped_total`: read from the log writer at each scrape.
-    log_dropped: Family,
+    /// `log_lines_dropped_total` and `idle_naps_total`: read at each scrape.
+    process: ProcessCounters,
 }
 
 impl ServerMetrics {
@@ -178,14 +208,14 @@ impl ServerMetrics {
                 "Ping to Pong time of the tunnel's last heartbeat.",
                 &["cluster"],
             ),
-            log_dropped: log_dropped(),
+            process: ProcessCounters::new(),
         }
     }
 
     /// The exposition text.
     pub fn render(&self) -> String {
         render(
-            &self.log_dropped,
+            &self.process,
             &[
                 &self.agents_connected,
                 &self.auth_failures,
@@ -230,8 +260,8 @@ pub struct AgentMetrics {
     pub upstream_errors: Family,
     /// `agent_tunnel_heartbeat_rtt_seconds`: Ping → Pong time of the tunnel's last heartbeat.
     pub rtt: Family,
-    /// `log_lines_dropped_total`: read from the log writer at each scrape.
-    log_dropped: Family,
+    /// `log_lines_dropped_total` and `idle_naps_total`: read at each scrape.
+    process: ProcessCounters,
 }
 
 impl AgentMetrics {
@@ -268,14 +298,14 @@ impl AgentMetrics {
                 "Requests that failed at the agent, by reason.",
                 &["reason"],
             ),
-            log_dropped: log_dropped(),
+            process: ProcessCounters::new(),
         }
     }
 
     /// The exposition text.
     pub fn render(&self) -> String {
         render(
-            &self.log_dropped,
+            &self.process,
             &[
                 &self.connected,
                 &self.standby,

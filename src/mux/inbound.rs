@@ -28,6 +28,9 @@ impl Shared {
                 return;
             }
         };
+        if !matches!(frame, Frame::Ping { .. } | Frame::Pong { .. }) {
+            crate::nap::note_activity();
+        }
         self.on_frame(state, frame);
     }
 

@@ -180,5 +180,8 @@ fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     if old.runtime.log_format != new.runtime.log_format {
         fixed.push("[log] format");
     }
+    if old.runtime.idle_nap != new.runtime.idle_nap {
+        fixed.push("idle_nap");
+    }
     fixed
 }

@@ -2,13 +2,15 @@
 //! time its thread is about to sleep in the kernel, so the wake-ups of many idle peers are
 //! taken in batches. At 10,000 idle agents the server gets an agent Ping every 0.1 ms
 //! on average and woke once for each; the wake-up, not the Pong, was most of its idle CPU
-//! (S7 in docs/benchmarks.md: 3.0% of a core without naps, 1.9% with 2 ms ones).
+//! (S7 in docs/benchmarks.md: 2.85% of a core without naps, 2.02% with 2 ms ones).
 //!
-//! What it costs: the first request after a quiet spell waits at most one nap, and a timer
-//! fires at most one nap late while quiet. Heartbeats do not count as work (they are what the
-//! naps batch); everything else does — a connection accepted or a request read on any
-//! listener (`listen`), a tunnel frame other than Ping and Pong, a stream opened (`mux`) — so
-//! a busy process never naps.
+//! Heartbeats do not count as work (they are what the naps batch); everything else does: a
+//! connection accepted or a request read on any listener (`listen`), a tunnel frame received
+//! other than Ping and Pong, stream bytes sent (`mux`). What it costs: an event that arrives
+//! after 100 ms without work waits about one nap — the first request after a quiet spell, an
+//! event on a watch that was quiet, an answer that took the upstream longer than 100 ms, the
+//! Pong to the server's own Ping (so `tunnel_heartbeat_rtt_seconds` reads about one nap on a
+//! quiet server) — and a timer fires up to one nap late while quiet.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;

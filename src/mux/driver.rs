@@ -180,6 +180,9 @@ where
                 }
             }
             if bytes > 0 {
+                // Stream bytes going out are work (an upload to a v1 peer, which sends no
+                // credit back; an agent's download): no nap while they flow.
+                crate::nap::note_activity();
                 state
                     .send_waiters
                     .drain(..)

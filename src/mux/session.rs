@@ -171,7 +171,6 @@ impl SessionHandle {
     /// Opens a stream to `target` (server role). v1 waits for Connected (the Go agent drops Data
     /// sent before it); v2 returns at once and the first bytes travel with the open.
     pub async fn open(&self, target: &[u8]) -> Result<MuxStream, MuxError> {
-        crate::nap::note_activity();
         let shared = &self.shared;
         let config = &shared.config;
         let (id, answered) = {

@@ -16,7 +16,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use support::kubeapi::FakeKubeApi;
 use support::notify::{addr_in, start, status_of, Notifications};
-use support::stack::{get, open_watch, wait_routed, LISTENERS};
+use support::stack::{open_watch, scrape, wait_routed, LISTENERS};
 use support::{within, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,12 +25,9 @@ const AGENT: &str = env!("CARGO_BIN_EXE_argocd-proxy-agent");
 
 /// `idle_naps_total` on the server.
 async fn naps(ops: SocketAddr) -> u64 {
-    let (_, _, metrics) = get(ops, "/metrics", &[]).await;
-    String::from_utf8_lossy(&metrics)
-        .lines()
-        .find_map(|line| line.strip_prefix("idle_naps_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("idle_naps_total in /metrics")
+    scrape(ops, "idle_naps_total")
+        .await
+        .expect("idle_naps_total in /metrics") as u64
 }
 
 /// Exchanges in each busy phase, at least.
@@ -97,35 +94,9 @@ async fn a_quiet_server_naps_and_one_serving_requests_does_not() {
 
     // Requests for a cluster the server does not know, on one connection: answered by the
     // server alone, by our own HTTP/1.1 server (the internal listener's).
-    let mut internal_conn = keep_alive(internal).await;
-    let before = naps(ops).await;
-    let started = Instant::now();
-    let mut sent = 0;
-    while sent < MIN_EXCHANGES || started.elapsed() < SPAN {
-        sent += 1;
-        let status = request(&mut internal_conn, &format!("/tunnel/nope/{sent}")).await;
-        assert_eq!(status, StatusCode::BAD_GATEWAY);
-    }
-    not_napping(
-        naps(ops).await - before,
-        sent,
-        "requests on one internal connection",
-    );
-
+    requests_on_one_connection(ops, internal, "/tunnel/nope", StatusCode::BAD_GATEWAY).await;
     // The same on the ops listener, served by hyper.
-    let mut ops_conn = keep_alive(ops).await;
-    let before = naps(ops).await;
-    let started = Instant::now();
-    let mut sent = 0;
-    while sent < MIN_EXCHANGES || started.elapsed() < SPAN {
-        sent += 1;
-        assert_eq!(request(&mut ops_conn, "/healthz").await, StatusCode::OK);
-    }
-    not_napping(
-        naps(ops).await - before,
-        sent,
-        "requests on one ops connection",
-    );
+    requests_on_one_connection(ops, ops, "/healthz", StatusCode::OK).await;
 
     // Connections that send nothing and close: only accepted.
     let before = naps(ops).await;
@@ -141,6 +112,32 @@ async fn a_quiet_server_naps_and_one_serving_requests_does_not() {
             .unwrap();
     }
     not_napping(naps(ops).await - before, connected, "bare connections");
+}
+
+/// GETs of `path` on one connection to `addr`, each answered with `status`, back to back for
+/// a busy phase: the server at `ops` hardly naps.
+async fn requests_on_one_connection(
+    ops: SocketAddr,
+    addr: SocketAddr,
+    path: &str,
+    status: StatusCode,
+) {
+    let mut conn = keep_alive(addr).await;
+    let before = naps(ops).await;
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < MIN_EXCHANGES || started.elapsed() < SPAN {
+        sent += 1;
+        assert_eq!(
+            request(&mut conn, &format!("{path}?n={sent}")).await,
+            status
+        );
+    }
+    not_napping(
+        naps(ops).await - before,
+        sent,
+        &format!("requests for {path} on one connection to {addr}"),
+    );
 }
 
 /// A busy phase napped far less than once per exchange: a stall of the machine may let the

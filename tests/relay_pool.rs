@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use argocd_proxy::mux::{Incoming, MuxStream};
 use http::StatusCode;
-use support::stack::{get, server, wait_routed};
+use support::stack::{get, scrape, server, wait_routed};
 use support::{limits, our_agent, within, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -45,12 +45,9 @@ fn ask(internal: SocketAddr, path: &'static str) -> tokio::task::JoinHandle<(Sta
 
 /// `tunnel_buffered_bytes{cluster="c2"}` on the server.
 async fn buffered(ops: SocketAddr) -> u64 {
-    let (_, _, metrics) = get(ops, "/metrics", &[]).await;
-    String::from_utf8_lossy(&metrics)
-        .lines()
-        .find_map(|line| line.strip_prefix("tunnel_buffered_bytes{cluster=\"c2\"} "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
+    scrape(ops, "tunnel_buffered_bytes{cluster=\"c2\"}")
+        .await
+        .unwrap_or(0.0) as u64
 }
 
 #[tokio::test]

@@ -8,21 +8,8 @@ use std::net::SocketAddr;
 
 use http::StatusCode;
 use support::kubeapi::FakeKubeApi;
-use support::stack::{agent, get, Inject, Stack, TestAgent, SA_TOKEN};
+use support::stack::{agent, get, scrape, Inject, Stack, TestAgent, SA_TOKEN};
 use support::{middlebox, within};
-
-/// The value of one series (name with labels, exactly as exported), if present.
-fn metric(text: &[u8], series: &str) -> Option<f64> {
-    String::from_utf8_lossy(text).lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
-}
-
-async fn scrape(addr: SocketAddr, series: &str) -> Option<f64> {
-    let (_, _, body) = get(addr, "/metrics", &[]).await;
-    metric(&body, series)
-}
 
 /// A second agent with the stack's cluster token, dialing `server`, serving `kube`.
 async fn second_agent(stack: &Stack, server: SocketAddr, kube: &FakeKubeApi) -> TestAgent {

@@ -179,6 +179,15 @@ pub async fn try_get(
     Ok((parts.status, parts.headers, body))
 }
 
+/// One series of `addr`'s `/metrics` (its name with labels, exactly as exported), if present.
+pub async fn scrape(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (_, _, body) = get(addr, "/metrics", &[]).await;
+    String::from_utf8_lossy(&body).lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 /// [`try_get`], bounded, panicking on a transport error.
 pub async fn get(
     addr: SocketAddr,

@@ -93,22 +93,20 @@ impl UpstreamH1 {
         // §9.2.2: a POST might have been acted on). Once it was written, only a safe one is
         // (a watch, a GET): a DELETE the upstream acted on before the connection broke would
         // answer 404 the second time. Go's `http.Transport` draws the same line.
-        let method = parts.method.clone();
-        match self.exchange(conn, &mut parts, body).await {
-            Err(H1Error::Exchange(ExchangeError::Write(_))) => {
-                let conn = Pieces::new(dial_upstream(self.tls.as_ref(), &self.target).await?);
-                let empty = http_body_util::Empty::<Bytes>::new();
-                self.exchange(conn, &mut parts, empty).await
+        let first = self.exchange(conn, &mut parts, body).await;
+        let again = match &first {
+            Err(H1Error::Exchange(ExchangeError::Write(_))) => true,
+            Err(H1Error::Exchange(ExchangeError::Read(_) | ExchangeError::NoAnswer)) => {
+                safe(&parts.method)
             }
-            Err(H1Error::Exchange(ExchangeError::Read(_) | ExchangeError::NoAnswer))
-                if safe(&method) =>
-            {
-                let conn = Pieces::new(dial_upstream(self.tls.as_ref(), &self.target).await?);
-                let empty = http_body_util::Empty::<Bytes>::new();
-                self.exchange(conn, &mut parts, empty).await
-            }
-            other => other,
+            _ => false,
+        };
+        if !again {
+            return first;
         }
+        let conn = Pieces::new(dial_upstream(self.tls.as_ref(), &self.target).await?);
+        let empty = http_body_util::Empty::<Bytes>::new();
+        self.exchange(conn, &mut parts, empty).await
     }
 
     async fn exchange<B>(

@@ -316,3 +316,35 @@ async fn an_idle_connection_the_upstream_closes_is_closed_by_the_agent_too() {
         .unwrap();
     assert_eq!(read, 0, "the agent sent bytes on an idle connection");
 }
+
+/// B6 (seed-protocol.md): an answer with neither a length nor chunking ends when the upstream
+/// closes. A plain GET (this client carries every bodiless request to a plain-HTTP upstream)
+/// gets the whole body and completes, and the next one does too.
+#[tokio::test]
+async fn a_close_delimited_answer_completes() {
+    let dir = TempDir::new();
+    let (upstream, addr) = listener().await;
+    let (server, _agent) = stack(&dir, addr).await;
+    let internal = server.addrs.internal;
+    for n in 0..2 {
+        let path = format!("/tunnel/c1/api/v1/namespaces/n{n}");
+        let client = tokio::spawn(async move { get(internal, &path, &[]).await });
+        // The first one's connection ended with its answer: the next comes on a new one.
+        let mut conn = accept(&upstream).await;
+        let head = read_head(&mut conn).await.expect("the GET");
+        assert!(
+            head.starts_with(&format!("GET /api/v1/namespaces/n{n} HTTP/1.1\r\n")),
+            "{head}"
+        );
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"kind\":")
+            .await
+            .unwrap();
+        conn.write_all(b"\"Namespace\"}").await.unwrap();
+        drop(conn);
+        let (status, _, body) = within("the close-delimited answer", client).await.unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"{\"kind\":\"Namespace\"}"[..])
+        );
+    }
+}

@@ -6,13 +6,12 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::config::AgentConfig;
 use crate::mux::negotiate::{self, Negotiated};
 use crate::mux::{MemoryBudget, Role, Session};
 use crate::protocol::handshake;
-use crate::transport::{proxy, tls, websocket};
+use crate::transport::{proxy, tcp, tls, websocket};
 
 /// A connected byte stream, TLS or not.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -135,7 +134,7 @@ pub async fn dial(
     )? {
         None => {
             bounded(timeout, "connect", async {
-                TcpStream::connect(&addr)
+                tcp::connect(&addr, timeout)
                     .await
                     .map_err(|source| DialError::Connect {
                         addr: addr.clone(),
@@ -147,7 +146,7 @@ pub async fn dial(
         Some(via) => {
             tracing::info!(proxy = %via, server = %addr, "dialing the server through an egress proxy");
             let tcp = bounded(timeout, "connect to proxy", async {
-                TcpStream::connect(via.addr()).await.map_err(|source| {
+                tcp::connect(via.addr(), timeout).await.map_err(|source| {
                     proxy::ProxyError::Connect {
                         proxy: via.to_string(),
                         source,
@@ -162,7 +161,6 @@ pub async fn dial(
             .await?
         }
     };
-    let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = if secure {
         let roots = tls::roots(config.server_ca.as_deref())?;
         let identity = config

@@ -225,7 +225,8 @@ pub type UpstreamIo =
 const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Dials `target` (`host:port`, or `host` for the scheme's port) and, with `tls`, completes a
-/// handshake verifying its host; each step within `UPSTREAM_CONNECT_TIMEOUT` (10 s).
+/// handshake verifying its host; each step within `UPSTREAM_CONNECT_TIMEOUT` (10 s, shared
+/// by the addresses the host resolves to: [`super::tcp`]).
 pub async fn dial_upstream(
     tls: Option<&Arc<ClientConfig>>,
     target: &str,
@@ -242,11 +243,9 @@ pub async fn dial_upstream(
             format!("{target}:{}", if tls.is_some() { 443 } else { 80 }),
         ),
     };
-    let tcp = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(&address))
+    let tcp = super::tcp::connect(&address, UPSTREAM_CONNECT_TIMEOUT)
         .await
-        .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
         .map_err(connect_error)?;
-    tcp.set_nodelay(true).map_err(connect_error)?;
     let Some(config) = tls else {
         return Ok(UpstreamIo::Left(tcp));
     };

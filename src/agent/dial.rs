@@ -133,28 +133,22 @@ pub async fn dial(
         &host,
     )? {
         None => {
-            bounded(timeout, "connect", async {
-                tcp::connect(&addr, timeout)
-                    .await
-                    .map_err(|source| DialError::Connect {
-                        addr: addr.clone(),
-                        source,
-                    })
-            })
-            .await?
+            // Bounded by `timeout` itself, shared by the addresses the name resolves to.
+            tcp::connect(&addr, timeout)
+                .await
+                .map_err(|source| DialError::Connect {
+                    addr: addr.clone(),
+                    source,
+                })?
         }
         Some(via) => {
             tracing::info!(proxy = %via, server = %addr, "dialing the server through an egress proxy");
-            let tcp = bounded(timeout, "connect to proxy", async {
-                tcp::connect(via.addr(), timeout).await.map_err(|source| {
-                    proxy::ProxyError::Connect {
-                        proxy: via.to_string(),
-                        source,
-                    }
-                    .into()
-                })
-            })
-            .await?;
+            let tcp = tcp::connect(via.addr(), timeout).await.map_err(|source| {
+                proxy::ProxyError::Connect {
+                    proxy: via.to_string(),
+                    source,
+                }
+            })?;
             bounded(timeout, "proxy CONNECT", async {
                 Ok(proxy::connect(tcp, &via, &addr).await?)
             })

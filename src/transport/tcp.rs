@@ -7,7 +7,7 @@
 //! nowhere) used the whole budget and the next was never tried; the agent then redialled the
 //! same dead address, in the resolver's same order, after every backoff. Here each address gets
 //! an equal share of what is left of the budget (hyper's connector, which the agent's pooled
-//! client uses, splits its timeout the same way), and an address that fails at once (refused,
+//! client uses, splits its timeout similarly), and an address that fails at once (refused,
 //! unreachable) leaves its share to the others.
 
 use std::io;
@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Connects to `address` (`host:port`) within `budget`: resolves it, then tries each address
-/// as [`connect_in_turn`] does. Nagle is off on the result (every caller wants it off).
+/// as [`connect_in_turn`] does. Nagle is off on the result (every caller wants it off; a
+/// socket that refuses the option is still used, as before).
 pub async fn connect(address: &str, budget: Duration) -> io::Result<TcpStream> {
     let deadline = Instant::now() + budget;
     let resolved = tokio::time::timeout_at(deadline, tokio::net::lookup_host(address))
@@ -26,7 +27,7 @@ pub async fn connect(address: &str, budget: Duration) -> io::Result<TcpStream> {
         .map_err(|_| timed_out(format!("resolving {address} took over {budget:?}")))??;
     let addresses: Vec<SocketAddr> = resolved.collect();
     let tcp = connect_in_turn(&addresses, deadline).await?;
-    tcp.set_nodelay(true)?;
+    let _ = tcp.set_nodelay(true);
     Ok(tcp)
 }
 
@@ -47,7 +48,7 @@ pub async fn connect_in_turn(addresses: &[SocketAddr], deadline: Instant) -> io:
             Ok(Ok(tcp)) => return Ok(tcp),
             Ok(Err(error)) => last = Some((address, error)),
             Err(_) => {
-                let error = timed_out(format!("no answer within {share:?}"));
+                let error = timed_out(format!("no answer within {} ms", share.as_millis()));
                 last = Some((address, error));
             }
         }

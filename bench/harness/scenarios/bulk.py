@@ -6,6 +6,7 @@ import statistics
 import threading
 import time
 
+from ..accesslog import probe_hops
 from ..clients import curl_bulk, verify_bulk, wrk
 from ..common import CLUSTERS, GiB, MiB, WAN, Broken, log
 from ..measure import Measure, RssSampler, cpu_snapshot
@@ -91,9 +92,11 @@ class BulkScenarios:
         cpu0 = cpu_snapshot(pids)
         thread.start()
         time.sleep(lead)
+        since = time.time()
         try:
             result = wrk(setup, mode, cluster, 1, 1, args.duration, latency=True)
         finally:
+            result_until = time.time()
             stop.set()
             thread.join(timeout=args.duration + 60)
         wall = time.monotonic() - t0
@@ -111,6 +114,9 @@ class BulkScenarios:
         self.raw.append(f"{label} {cluster} {mode}: probe {result['rps']:.0f} req/s, p50 {result['p50']:.3f} ms, "
                         f"p99 {result['p99']:.3f} ms; bulk {len(downloads)} download(s), "
                         f"{total_bytes / MiB:.0f} MiB in {total_time:.2f} s = {bulk:.1f} MB/s")
+        if mode == "tunnel":
+            result["hops"] = probe_hops(setup.work / setup.server_log, setup.work / f"agent-{cluster}.log",
+                                        "/small", since, result_until)
         return result, bulk
 
     def s4_head_of_line(self):
@@ -131,6 +137,18 @@ class BulkScenarios:
                      idle, loaded, loaded / idle, "≤ 2×", loaded / idle <= 2, fmt="{:.3f}")
             self.row(f"S4 head-of-line {cluster}", "bulk MB/s under probe vs S1 direct",
                      self.s1[cluster], bulk, bulk / self.s1[cluster], "≥ 0.3×", bulk / self.s1[cluster] >= 0.3)
+            hops = result.get("hops")
+            if hops:
+                # Where the loaded probe waited (docs/benchmarks.md): the answer's way back through
+                # the tunnel, where the bulk's bytes queue ahead of it, and the upstream's own hop.
+                log(f"  tunnel {cluster:5}: return path p50 {hops['return_p50']:.3f} ms, p99 {hops['return_p99']:.3f} ms, "
+                    f"max {hops['return_max']:.3f} ms; upstream hop p99 {hops['upstream_p99']} ms "
+                    f"({hops['requests']} probe requests)")
+                self.row(f"S4 where the probe waits {cluster}",
+                         "return path ms (agent's access line → server's): p50 (direct col), p99 (tunnel col)",
+                         hops["return_p50"], hops["return_p99"], fmt="{:.3f}")
+                self.row(f"S4 where the probe waits {cluster}",
+                         "upstream hop p99 ms (the agent's duration_ms, whole ms)", None, hops["upstream_p99"])
             # Control: the same load without the tunnel. On a small machine part of the loaded p99
             # is run-queue delay (curl, wrk, nginx, server and agent share the cores), not the tunnel.
             result, bulk = self.loaded_probe("direct", cluster)

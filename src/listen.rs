@@ -65,6 +65,9 @@ pub struct ServeOptions {
     /// idle watch where hyper's holds ~12 (S9); upgrade requests it serves carry `ServedHere`,
     /// and an upgrade is answered by putting the connection to splice with in the response.
     pub own_http1: bool,
+    /// Connections here become tunnels (the server's public listener): their unsent bytes are
+    /// held in the process ([`crate::transport::tcp::hold_unsent_in_process`]).
+    pub carries_tunnels: bool,
 }
 
 /// In the extensions of an upgrade request our own HTTP/1.1 server serves: the upgrade's other
@@ -125,6 +128,9 @@ pub async fn serve<H, F>(
         };
         crate::nap::note_activity();
         let _ = tcp.set_nodelay(true);
+        if options.carries_tunnels {
+            let _ = crate::transport::tcp::hold_unsent_in_process(&tcp);
+        }
         let (handle, shutdown, options) = (handle.clone(), shutdown.clone(), options.clone());
         // One task per connection, each path a future of its own: an idle plain connection (a
         // watch holds one for hours) carries no TLS handshake or HTTP/2 state (S9).

@@ -155,6 +155,8 @@ pub async fn dial(
             .await?
         }
     };
+    // The tunnel's queued bytes wait in the mux, where a small answer overtakes a bulk one.
+    let _ = tcp::hold_unsent_in_process(&tcp);
     let io: Box<dyn Io> = if secure {
         let roots = tls::roots(config.server_ca.as_deref())?;
         let identity = config

@@ -131,6 +131,7 @@ impl Agent {
                 max_h2_streams: 1,
                 tls: None,
                 own_http1: false,
+                carries_tunnels: false,
             };
             tracker.spawn(listen::serve(
                 listener,

@@ -225,6 +225,7 @@ impl Server {
             max_h2_streams: limits.max_h2_streams_per_connection,
             tls: tls.clone(),
             own_http1: false,
+            carries_tunnels: false,
         };
         // Argo CD's requests (watches among them) are served by our own HTTP/1.1 server on
         // the listeners that relay them (S9); hyper's serves the agents' WebSocket upgrades
@@ -237,7 +238,10 @@ impl Server {
         let stop = CancellationToken::new();
         let mut servers = Vec::new();
         {
-            let serve_options = options(&state.public_tls);
+            let serve_options = listen::ServeOptions {
+                carries_tunnels: true,
+                ..options(&state.public_tls)
+            };
             let state = state.clone();
             let handler = move |request, _peer| public::handle(state.clone(), request);
             let public = listen::serve(

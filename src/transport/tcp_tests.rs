@@ -114,3 +114,19 @@ async fn a_name_is_resolved_and_its_addresses_tried() {
         .await
         .expect_err("no such name");
 }
+
+#[tokio::test]
+async fn a_tunnel_socket_holds_little_unsent() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let before = socket2::SockRef::from(&tcp).tcp_notsent_lowat().unwrap();
+    assert_ne!(
+        before, TUNNEL_UNSENT_LOWAT,
+        "the kernel's default is unlimited"
+    );
+    hold_unsent_in_process(&tcp).unwrap();
+    let after = socket2::SockRef::from(&tcp).tcp_notsent_lowat().unwrap();
+    assert_eq!(after, TUNNEL_UNSENT_LOWAT);
+}

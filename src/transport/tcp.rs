@@ -77,8 +77,10 @@ pub const TUNNEL_UNSENT_LOWAT: u32 = 128 * 1024;
 /// turn, rather than in the socket, where they are one byte stream: a small answer written
 /// behind a bulk download otherwise waited for every byte the kernel had taken before it, up to
 /// the send buffer it autotunes to megabytes. Only bytes not yet sent are limited, so a WAN's
-/// bytes in flight (its bandwidth-delay product) are not. S4 in docs/benchmarks.md: the
-/// answer's return path p99 9.6 / 6.4 ms → 3.7 / 3.2 ms, bulk and S1 unchanged within noise.
+/// bytes in flight (its bandwidth-delay product) are not; the kernel may take one more
+/// segment's worth past the mark. S4 in docs/benchmarks.md: the answer's return path p99
+/// 7.9 → 4.0 ms (means of four pairs); a bulk stream under small requests gives them some of
+/// its rate (587 → 518 MB/s), a bulk stream alone (S1, S10) none.
 pub fn hold_unsent_in_process(tcp: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(tcp).set_tcp_notsent_lowat(TUNNEL_UNSENT_LOWAT)
 }

@@ -205,7 +205,7 @@ pub fn upstream_connector(
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    http.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*config).clone())
         .https_or_http();

@@ -22,6 +22,16 @@ use crate::transport::tls::{dial_upstream, TlsError, UpstreamIo};
 /// A connection to the destination, read in pieces.
 pub(crate) type UpstreamConn = Pieces<UpstreamIo>;
 
+/// A new connection to the destination: a plain one is read in larger bursts (each read of a
+/// download is a system call), a TLS one in the default's (each read is at most a record).
+fn pieces(io: UpstreamIo) -> UpstreamConn {
+    let burst_piece = match &io {
+        UpstreamIo::Left(_) => h1::TCP_BURST_PIECE,
+        UpstreamIo::Right(_) => h1::BURST_PIECE,
+    };
+    Pieces::with_burst_piece(io, burst_piece)
+}
+
 /// Idle connections kept per destination; more are closed when they come back.
 const MAX_IDLE: usize = 64;
 /// How long an idle connection is kept: well under the API server's own idle timeout (Go's
@@ -82,7 +92,7 @@ impl UpstreamH1 {
     {
         let (mut parts, body) = request.into_parts();
         let Some(conn) = self.checkout() else {
-            let conn = Pieces::new(dial_upstream(self.tls.as_ref(), &self.target).await?);
+            let conn = pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
             return self.exchange(conn, &mut parts, body).await;
         };
         if !body.is_end_stream() || !idempotent(&parts.method) {
@@ -104,7 +114,7 @@ impl UpstreamH1 {
         if !again {
             return first;
         }
-        let conn = Pieces::new(dial_upstream(self.tls.as_ref(), &self.target).await?);
+        let conn = pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
         let empty = http_body_util::Empty::<Bytes>::new();
         self.exchange(conn, &mut parts, empty).await
     }

@@ -70,6 +70,10 @@ impl Conn for MuxStream {
     fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
         MuxStream::poll_send(self, cx, data)
     }
+
+    fn body_piece(&self) -> usize {
+        TUNNEL_BODY_PIECE
+    }
 }
 
 /// What is left of a received piece, kept while its connection waits for more: its own copy
@@ -86,14 +90,27 @@ pub(crate) fn detach(pending: &mut Bytes) {
 }
 
 /// Most bytes a [`Pieces`] reads at once while its peer is not sending in bulk (the stack
-/// buffer it reads into), and a body asks a tunnel stream for. A stream's window grows when a
-/// read leaves its queue empty; reading whole 64 KiB chunks did so at every read on loopback,
-/// and windows grew to their maximum where they need not (S6 in docs/benchmarks.md: 47 MiB
-/// held for a download that hyper's reads had held in 0–8 MiB).
+/// buffer it reads into).
 const PIECE: usize = 16 * 1024;
 
 /// Most bytes a [`Pieces`] reads at once during a burst, and a body asks it for.
-const BURST_PIECE: usize = 64 * 1024;
+pub(crate) const BURST_PIECE: usize = 64 * 1024;
+
+/// [`BURST_PIECE`] for a plain TCP socket, whose reads cost a system call each: a download
+/// through the agent from a plain-HTTP upstream took 0.73 CPU s per GiB in S1 at 64 KiB a
+/// read, 0.62 at 256 KiB (1 MiB saved more CPU but no more rate, and a read that long delays
+/// every other stream's next step; docs/benchmarks.md). Not for TLS: a TLS stream hands out
+/// at most one record's plaintext (16 KiB) per read, so a larger room buys nothing and its
+/// allocation cost the agent CPU (0.65 → 0.73 s per GiB at 256 KiB).
+pub(crate) const TCP_BURST_PIECE: usize = 256 * 1024;
+
+/// Most bytes a body asks a tunnel stream for: one whole Data frame at the default
+/// `max_frame_payload`, handed on without a split. 16 KiB reads cut every frame in four and
+/// the server wrote a download to its client in four times as many sends (0.35 → 0.27 CPU s
+/// per GiB in S1). A stream's window grows only when the reader caught up *and* a quarter of
+/// it went by within two round trips (window.rs), so whole-frame reads by a slow reader do
+/// not grow it (S6).
+const TUNNEL_BODY_PIECE: usize = 64 * 1024;
 
 /// A byte-stream connection (TCP, TLS) read in pieces, so nothing is held while the peer is
 /// silent: a read goes into a buffer on the stack of the poll and is copied out. While the
@@ -102,28 +119,45 @@ const BURST_PIECE: usize = 64 * 1024;
 pub(crate) struct Pieces<T> {
     io: T,
     burst: bool,
+    /// Most bytes read at once during a burst.
+    burst_piece: usize,
 }
 
 impl<T> Pieces<T> {
     pub(crate) fn new(io: T) -> Self {
-        Self { io, burst: false }
+        Self::with_burst_piece(io, BURST_PIECE)
+    }
+
+    /// Reads at most `burst_piece` bytes at once during a burst (at least [`PIECE`]).
+    pub(crate) fn with_burst_piece(io: T, burst_piece: usize) -> Self {
+        Self {
+            io,
+            burst: false,
+            burst_piece: burst_piece.max(PIECE),
+        }
     }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for Pieces<T> {
     fn poll_recv(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
         if self.burst {
-            let mut piece = BytesMut::with_capacity(max.clamp(1, BURST_PIECE));
-            let room = piece.capacity();
+            let room = max.clamp(1, self.burst_piece);
+            let mut piece = Vec::with_capacity(room);
             let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut piece);
             // Pending: quiet again, and the buffer is dropped with the burst.
-            self.burst = matches!(read, Poll::Ready(Ok(filled)) if filled == room);
+            self.burst = matches!(read, Poll::Ready(Ok(filled)) if filled >= room);
             return read.map_ok(|filled| match filled {
                 0 => None,
-                // The burst's tail: its own small buffer, or the few bytes would hold 64 KiB
-                // wherever they are kept (a queue counts their length, a body its leftover).
+                // The burst's tail: its own small buffer, or the few bytes would hold the whole
+                // read buffer wherever they are kept (a queue counts their length, a body its
+                // leftover).
                 filled if filled < PIECE => Some(Bytes::copy_from_slice(&piece)),
-                _ => Some(piece.freeze()),
+                _ => {
+                    // A short read gives back the room it did not use (the allocator shrinks
+                    // the block where it is, no copy), for the same reason.
+                    piece.shrink_to_fit();
+                    Some(Bytes::from(piece))
+                }
             });
         }
         // Uninitialised: zeroing 16 KiB on every poll (most find nothing to read) cost the
@@ -138,7 +172,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for Pieces<T> {
     }
 
     fn body_piece(&self) -> usize {
-        BURST_PIECE
+        self.burst_piece
     }
 }
 

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{send_all, Conn, Pieces, PIECE};
+use super::{send_all, Conn, Pieces, PIECE, TCP_BURST_PIECE};
 
 /// Reads: `reads` in turn, then waits forever. Writes: takes nothing.
 struct Script {
@@ -66,6 +66,31 @@ async fn a_burst_is_handed_out_whole_and_its_tail_in_its_own_buffer() {
         tail.capacity() < 1024,
         "the tail holds {} bytes",
         tail.capacity()
+    );
+}
+
+/// A burst read that comes up short keeps only what it read: the room it did not use goes
+/// back to the allocator, so a piece queued somewhere never holds a whole read buffer for a
+/// part of it.
+#[tokio::test]
+async fn a_short_burst_read_holds_only_its_bytes() {
+    let script = Script {
+        reads: vec![vec![1; PIECE], vec![2; 100 * 1024]],
+    };
+    let mut conn = Pieces::with_burst_piece(script, TCP_BURST_PIECE);
+    async fn recv_burst(conn: &mut Pieces<Script>) -> Bytes {
+        let piece = std::future::poll_fn(|cx| conn.poll_recv(cx, TCP_BURST_PIECE)).await;
+        piece.unwrap().unwrap()
+    }
+    assert_eq!(recv_burst(&mut conn).await.len(), PIECE);
+    let short = recv_burst(&mut conn).await;
+    assert_eq!(short, vec![2u8; 100 * 1024]);
+    let short = short.try_into_mut().expect("nobody else holds the piece");
+    assert!(
+        short.capacity() < 101 * 1024,
+        "100 KiB read into a {} KiB buffer holds {} bytes",
+        TCP_BURST_PIECE / 1024,
+        short.capacity()
     );
 }
 

@@ -22,9 +22,10 @@ use crate::transport::tls::{dial_upstream, TlsError, UpstreamIo};
 /// A connection to the destination, read in pieces.
 pub(crate) type UpstreamConn = Pieces<UpstreamIo>;
 
-/// A new connection to the destination: a plain one is read in larger bursts (each read of a
-/// download is a system call), a TLS one in the default's (each read is at most a record).
-fn pieces(io: UpstreamIo) -> UpstreamConn {
+/// A new connection to the destination, read in pieces: 256 KiB at most per read of a
+/// download on a plain one (each read is a system call), the default 64 KiB on a TLS one
+/// (each read hands out at most one record).
+fn read_in_pieces(io: UpstreamIo) -> UpstreamConn {
     let burst_piece = match &io {
         UpstreamIo::Left(_) => h1::TCP_BURST_PIECE,
         UpstreamIo::Right(_) => h1::BURST_PIECE,
@@ -92,7 +93,7 @@ impl UpstreamH1 {
     {
         let (mut parts, body) = request.into_parts();
         let Some(conn) = self.checkout() else {
-            let conn = pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
+            let conn = read_in_pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
             return self.exchange(conn, &mut parts, body).await;
         };
         if !body.is_end_stream() || !idempotent(&parts.method) {
@@ -114,7 +115,7 @@ impl UpstreamH1 {
         if !again {
             return first;
         }
-        let conn = pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
+        let conn = read_in_pieces(dial_upstream(self.tls.as_ref(), &self.target).await?);
         let empty = http_body_util::Empty::<Bytes>::new();
         self.exchange(conn, &mut parts, empty).await
     }

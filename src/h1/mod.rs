@@ -13,6 +13,7 @@ pub(crate) mod decode;
 pub(crate) mod codec;
 mod request_body;
 mod respond;
+mod pieces;
 mod serve;
 mod upgrade;
 mod server_codec;
@@ -27,10 +28,12 @@ use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub(crate) use body::{ResponseBody, Reuse};
 use codec::{encode_chunk, encode_request_head, parse_response_head, CodecError, RequestFraming};
+use pieces::PIECE;
+pub(crate) use pieces::{Pieces, BURST_PIECE, TCP_BURST_PIECE};
 pub(crate) use request_body::{RequestBody, ServerIo};
 pub(crate) use serve::{serve, ServeLimits};
 pub(crate) use upgrade::UpgradeTo;
@@ -44,7 +47,8 @@ pub(crate) trait Conn: AsyncWrite + Unpin + Send + 'static {
     /// The next piece received, at most `max` bytes; `None` at the end.
     fn poll_recv(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>>;
 
-    /// Most bytes a body asks [`Conn::poll_recv`] for at once.
+    /// Most bytes a body asks [`Conn::poll_recv`] for at once (sockets and tunnel streams set
+    /// their own).
     fn body_piece(&self) -> usize {
         PIECE
     }
@@ -89,21 +93,6 @@ pub(crate) fn detach(pending: &mut Bytes) {
     };
 }
 
-/// Most bytes a [`Pieces`] reads at once while its peer is not sending in bulk (the stack
-/// buffer it reads into).
-const PIECE: usize = 16 * 1024;
-
-/// Most bytes a [`Pieces`] reads at once during a burst, and a body asks it for.
-pub(crate) const BURST_PIECE: usize = 64 * 1024;
-
-/// [`BURST_PIECE`] for a plain TCP socket, whose reads cost a system call each: a download
-/// through the agent from a plain-HTTP upstream took 0.73 CPU s per GiB in S1 at 64 KiB a
-/// read, 0.62 at 256 KiB (1 MiB saved more CPU but no more rate, and a read that long delays
-/// every other stream's next step; docs/benchmarks.md). Not for TLS: a TLS stream hands out
-/// at most one record's plaintext (16 KiB) per read, so a larger room buys nothing and its
-/// allocation cost the agent CPU (0.65 → 0.73 s per GiB at 256 KiB).
-pub(crate) const TCP_BURST_PIECE: usize = 256 * 1024;
-
 /// Most bytes a body asks a tunnel stream for: one whole Data frame at the default
 /// `max_frame_payload`, handed on without a split. 16 KiB reads cut every frame in four and
 /// the server wrote a download to its client in four times as many sends (0.35 → 0.27 CPU s
@@ -111,96 +100,6 @@ pub(crate) const TCP_BURST_PIECE: usize = 256 * 1024;
 /// it went by within two round trips (window.rs), so whole-frame reads by a slow reader do
 /// not grow it (S6).
 const TUNNEL_BODY_PIECE: usize = 64 * 1024;
-
-/// A byte-stream connection (TCP, TLS) read in pieces, so nothing is held while the peer is
-/// silent: a read goes into a buffer on the stack of the poll and is copied out. While the
-/// peer sends in bulk (the last read filled the stack buffer), reads go straight into the
-/// buffer the piece is frozen from instead: a download is not copied again (S1).
-pub(crate) struct Pieces<T> {
-    io: T,
-    burst: bool,
-    /// Most bytes read at once during a burst.
-    burst_piece: usize,
-}
-
-impl<T> Pieces<T> {
-    pub(crate) fn new(io: T) -> Self {
-        Self::with_burst_piece(io, BURST_PIECE)
-    }
-
-    /// Reads at most `burst_piece` bytes at once during a burst (at least [`PIECE`]).
-    pub(crate) fn with_burst_piece(io: T, burst_piece: usize) -> Self {
-        Self {
-            io,
-            burst: false,
-            burst_piece: burst_piece.max(PIECE),
-        }
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for Pieces<T> {
-    fn poll_recv(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
-        if self.burst {
-            let room = max.clamp(1, self.burst_piece);
-            let mut piece = Vec::with_capacity(room);
-            let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut piece);
-            // Pending: quiet again, and the buffer is dropped with the burst.
-            self.burst = matches!(read, Poll::Ready(Ok(filled)) if filled >= room);
-            return read.map_ok(|filled| match filled {
-                0 => None,
-                // The burst's tail: its own small buffer, or the few bytes would hold the whole
-                // read buffer wherever they are kept (a queue counts their length, a body its
-                // leftover).
-                filled if filled < PIECE => Some(Bytes::copy_from_slice(&piece)),
-                _ => {
-                    // A short read gives back the room it did not use (the allocator shrinks
-                    // the block where it is, no copy), for the same reason.
-                    piece.shrink_to_fit();
-                    Some(Bytes::from(piece))
-                }
-            });
-        }
-        // Uninitialised: zeroing 16 KiB on every poll (most find nothing to read) cost the
-        // server 2.5% of its time in S2.
-        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); PIECE];
-        let mut buf = ReadBuf::uninit(&mut scratch[..max.clamp(1, PIECE)]);
-        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-        self.burst = buf.filled().len() == PIECE;
-        Poll::Ready(Ok(
-            (!buf.filled().is_empty()).then(|| Bytes::copy_from_slice(buf.filled()))
-        ))
-    }
-
-    fn body_piece(&self) -> usize {
-        self.burst_piece
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Pieces<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Pieces<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
 
 /// Writes all of `data` (a tunnel stream takes it without a copy).
 async fn send_all<C: Conn>(conn: &mut C, mut data: Bytes) -> io::Result<()> {
@@ -397,6 +296,3 @@ where
     }
     Ok(None)
 }
-
-#[cfg(test)]
-mod pieces_tests;

@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{send_all, Conn, Pieces, PIECE, TCP_BURST_PIECE};
+use super::{Pieces, PIECE, TCP_BURST_PIECE};
+use crate::h1::{send_all, Conn};
 
 /// Reads: `reads` in turn, then waits forever. Writes: takes nothing.
 struct Script {
@@ -42,8 +43,8 @@ impl AsyncWrite for Script {
     }
 }
 
-async fn recv(conn: &mut Pieces<Script>) -> Bytes {
-    std::future::poll_fn(|cx| conn.poll_recv(cx, 64 * 1024))
+async fn recv(conn: &mut Pieces<Script>, max: usize) -> Bytes {
+    std::future::poll_fn(|cx| conn.poll_recv(cx, max))
         .await
         .unwrap()
         .unwrap()
@@ -56,10 +57,10 @@ async fn a_burst_is_handed_out_whole_and_its_tail_in_its_own_buffer() {
     let mut conn = Pieces::new(Script {
         reads: vec![vec![1; PIECE], vec![2; 64 * 1024], vec![3; 10]],
     });
-    assert_eq!(recv(&mut conn).await.len(), PIECE);
-    let bulk = recv(&mut conn).await;
+    assert_eq!(recv(&mut conn, 64 * 1024).await.len(), PIECE);
+    let bulk = recv(&mut conn, 64 * 1024).await;
     assert_eq!(bulk, vec![2u8; 64 * 1024]);
-    let tail = recv(&mut conn).await;
+    let tail = recv(&mut conn, 64 * 1024).await;
     assert_eq!(tail, vec![3u8; 10]);
     let tail = tail.try_into_mut().expect("nobody else holds the tail");
     assert!(
@@ -78,12 +79,8 @@ async fn a_short_burst_read_holds_only_its_bytes() {
         reads: vec![vec![1; PIECE], vec![2; 100 * 1024]],
     };
     let mut conn = Pieces::with_burst_piece(script, TCP_BURST_PIECE);
-    async fn recv_burst(conn: &mut Pieces<Script>) -> Bytes {
-        let piece = std::future::poll_fn(|cx| conn.poll_recv(cx, TCP_BURST_PIECE)).await;
-        piece.unwrap().unwrap()
-    }
-    assert_eq!(recv_burst(&mut conn).await.len(), PIECE);
-    let short = recv_burst(&mut conn).await;
+    assert_eq!(recv(&mut conn, TCP_BURST_PIECE).await.len(), PIECE);
+    let short = recv(&mut conn, TCP_BURST_PIECE).await;
     assert_eq!(short, vec![2u8; 100 * 1024]);
     let short = short.try_into_mut().expect("nobody else holds the piece");
     assert!(

@@ -7,7 +7,7 @@ mod support;
 
 use argocd_proxy::protocol::{data_message, encode, Frame, MAX_MESSAGE};
 use argocd_proxy::transport::websocket::{self, WebSocketTransport};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use support::{listener, pattern, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -182,13 +182,13 @@ async fn fragments_over_the_limit_together_fail_the_connection() {
 
 /// Our client's messages of every size path (gathered small, written from where they are
 /// large; whole, or a 5-byte head before a body we alone hold, masked in place, or share,
-/// masked in a copy) reach a tungstenite server intact and masked as it requires, and a
+/// masked in a copy, or owned parts of one buffer, each masked in place) reach a tungstenite server intact and masked as it requires, and a
 /// body the caller still holds is never masked under it; the server's messages reach us.
 #[tokio::test]
 async fn messages_of_every_size_cross_both_ways_with_tungstenite() {
     let (listener, addr) = listener().await;
     let sizes = [0usize, 1, 125, 126, 4096, 4097, 65_535, 65_536, 300_000];
-    let count = 3 * sizes.len();
+    let count = 5 * sizes.len();
     let peer = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
@@ -219,13 +219,25 @@ async fn messages_of_every_size_cross_both_ways_with_tungstenite() {
             payload: body.clone(),
         }));
         // Behind a head, held by nobody else.
-        ours.feed(data_message(9, pattern(len as u64, len).into()))
+        ours.feed(data_message(9, Bytes::from(pattern(len as u64, len))))
             .await
             .unwrap();
         expected.push(encode(&Frame::Data {
             id: 9,
             payload: body.clone(),
         }));
+        // Two payloads cut from one read, each held by its own frame alone (the agent's
+        // download): each is masked in place, and masking one leaves the other intact.
+        let mut read = BytesMut::from(&[&body[..], &body[..]].concat()[..]);
+        let first = read.split_to(len);
+        ours.feed(data_message(11, first)).await.unwrap();
+        ours.feed(data_message(13, read)).await.unwrap();
+        for id in [11, 13] {
+            expected.push(encode(&Frame::Data {
+                id,
+                payload: body.clone(),
+            }));
+        }
         held.push(body);
     }
     ours.flush().await.unwrap();

@@ -198,6 +198,28 @@ mod tests {
         }
     }
 
+    /// A body whose pieces are its data (a download read in bursts) hands each one on whole
+    /// and held by nothing else: the agent's WebSocket writer masks such a payload where it is
+    /// instead of copying it first (S1). Only the piece that ends past the body is cut.
+    #[tokio::test]
+    async fn a_length_body_hands_its_pieces_on_alone() {
+        let pieces = [vec![1u8; 64 * 1024], vec![2u8; 64 * 1024], vec![3u8; 100]];
+        let mut body = ResponseBody::new(
+            Scripted(pieces.iter().rev().cloned().map(Bytes::from).collect()),
+            Bytes::new(),
+            BodyFraming::Length(2 * 64 * 1024 + 10),
+            None,
+        );
+        for expected in [&pieces[0][..], &pieces[1][..]] {
+            let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(&data[..], expected);
+            assert!(data.is_unique(), "a whole piece was handed on shared");
+        }
+        let tail = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&tail[..], &[3u8; 10][..]);
+        assert!(body.frame().await.is_none());
+    }
+
     /// A watch event cut out of a large read (as the tunnel's reader cuts them) is not what an
     /// idle watch holds: once the body waits, the large buffer is free (S9).
     #[tokio::test]

@@ -64,6 +64,21 @@ pub(crate) trait Conn: AsyncWrite + Unpin + Send + 'static {
         data.advance(written);
         Poll::Ready(Ok(written))
     }
+
+    /// [`Conn::poll_send`] for bytes the caller alone holds: a tunnel stream keeps them so,
+    /// and the agent's WebSocket writer masks them where they are (no copy).
+    fn poll_send_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let written = std::task::ready!(Pin::new(&mut *self).poll_write(cx, data))?;
+        if written == 0 && !data.is_empty() {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        data.advance(written);
+        Poll::Ready(Ok(written))
+    }
 }
 
 impl Conn for MuxStream {
@@ -73,6 +88,14 @@ impl Conn for MuxStream {
 
     fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
         MuxStream::poll_send(self, cx, data)
+    }
+
+    fn poll_send_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        MuxStream::poll_send_owned(self, cx, data)
     }
 
     fn body_piece(&self) -> usize {
@@ -101,10 +124,43 @@ pub(crate) fn detach(pending: &mut Bytes) {
 /// not grow it (S6).
 const TUNNEL_BODY_PIECE: usize = 64 * 1024;
 
+/// Bytes on their way to a [`Conn`]: owned while nothing else holds them, so a tunnel stream
+/// keeps them so and the agent's WebSocket writer masks them where they are (S1).
+enum Sending {
+    Owned(BytesMut),
+    Shared(Bytes),
+}
+
+impl Sending {
+    fn new(data: Bytes) -> Self {
+        data.try_into_mut().map_or_else(Self::Shared, Self::Owned)
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Owned(data) => data.is_empty(),
+            Self::Shared(data) => data.is_empty(),
+        }
+    }
+
+    /// Sends the front on `conn`, as [`Conn::poll_send`].
+    fn poll_send_on<C: Conn + ?Sized>(
+        &mut self,
+        conn: &mut C,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Self::Owned(data) => conn.poll_send_owned(cx, data),
+            Self::Shared(data) => conn.poll_send(cx, data),
+        }
+    }
+}
+
 /// Writes all of `data` (a tunnel stream takes it without a copy).
-async fn send_all<C: Conn>(conn: &mut C, mut data: Bytes) -> io::Result<()> {
+async fn send_all<C: Conn>(conn: &mut C, data: Bytes) -> io::Result<()> {
+    let mut data = Sending::new(data);
     while !data.is_empty() {
-        poll_fn(|cx| conn.poll_send(cx, &mut data)).await?;
+        poll_fn(|cx| data.poll_send_on(conn, cx)).await?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use hyper::body::Body as _;
 use super::codec::encode_chunk;
 use super::request_body::{lock, Shared};
 use super::server_codec::ResponseFraming;
+use super::Sending;
 use crate::http::Body;
 
 /// Writes `head` and then `body` in `framing`. The head waits for the body's first piece when
@@ -91,9 +92,10 @@ async fn flush(conn: &Shared, out: &mut Vec<u8>) -> io::Result<()> {
 }
 
 /// Writes all of `data` (a tunnel stream takes it without a copy) and flushes it.
-async fn send_all(conn: &Shared, mut data: bytes::Bytes) -> io::Result<()> {
+async fn send_all(conn: &Shared, data: bytes::Bytes) -> io::Result<()> {
+    let mut data = Sending::new(data);
     while !data.is_empty() {
-        poll_fn(|cx| lock(conn).stream.poll_send(cx, &mut data)).await?;
+        poll_fn(|cx| data.poll_send_on(&mut lock(conn).stream, cx)).await?;
     }
     poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_flush(cx)).await
 }

@@ -7,12 +7,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::error::StreamError;
 use super::state::{Outbound, ReadEnd, Shared, WriteEnd};
-use crate::protocol::{Frame, ResetReason, StreamId, Version};
+use crate::protocol::{Frame, Payload, ResetReason, StreamId, Version};
 
 /// A stream of a tunnel session. See the [module docs](super) for the v1/v2 rules.
 pub struct MuxStream {
@@ -157,7 +157,18 @@ impl MuxStream {
     /// (one frame, held to the frame size, its credit and the session's queue) is split off
     /// and becomes the payload of a Data frame. The relay hands whole upstream reads here.
     pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
-        self.poll_queue(cx, data.len(), |len| data.split_to(len))
+        self.poll_queue(cx, data.len(), |len| data.split_to(len).into())
+    }
+
+    /// [`MuxStream::poll_send`] for bytes the caller alone holds: each frame's payload is a
+    /// part of `data` that its frame alone holds, so a client's transport masks it where it
+    /// is instead of copying it first (`Bytes` split into frames share their buffer).
+    pub fn poll_send_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        self.poll_queue(cx, data.len(), |len| data.split_to(len).into())
     }
 
     /// The write path `poll_write` and `poll_send` share: waits until up to `want` bytes may
@@ -166,7 +177,7 @@ impl MuxStream {
         &self,
         cx: &mut Context<'_>,
         want: usize,
-        take: impl FnOnce(usize) -> Bytes,
+        take: impl FnOnce(usize) -> Payload,
     ) -> Poll<io::Result<usize>> {
         if want == 0 {
             return Poll::Ready(Ok(0));
@@ -241,7 +252,7 @@ impl AsyncWrite for MuxStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_queue(cx, buf.len(), |len| Bytes::copy_from_slice(&buf[..len]))
+        self.poll_queue(cx, buf.len(), |len| BytesMut::from(&buf[..len]).into())
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -13,5 +13,5 @@ pub use frame::{
     decode, encode, Frame, FrameError, ResetReason, StreamId, HEADER_LEN, MAX_MESSAGE,
 };
 pub use handshake::Version;
-pub use message::{data_message, Message};
+pub use message::{data_message, Message, Payload};
 pub use settings::Settings;

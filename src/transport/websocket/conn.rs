@@ -111,7 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketTransport<S> {
             return Ok(());
         }
         self.write.close_queued = opcode == OpCode::Close;
-        self.write.push(self.role, opcode, &[], payload);
+        self.write.push(self.role, opcode, &[], payload.into());
         let both = Waker::from(Arc::new(BothWakers(
             cx.waker().clone(),
             self.write.writer_waker.clone(),
@@ -333,7 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocketTransport<S> 
             let role = self.role;
             // 1000: normal closure.
             self.write
-                .push(role, OpCode::Close, &[0x03, 0xE8], Bytes::new());
+                .push(role, OpCode::Close, &[0x03, 0xE8], Bytes::new().into());
         }
         self.poll_flush(cx)
     }

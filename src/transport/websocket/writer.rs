@@ -12,6 +12,7 @@ use tokio::io::AsyncWrite;
 
 use super::conn::Role;
 use super::frame::{apply_mask, mask_from, put_header, Header, OpCode};
+use crate::protocol::Payload;
 
 /// Frames with payloads up to this size are copied behind their header into one buffer; larger
 /// payloads are written from where they are.
@@ -70,7 +71,7 @@ impl Writer {
     }
 
     /// Queues one whole frame: `head` then `body` as its payload.
-    pub(super) fn push(&mut self, role: Role, opcode: OpCode, head: &[u8], body: Bytes) {
+    pub(super) fn push(&mut self, role: Role, opcode: OpCode, head: &[u8], body: Payload) {
         let mask = (role == Role::Client).then(|| self.next_mask());
         let header = Header {
             fin: true,
@@ -83,7 +84,7 @@ impl Writer {
         let start = self.gather.len();
         self.gather.extend_from_slice(head);
         if body.len() <= GATHER_MAX {
-            self.gather.extend_from_slice(&body);
+            self.gather.extend_from_slice(body.as_slice());
         }
         if let Some(mask) = mask {
             apply_mask(&mut self.gather[start..], mask);
@@ -94,14 +95,17 @@ impl Writer {
         }
         self.queued += body.len();
         self.queue.push_back(self.gather.split().freeze());
-        let body = match mask {
-            None => body,
-            Some(mask) => {
-                // A payload only we hold (a whole upstream read, say) is masked where it is;
-                // one still shared is copied first.
-                let mut owned = body
-                    .try_into_mut()
-                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let body = match (mask, body) {
+            (None, body) => body.into_bytes(),
+            (Some(mask), body) => {
+                // A payload only this frame holds is masked where it is; one still shared
+                // (another message holds part of its buffer) is copied first.
+                let mut owned = match body {
+                    Payload::Owned(owned) => owned,
+                    Payload::Shared(shared) => shared
+                        .try_into_mut()
+                        .unwrap_or_else(|shared| BytesMut::from(&shared[..])),
+                };
                 apply_mask(&mut owned, mask_from(mask, head.len()));
                 owned.freeze()
             }
@@ -147,5 +151,55 @@ impl Writer {
             self.queue = VecDeque::new();
         }
         Pin::new(io).poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload_of_last_frame(writer: &Writer) -> &[u8] {
+        writer
+            .queue
+            .back()
+            .expect("a large payload is queued on its own")
+    }
+
+    /// A client masks a payload it alone holds where it is, even when the buffer it was cut
+    /// from is shared with the frames cut beside it (the agent's download, S1); a payload
+    /// shared with others is masked in a copy and the others' bytes are left as they were.
+    #[test]
+    fn an_owned_payload_is_masked_in_place_and_a_shared_one_in_a_copy() {
+        let mut writer = Writer::new(Role::Client);
+        let mut read = BytesMut::from(&[7u8; 2 * 8192][..]);
+        let first = read.split_to(8192);
+        let first_at = first.as_ptr();
+        writer.push(Role::Client, OpCode::Binary, &[1, 2], Payload::Owned(first));
+        assert_eq!(payload_of_last_frame(&writer).as_ptr(), first_at);
+        assert_eq!(&read[..], &[7u8; 8192][..], "the neighbour was masked");
+
+        let shared = Bytes::from(vec![9u8; 8192]);
+        writer.push(
+            Role::Client,
+            OpCode::Binary,
+            &[],
+            Payload::Shared(shared.clone()),
+        );
+        assert_ne!(payload_of_last_frame(&writer).as_ptr(), shared.as_ptr());
+        assert_eq!(&shared[..], &[9u8; 8192][..], "a shared payload was masked");
+    }
+
+    /// A server sends payloads unmasked, as they are.
+    #[test]
+    fn a_server_writes_a_payload_from_where_it_is() {
+        let mut writer = Writer::new(Role::Server);
+        let shared = Bytes::from(vec![9u8; 8192]);
+        writer.push(
+            Role::Server,
+            OpCode::Binary,
+            &[],
+            Payload::Shared(shared.clone()),
+        );
+        assert_eq!(payload_of_last_frame(&writer).as_ptr(), shared.as_ptr());
     }
 }

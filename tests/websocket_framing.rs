@@ -182,8 +182,9 @@ async fn fragments_over_the_limit_together_fail_the_connection() {
 
 /// Our client's messages of every size path (gathered small, written from where they are
 /// large; whole, or a 5-byte head before a body we alone hold, masked in place, or share,
-/// masked in a copy, or owned parts of one buffer, each masked in place) reach a tungstenite server intact and masked as it requires, and a
-/// body the caller still holds is never masked under it; the server's messages reach us.
+/// masked in a copy, or owned parts of one buffer, each masked in place) reach a tungstenite
+/// server intact and masked as it requires, and a body the caller still holds is never masked
+/// under it; the server's messages reach us.
 #[tokio::test]
 async fn messages_of_every_size_cross_both_ways_with_tungstenite() {
     let (listener, addr) = listener().await;

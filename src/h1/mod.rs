@@ -40,6 +40,7 @@ pub(crate) use upgrade::UpgradeTo;
 
 use crate::http::BoxError;
 use crate::mux::MuxStream;
+use crate::protocol::Payload;
 
 /// A connection HTTP/1.1 exchanges run on, one after another: written as a byte stream, read
 /// as the pieces it received, so that a body waiting for its next piece holds no buffer.
@@ -56,13 +57,7 @@ pub(crate) trait Conn: AsyncWrite + Unpin + Send + 'static {
     /// Writes the front of `data` and removes it from `data`; how many bytes that was. A
     /// tunnel stream takes the bytes without a copy; a socket writes them from where they are.
     fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
-        let written = std::task::ready!(Pin::new(&mut *self).poll_write(cx, data))?;
-        if written == 0 && !data.is_empty() {
-            // As `write_all`: a writer that takes nothing would have the caller loop forever.
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        data.advance(written);
-        Poll::Ready(Ok(written))
+        poll_write_front(self, cx, data)
     }
 
     /// [`Conn::poll_send`] for bytes the caller alone holds: a tunnel stream keeps them so,
@@ -72,13 +67,23 @@ pub(crate) trait Conn: AsyncWrite + Unpin + Send + 'static {
         cx: &mut Context<'_>,
         data: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        let written = std::task::ready!(Pin::new(&mut *self).poll_write(cx, data))?;
-        if written == 0 && !data.is_empty() {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        data.advance(written);
-        Poll::Ready(Ok(written))
+        poll_write_front(self, cx, data)
     }
+}
+
+/// Writes the front of `data` as a byte stream and removes what was written.
+fn poll_write_front<C: Conn + ?Sized>(
+    conn: &mut C,
+    cx: &mut Context<'_>,
+    data: &mut impl Buf,
+) -> Poll<io::Result<usize>> {
+    let written = std::task::ready!(Pin::new(&mut *conn).poll_write(cx, data.chunk()))?;
+    if written == 0 && data.has_remaining() {
+        // As `write_all`: a writer that takes nothing would have the caller loop forever.
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    data.advance(written);
+    Poll::Ready(Ok(written))
 }
 
 impl Conn for MuxStream {
@@ -105,9 +110,10 @@ impl Conn for MuxStream {
 
 /// What is left of a received piece, kept while its connection waits for more: its own copy
 /// or nothing (the decoders ask for more only once they used all they had, so today it is
-/// always nothing; the copy keeps that an optimisation, not a condition of correctness). A slice, even an empty one, keeps alive the
-/// whole buffer it was cut from, and the tunnel's reader cuts many streams' messages out of
-/// one 64 KiB read: idle watches each holding a slice of a different read would hold them all.
+/// always nothing; the copy keeps that an optimisation, not a condition of correctness). A
+/// slice, even an empty one, keeps alive the whole buffer it was cut from, and the tunnel's
+/// reader cuts many streams' messages out of one 64 KiB read: idle watches each holding a
+/// slice of a different read would hold them all.
 pub(crate) fn detach(pending: &mut Bytes) {
     *pending = if pending.is_empty() {
         Bytes::new()
@@ -124,43 +130,24 @@ pub(crate) fn detach(pending: &mut Bytes) {
 /// not grow it (S6).
 const TUNNEL_BODY_PIECE: usize = 64 * 1024;
 
-/// Bytes on their way to a [`Conn`]: owned while nothing else holds them, so a tunnel stream
-/// keeps them so and the agent's WebSocket writer masks them where they are (S1).
-enum Sending {
-    Owned(BytesMut),
-    Shared(Bytes),
-}
-
-impl Sending {
-    fn new(data: Bytes) -> Self {
-        data.try_into_mut().map_or_else(Self::Shared, Self::Owned)
-    }
-
-    fn is_empty(&self) -> bool {
-        match self {
-            Self::Owned(data) => data.is_empty(),
-            Self::Shared(data) => data.is_empty(),
-        }
-    }
-
-    /// Sends the front on `conn`, as [`Conn::poll_send`].
-    fn poll_send_on<C: Conn + ?Sized>(
-        &mut self,
-        conn: &mut C,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<usize>> {
-        match self {
-            Self::Owned(data) => conn.poll_send_owned(cx, data),
-            Self::Shared(data) => conn.poll_send(cx, data),
-        }
+/// Sends the front of `data` on `conn`: owned bytes as owned ([`Conn::poll_send_owned`]), so
+/// a tunnel stream keeps them so and the agent's WebSocket writer masks them where they are.
+fn poll_send_payload<C: Conn + ?Sized>(
+    conn: &mut C,
+    cx: &mut Context<'_>,
+    data: &mut Payload,
+) -> Poll<io::Result<usize>> {
+    match data {
+        Payload::Owned(data) => conn.poll_send_owned(cx, data),
+        Payload::Shared(data) => conn.poll_send(cx, data),
     }
 }
 
 /// Writes all of `data` (a tunnel stream takes it without a copy).
 async fn send_all<C: Conn>(conn: &mut C, data: Bytes) -> io::Result<()> {
-    let mut data = Sending::new(data);
+    let mut data = Payload::owned_if_alone(data);
     while !data.is_empty() {
-        poll_fn(|cx| data.poll_send_on(conn, cx)).await?;
+        poll_fn(|cx| poll_send_payload(conn, cx, &mut data)).await?;
     }
     Ok(())
 }

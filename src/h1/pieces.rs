@@ -25,10 +25,12 @@ pub(crate) const BURST_PIECE: usize = 64 * 1024;
 /// at most one record's plaintext (16 KiB) per read, so a larger room buys nothing and its
 /// allocation cost the agent CPU (0.65 → 0.73 s per GiB at 256 KiB).
 ///
-/// A read becomes four 64 KiB Data frames cut from one buffer, each held by its frame alone
-/// (`h1::Sending`), so the agent's WebSocket writer still masks them where they are. What it
-/// costs: a download waiting for tunnel credit holds up to one read past its stream's window,
-/// 256 KiB instead of 64.
+/// A read of a `Content-Length` (or until-close) body becomes four 64 KiB Data frames cut
+/// from one buffer, each held by its frame alone (`Payload::Owned`), so the agent's WebSocket
+/// writer still masks them where they are (a chunked body's data is cut out of the read
+/// between chunk headers, shared, and copied before it is masked). What it costs: a download
+/// waiting for tunnel credit holds up to one read past its stream's window, 256 KiB
+/// instead of 64.
 pub(crate) const TCP_BURST_PIECE: usize = 256 * 1024;
 
 /// A byte-stream connection (TCP, TLS) read in pieces, so nothing is held while the peer is

@@ -1,11 +1,11 @@
-//! `Pieces` and the default `Conn::poll_send`: what a socket read in pieces hands out and
-//! keeps, and a writer that takes nothing.
+//! `Pieces`, the default `Conn::poll_send` and `send_all`: what a socket read in pieces hands
+//! out and keeps, a writer that takes nothing, and bytes nothing else holds sent as owned.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{Pieces, PIECE, TCP_BURST_PIECE};
@@ -102,12 +102,79 @@ fn a_writer_that_takes_nothing_fails_the_send() {
             .build()
             .unwrap();
         let mut conn = Pieces::new(Script { reads: Vec::new() });
-        let sent = runtime.block_on(send_all(&mut conn, Bytes::from_static(b"x")));
-        let _ = done.send(sent);
+        // Shared bytes, and bytes nothing else holds (sent as owned).
+        for data in [Bytes::from_static(b"x"), Bytes::from(vec![1u8; 10])] {
+            let sent = runtime.block_on(send_all(&mut conn, data));
+            let _ = done.send(sent);
+        }
     });
-    let error = outcome
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("the send never returned")
-        .unwrap_err();
-    assert_eq!(error.kind(), io::ErrorKind::WriteZero);
+    for _ in 0..2 {
+        let error = outcome
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the send never returned")
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WriteZero);
+    }
+}
+
+/// Takes everything it is sent and notes how: the addresses of owned bytes, a count of
+/// shared sends.
+#[derive(Default)]
+struct Taker {
+    owned_at: Vec<usize>,
+    shared: usize,
+}
+
+impl AsyncWrite for Taker {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Conn for Taker {
+    fn poll_recv(&mut self, _: &mut Context<'_>, _: usize) -> Poll<io::Result<Option<Bytes>>> {
+        Poll::Pending
+    }
+    fn poll_send(&mut self, _: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        self.shared += 1;
+        let len = data.len();
+        data.clear();
+        Poll::Ready(Ok(len))
+    }
+    fn poll_send_owned(
+        &mut self,
+        _: &mut Context<'_>,
+        data: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        self.owned_at.push(data.as_ptr() as usize);
+        let len = data.len();
+        data.clear();
+        Poll::Ready(Ok(len))
+    }
+}
+
+/// Bytes nothing else holds (a body's whole piece) go to a tunnel stream as owned, in place,
+/// for the agent's WebSocket writer to mask where they are (S1); bytes still held elsewhere
+/// go as shared.
+#[tokio::test]
+async fn bytes_held_nowhere_else_are_sent_owned_in_place() {
+    let mut conn = Taker::default();
+    let alone = Bytes::from(vec![1u8; 1000]);
+    let at = alone.as_ptr() as usize;
+    send_all(&mut conn, alone).await.unwrap();
+    assert_eq!((conn.owned_at.as_slice(), conn.shared), (&[at][..], 0));
+    let held = Bytes::from(vec![2u8; 1000]);
+    send_all(&mut conn, held.clone()).await.unwrap();
+    assert_eq!(conn.shared, 1);
+    assert_eq!(held, vec![2u8; 1000]);
 }

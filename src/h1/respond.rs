@@ -11,10 +11,11 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
 use super::codec::encode_chunk;
+use super::poll_send_payload;
 use super::request_body::{lock, Shared};
 use super::server_codec::ResponseFraming;
-use super::Sending;
 use crate::http::Body;
+use crate::protocol::Payload;
 
 /// Writes `head` and then `body` in `framing`. The head waits for the body's first piece when
 /// that is ready at once, so a small response leaves in one write (one frame on the tunnel).
@@ -93,9 +94,9 @@ async fn flush(conn: &Shared, out: &mut Vec<u8>) -> io::Result<()> {
 
 /// Writes all of `data` (a tunnel stream takes it without a copy) and flushes it.
 async fn send_all(conn: &Shared, data: bytes::Bytes) -> io::Result<()> {
-    let mut data = Sending::new(data);
+    let mut data = Payload::owned_if_alone(data);
     while !data.is_empty() {
-        poll_fn(|cx| data.poll_send_on(&mut lock(conn).stream, cx)).await?;
+        poll_fn(|cx| poll_send_payload(&mut lock(conn).stream, cx, &mut data)).await?;
     }
     poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_flush(cx)).await
 }

@@ -168,11 +168,19 @@ impl MuxStream {
         cx: &mut Context<'_>,
         data: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        self.poll_queue(cx, data.len(), |len| data.split_to(len).into())
+        self.poll_queue(cx, data.len(), |len| {
+            // Taking all of it keeps a buffer of its own (a split would share its allocation
+            // with an empty rest, at an allocation and reference counts per frame).
+            if len == data.len() {
+                std::mem::take(data).into()
+            } else {
+                data.split_to(len).into()
+            }
+        })
     }
 
-    /// The write path `poll_write` and `poll_send` share: waits until up to `want` bytes may
-    /// be queued, then queues `take(len)` as one Data frame.
+    /// The write path of `poll_write`, `poll_send` and `poll_send_owned`: waits until up to
+    /// `want` bytes may be queued, then queues `take(len)` as one Data frame.
     fn poll_queue(
         &self,
         cx: &mut Context<'_>,
@@ -308,5 +316,56 @@ impl Drop for MuxStream {
         // Behind queued Data, so a v1 peer receives everything written before the Close.
         state.data.push(self.id, frame.into());
         shared.writer_wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use super::*;
+    use crate::mux::testing::{pattern, session_pair};
+    use crate::mux::Limits;
+
+    /// The Data payloads queued for `stream`, oldest first (taken off the session's queue).
+    fn queued_payloads(stream: &MuxStream) -> Vec<Payload> {
+        let mut state = stream.shared.lock();
+        std::iter::from_fn(|| state.data.pop())
+            .filter_map(|item| match item {
+                Outbound::Data { message, .. } => Some(message.into_parts().2),
+                Outbound::Frame(_) => None,
+            })
+            .collect()
+    }
+
+    /// Owned bytes become payloads that are those very bytes, still owned, a frame at a time:
+    /// the agent's WebSocket writer masks them where they are (S1).
+    #[tokio::test]
+    async fn owned_bytes_are_queued_where_they_are_and_owned() {
+        // Two frames within the stream's first window.
+        let limits = Limits {
+            max_frame_payload: 16 * 1024,
+            ..Limits::default()
+        };
+        let (server, mut agent) = session_pair(Version::V2, limits.clone(), limits);
+        let accepted = tokio::spawn(async move { agent.incoming.accept().await.unwrap().accept() });
+        let mut stream = server.handle.open(b"bulk").await.unwrap();
+        let _agent_stream = accepted.await.unwrap();
+        let frame = stream.shared.config.send_payload;
+        let mut data = BytesMut::from(&pattern(5, frame + 100)[..]);
+        let starts = [data.as_ptr(), data[frame..].as_ptr()];
+        let mut taken = 0;
+        while !data.is_empty() {
+            taken += poll_fn(|cx| stream.poll_send_owned(cx, &mut data))
+                .await
+                .unwrap();
+        }
+        assert_eq!(taken, frame + 100);
+        let payloads = queued_payloads(&stream);
+        assert_eq!(payloads.len(), 2);
+        for (payload, start) in payloads.iter().zip(starts) {
+            assert!(matches!(payload, Payload::Owned(_)), "{payload:?}");
+            assert_eq!(payload.as_slice().as_ptr(), start, "the payload was copied");
+        }
     }
 }

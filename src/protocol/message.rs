@@ -12,8 +12,9 @@ use super::frame::{Frame, StreamId, HEADER_LEN};
 /// The most bytes a [`Message`]'s head holds.
 pub const MAX_HEAD: usize = 8;
 
-/// What follows a message's head.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What follows a message's head. Two payloads are equal when their bytes are; a clone of an
+/// owned one is a copy.
+#[derive(Clone, Debug)]
 pub enum Payload {
     /// Bytes others may hold too (a slice of a read that other messages were cut from).
     Shared(Bytes),
@@ -24,6 +25,11 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// `bytes`, owned if nothing else holds them (no copy either way).
+    pub fn owned_if_alone(bytes: Bytes) -> Self {
+        bytes.try_into_mut().map_or_else(Self::Shared, Self::Owned)
+    }
+
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         match self {
@@ -50,6 +56,14 @@ impl Payload {
         }
     }
 }
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Payload {}
 
 impl From<Bytes> for Payload {
     fn from(bytes: Bytes) -> Self {
@@ -112,7 +126,7 @@ impl Message {
         self.len() == 0
     }
 
-    /// The message in one buffer (a copy unless the head is empty).
+    /// The message in one buffer (a copy unless the head is empty and the body shared).
     pub fn to_bytes(&self) -> Bytes {
         if let (0, Payload::Shared(body)) = (self.head_len, &self.body) {
             return body.clone();

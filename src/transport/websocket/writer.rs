@@ -95,9 +95,9 @@ impl Writer {
         }
         self.queued += body.len();
         self.queue.push_back(self.gather.split().freeze());
-        let body = match (mask, body) {
-            (None, body) => body.into_bytes(),
-            (Some(mask), body) => {
+        let body = match mask {
+            None => body.into_bytes(),
+            Some(mask) => {
                 // A payload only this frame holds is masked where it is; one still shared
                 // (another message holds part of its buffer) is copied first.
                 let mut owned = match body {
@@ -176,6 +176,11 @@ mod tests {
         let first_at = first.as_ptr();
         writer.push(Role::Client, OpCode::Binary, &[1, 2], Payload::Owned(first));
         assert_eq!(payload_of_last_frame(&writer).as_ptr(), first_at);
+        assert_ne!(
+            payload_of_last_frame(&writer),
+            &[7u8; 8192][..],
+            "not masked"
+        );
         assert_eq!(&read[..], &[7u8; 8192][..], "the neighbour was masked");
 
         let shared = Bytes::from(vec![9u8; 8192]);
@@ -201,5 +206,10 @@ mod tests {
             Payload::Shared(shared.clone()),
         );
         assert_eq!(payload_of_last_frame(&writer).as_ptr(), shared.as_ptr());
+        let owned = BytesMut::from(&[5u8; 8192][..]);
+        let owned_at = owned.as_ptr();
+        writer.push(Role::Server, OpCode::Binary, &[], Payload::Owned(owned));
+        assert_eq!(payload_of_last_frame(&writer).as_ptr(), owned_at);
+        assert_eq!(payload_of_last_frame(&writer), &[5u8; 8192][..]);
     }
 }

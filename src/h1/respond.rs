@@ -28,7 +28,7 @@ pub(super) async fn write_body(
     framing: ResponseFraming,
 ) -> io::Result<()> {
     if framing == ResponseFraming::NoBody {
-        return write_all(conn, &head).await;
+        return flush(conn, &mut head).await;
     }
     let mut out = std::mem::take(&mut head);
     let mut unsent = match framing {
@@ -59,8 +59,12 @@ pub(super) async fn write_body(
                         .ok_or_else(|| io::Error::other("response body over its Content-Length"))?;
                 }
                 if framing == ResponseFraming::Chunked {
+                    // Chunks that are ready together leave together (flushed when the body
+                    // waits, above): an upstream's small chunks were a frame each.
                     encode_chunk(&data, &mut out);
-                    flush(conn, &mut out).await?;
+                    if out.len() >= CHUNKS_FLUSHED_AT {
+                        flush(conn, &mut out).await?;
+                    }
                 } else if out.is_empty() {
                     send_all(conn, data).await?;
                 } else {
@@ -79,17 +83,21 @@ pub(super) async fn write_body(
                 if framing == ResponseFraming::Chunked {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
-                return write_all(conn, &out).await;
+                return flush(conn, &mut out).await;
             }
         }
     }
 }
 
-/// Writes `out` and frees it: a watch waiting for its next event holds no buffer.
+/// Encoded chunks gathered up to this many bytes (one Data frame at the default
+/// `max_frame_payload`) are written before the next is encoded.
+const CHUNKS_FLUSHED_AT: usize = 64 * 1024;
+
+/// Writes `out` and frees it: a watch waiting for its next event holds no buffer. The buffer
+/// itself is handed on (a tunnel stream takes it as it is, and the agent's WebSocket writer
+/// masks it there); written as a slice, it was copied again.
 async fn flush(conn: &Shared, out: &mut Vec<u8>) -> io::Result<()> {
-    write_all(conn, out).await?;
-    *out = Vec::new();
-    Ok(())
+    send_all(conn, bytes::Bytes::from(std::mem::take(out))).await
 }
 
 /// Writes all of `data` (a tunnel stream takes it without a copy) and flushes it.

@@ -5,6 +5,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 
+use std::sync::{Arc, Mutex};
+
 use super::*;
 use crate::h1::Pieces;
 
@@ -83,4 +85,119 @@ async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
         .await
         .expect("the answer was held unflushed while the server waited for a request");
     assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+}
+
+/// A connection that notes the size of every write and flush.
+struct WriteLog {
+    wire: DuplexStream,
+    writes: Arc<Mutex<Vec<usize>>>,
+}
+
+impl AsyncRead for WriteLog {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.wire).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteLog {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = std::task::ready!(Pin::new(&mut self.wire).poll_write(cx, buf))?;
+        self.writes.lock().unwrap().push(written);
+        Poll::Ready(Ok(written))
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.wire).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.wire).poll_shutdown(cx)
+    }
+}
+
+/// Serves one response whose body is `count` chunks of 1,000 bytes, all ready at once, and
+/// returns the bytes after the head and the size of every write.
+async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
+    use http_body_util::{BodyExt, StreamBody};
+
+    let (mut client, wire) = tokio::io::duplex(1024 * 1024);
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let conn = Pieces::new(WriteLog {
+        wire,
+        writes: writes.clone(),
+    });
+    let limits = ServeLimits {
+        max_head: 64 * 1024,
+        head_timeout: None,
+        keep_alive: false,
+    };
+    tokio::spawn(serve(
+        conn,
+        limits,
+        CancellationToken::new(),
+        None,
+        move |_| async move {
+            let chunks = (0..count).map(|i| {
+                let data = Bytes::from(vec![b'a' + i % 26; 1000]);
+                Ok::<_, crate::http::BoxError>(hyper::body::Frame::data(data))
+            });
+            Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+        },
+    ));
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the answer never ended")
+    .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let expected: String = (0..count)
+        .map(|i| {
+            format!(
+                "3e8\r\n{}\r\n",
+                char::from(b'a' + i % 26).to_string().repeat(1000)
+            )
+        })
+        .chain(["0\r\n\r\n".to_string()])
+        .collect();
+    assert_eq!(body, expected);
+    let writes = writes.lock().unwrap().clone();
+    (body.to_string(), writes)
+}
+
+/// A chunked body's chunks that are ready together leave in one write with the head and the
+/// last chunk (each was a write, and on a tunnel stream a frame, of its own), in order.
+#[tokio::test]
+async fn chunks_ready_together_leave_together() {
+    let (_, writes) = serve_ready_chunks(10).await;
+    assert_eq!(writes.len(), 1, "writes: {writes:?}");
+}
+
+/// An upstream whose chunks are always ready is written 64 KiB at a time, not gathered
+/// whole: what waits to be written stays bounded.
+#[tokio::test]
+async fn chunks_always_ready_are_written_64_kib_at_a_time() {
+    let (body, writes) = serve_ready_chunks(200).await;
+    assert!(
+        writes.len() >= body.len() / (65 * 1024),
+        "writes: {writes:?}"
+    );
+    assert!(
+        writes.iter().all(|&len| len < 64 * 1024 + 1100),
+        "writes: {writes:?}"
+    );
 }

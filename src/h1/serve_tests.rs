@@ -11,10 +11,21 @@ use super::*;
 use crate::h1::Pieces;
 
 /// A connection that, like TLS, takes writes into a buffer and sends them only when
-/// flushed.
+/// flushed; it notes how many bytes each flush sent.
 struct FlushGate {
     wire: DuplexStream,
     held: Vec<u8>,
+    flushed: Arc<Mutex<Vec<usize>>>,
+}
+
+impl FlushGate {
+    fn new(wire: DuplexStream) -> Self {
+        Self {
+            wire,
+            held: Vec::new(),
+            flushed: Arc::default(),
+        }
+    }
 }
 
 impl AsyncRead for FlushGate {
@@ -38,6 +49,9 @@ impl AsyncWrite for FlushGate {
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.held.is_empty() {
+            this.flushed.lock().unwrap().push(this.held.len());
+        }
         while !this.held.is_empty() {
             let sent = std::task::ready!(Pin::new(&mut this.wire).poll_write(cx, &this.held))?;
             this.held.drain(..sent);
@@ -52,10 +66,7 @@ impl AsyncWrite for FlushGate {
 #[tokio::test]
 async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
     let (mut client, wire) = tokio::io::duplex(64 * 1024);
-    let gate = Pieces::new(FlushGate {
-        wire,
-        held: Vec::new(),
-    });
+    let gate = Pieces::new(FlushGate::new(wire));
     let limits = ServeLimits {
         max_head: 64 * 1024,
         head_timeout: None,
@@ -87,51 +98,15 @@ async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
     assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
 }
 
-/// A connection that notes the size of every write and flush.
-struct WriteLog {
-    wire: DuplexStream,
-    writes: Arc<Mutex<Vec<usize>>>,
-}
-
-impl AsyncRead for WriteLog {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.wire).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for WriteLog {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let written = std::task::ready!(Pin::new(&mut self.wire).poll_write(cx, buf))?;
-        self.writes.lock().unwrap().push(written);
-        Poll::Ready(Ok(written))
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.wire).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.wire).poll_shutdown(cx)
-    }
-}
-
 /// Serves one response whose body is `count` chunks of 1,000 bytes, all ready at once, and
-/// returns the bytes after the head and the size of every write.
+/// returns the bytes after the head and the size of every flush.
 async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
     use http_body_util::{BodyExt, StreamBody};
 
     let (mut client, wire) = tokio::io::duplex(1024 * 1024);
-    let writes = Arc::new(Mutex::new(Vec::new()));
-    let conn = Pieces::new(WriteLog {
-        wire,
-        writes: writes.clone(),
-    });
+    let gate = FlushGate::new(wire);
+    let flushed = gate.flushed.clone();
+    let conn = Pieces::new(gate);
     let limits = ServeLimits {
         max_head: 64 * 1024,
         head_timeout: None,
@@ -175,12 +150,13 @@ async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
         .chain(["0\r\n\r\n".to_string()])
         .collect();
     assert_eq!(body, expected);
-    let writes = writes.lock().unwrap().clone();
-    (body.to_string(), writes)
+    let flushed = flushed.lock().unwrap().clone();
+    (body.to_string(), flushed)
 }
 
-/// A chunked body's chunks that are ready together leave in one write with the head and the
-/// last chunk (each was a write, and on a tunnel stream a frame, of its own), in order.
+/// A chunked body's chunks that are ready together leave in one flush with the head and the
+/// last chunk (each was a write and flush, and on a tunnel stream a frame, of its own), in
+/// order.
 #[tokio::test]
 async fn chunks_ready_together_leave_together() {
     let (_, writes) = serve_ready_chunks(10).await;

@@ -28,7 +28,8 @@ pub(crate) const BURST_PIECE: usize = 64 * 1024;
 /// A read of a `Content-Length` (or until-close) body becomes four 64 KiB Data frames cut
 /// from one buffer, each held by its frame alone (`Payload::Owned`), so the agent's WebSocket
 /// writer still masks them where they are (a chunked body's data is cut out of the read
-/// between chunk headers, shared, and copied before it is masked). What it costs: a download
+/// between chunk headers, shared, and copied once, into the chunks our server gathers and
+/// hands on). What it costs: a download
 /// waiting for tunnel credit holds up to one read past its stream's window, 256 KiB
 /// instead of 64.
 pub(crate) const TCP_BURST_PIECE: usize = 256 * 1024;

@@ -1,6 +1,6 @@
 //! Writing a response on a connection `h1::serve` serves: the head, then the body in its
-//! framing, held to its `Content-Length`, each piece written and flushed as it comes, so a
-//! waiting watch holds no buffer.
+//! framing, held to its `Content-Length`; what the body has ready is written and flushed
+//! before it waits, so a waiting watch holds no buffer and no event waits for the next.
 
 use std::future::poll_fn;
 use std::io;
@@ -60,7 +60,12 @@ pub(super) async fn write_body(
                 }
                 if framing == ResponseFraming::Chunked {
                     // Chunks that are ready together leave together (flushed when the body
-                    // waits, above): an upstream's small chunks were a frame each.
+                    // waits, above), at most one frame's worth at a time: an upstream's small
+                    // chunks were a frame each.
+                    if !out.is_empty() && out.len() + chunk_len(&data) > CHUNKS_FLUSHED_AT {
+                        flush(conn, &mut out).await?;
+                    }
+                    out.reserve_exact(chunk_len(&data));
                     encode_chunk(&data, &mut out);
                     if out.len() >= CHUNKS_FLUSHED_AT {
                         flush(conn, &mut out).await?;
@@ -74,6 +79,9 @@ pub(super) async fn write_body(
             }
             Some(Err(error)) => {
                 tracing::debug!(%error, "response body failed; the tunnel stream is dropped");
+                // What came before the failure still goes (the peer sees it, then the cut),
+                // as it did when each chunk was written as it came.
+                let _ = flush(conn, &mut out).await;
                 return Err(io::Error::other(error));
             }
             None => {
@@ -89,9 +97,17 @@ pub(super) async fn write_body(
     }
 }
 
-/// Encoded chunks gathered up to this many bytes (one Data frame at the default
-/// `max_frame_payload`) are written before the next is encoded.
+/// Encoded chunks are gathered up to this many bytes (one Data frame at the default
+/// `max_frame_payload`); a chunk larger than that is written on its own.
 const CHUNKS_FLUSHED_AT: usize = 64 * 1024;
+
+/// Bytes `data` takes as an encoded chunk: its size line, itself and its CRLF.
+fn chunk_len(data: &[u8]) -> usize {
+    let hex_digits = (usize::BITS - data.len().leading_zeros())
+        .div_ceil(4)
+        .max(1) as usize;
+    hex_digits + 2 + data.len() + 2
+}
 
 /// Writes `out` and frees it: a watch waiting for its next event holds no buffer. The buffer
 /// itself is handed on (a tunnel stream takes it as it is, and the agent's WebSocket writer
@@ -120,4 +136,18 @@ pub(super) async fn write_all(conn: &Shared, mut buf: &[u8]) -> io::Result<()> {
         buf = &buf[written..];
     }
     poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_flush(cx)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_len_is_the_encoded_length() {
+        for len in [1, 9, 15, 16, 255, 256, 4095, 4096, 65_535, 65_536, 1 << 20] {
+            let mut out = Vec::new();
+            encode_chunk(&vec![0; len], &mut out);
+            assert_eq!(chunk_len(&vec![0; len]), out.len(), "{len}");
+        }
+    }
 }

@@ -11,11 +11,11 @@ use super::*;
 use crate::h1::Pieces;
 
 /// A connection that, like TLS, takes writes into a buffer and sends them only when
-/// flushed; it notes how many bytes each flush sent.
+/// flushed; it notes the size of every write (on a tunnel stream, a Data frame each).
 struct FlushGate {
     wire: DuplexStream,
     held: Vec<u8>,
-    flushed: Arc<Mutex<Vec<usize>>>,
+    writes: Arc<Mutex<Vec<usize>>>,
 }
 
 impl FlushGate {
@@ -23,7 +23,7 @@ impl FlushGate {
         Self {
             wire,
             held: Vec::new(),
-            flushed: Arc::default(),
+            writes: Arc::default(),
         }
     }
 }
@@ -45,13 +45,11 @@ impl AsyncWrite for FlushGate {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.held.extend_from_slice(buf);
+        self.writes.lock().unwrap().push(buf.len());
         Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.held.is_empty() {
-            this.flushed.lock().unwrap().push(this.held.len());
-        }
         while !this.held.is_empty() {
             let sent = std::task::ready!(Pin::new(&mut this.wire).poll_write(cx, &this.held))?;
             this.held.drain(..sent);
@@ -99,13 +97,13 @@ async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
 }
 
 /// Serves one response whose body is `count` chunks of 1,000 bytes, all ready at once, and
-/// returns the bytes after the head and the size of every flush.
+/// returns the bytes after the head and the size of every write.
 async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
     use http_body_util::{BodyExt, StreamBody};
 
     let (mut client, wire) = tokio::io::duplex(1024 * 1024);
     let gate = FlushGate::new(wire);
-    let flushed = gate.flushed.clone();
+    let writes = gate.writes.clone();
     let conn = Pieces::new(gate);
     let limits = ServeLimits {
         max_head: 64 * 1024,
@@ -150,21 +148,20 @@ async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
         .chain(["0\r\n\r\n".to_string()])
         .collect();
     assert_eq!(body, expected);
-    let flushed = flushed.lock().unwrap().clone();
-    (body.to_string(), flushed)
+    let writes = writes.lock().unwrap().clone();
+    (body.to_string(), writes)
 }
 
-/// A chunked body's chunks that are ready together leave in one flush with the head and the
-/// last chunk (each was a write and flush, and on a tunnel stream a frame, of its own), in
-/// order.
+/// A chunked body's chunks that are ready together leave in one write with the head and the
+/// last chunk (each was a write, and on a tunnel stream a frame, of its own), in order.
 #[tokio::test]
 async fn chunks_ready_together_leave_together() {
     let (_, writes) = serve_ready_chunks(10).await;
     assert_eq!(writes.len(), 1, "writes: {writes:?}");
 }
 
-/// An upstream whose chunks are always ready is written 64 KiB at a time, not gathered
-/// whole: what waits to be written stays bounded.
+/// An upstream whose chunks are always ready is written at most 64 KiB (a tunnel frame) at a
+/// time, not gathered whole: what waits to be written stays bounded.
 #[tokio::test]
 async fn chunks_always_ready_are_written_64_kib_at_a_time() {
     let (body, writes) = serve_ready_chunks(200).await;
@@ -173,7 +170,101 @@ async fn chunks_always_ready_are_written_64_kib_at_a_time() {
         "writes: {writes:?}"
     );
     assert!(
-        writes.iter().all(|&len| len < 64 * 1024 + 1100),
+        writes.iter().all(|&len| len <= 64 * 1024),
         "writes: {writes:?}"
     );
+}
+
+/// A chunk the body has ready goes out while the body waits for its next (a watch's event
+/// never waits for the one after it), over a kept-alive connection.
+#[tokio::test]
+async fn a_ready_chunk_goes_out_while_the_body_waits() {
+    use http_body_util::{BodyExt, StreamBody};
+
+    let (mut client, wire) = tokio::io::duplex(64 * 1024);
+    let (events, next_event) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let next_event = Arc::new(Mutex::new(Some(next_event)));
+    let limits = ServeLimits {
+        max_head: 64 * 1024,
+        head_timeout: None,
+        keep_alive: true,
+    };
+    tokio::spawn(serve(
+        Pieces::new(FlushGate::new(wire)),
+        limits,
+        CancellationToken::new(),
+        None,
+        move |_| {
+            let mut receiver = next_event.lock().unwrap().take().expect("one watch");
+            async move {
+                let frames = futures_util::stream::poll_fn(move |cx| {
+                    receiver.poll_recv(cx).map(|event| {
+                        event.map(|data| {
+                            Ok::<_, crate::http::BoxError>(hyper::body::Frame::data(data))
+                        })
+                    })
+                });
+                Response::new(StreamBody::new(frames).boxed())
+            }
+        },
+    ));
+    client
+        .write_all(b"GET /watch HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    events.send(Bytes::from_static(b"event")).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !answer.ends_with(b"5\r\nevent\r\n") {
+            let len = client.read(&mut buf).await.unwrap();
+            assert!(len > 0, "the connection ended");
+            answer.extend_from_slice(&buf[..len]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("the event waited for the body's next");
+    drop(events);
+}
+
+/// Chunks the body had ready before it failed still reach the peer, and then the connection
+/// ends without the last chunk: a cut, never a clean end.
+#[tokio::test]
+async fn chunks_before_a_body_error_still_go_out() {
+    use http_body_util::{BodyExt, StreamBody};
+
+    let (mut client, wire) = tokio::io::duplex(64 * 1024);
+    let limits = ServeLimits {
+        max_head: 64 * 1024,
+        head_timeout: None,
+        keep_alive: true,
+    };
+    tokio::spawn(serve(
+        Pieces::new(FlushGate::new(wire)),
+        limits,
+        CancellationToken::new(),
+        None,
+        |_| async {
+            let frames: [Result<_, crate::http::BoxError>; 2] = [
+                Ok(hyper::body::Frame::data(Bytes::from_static(b"event"))),
+                Err("the upstream broke".into()),
+            ];
+            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        },
+    ));
+    client
+        .write_all(b"GET /watch HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the connection was not ended")
+    .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.ends_with("\r\n\r\n5\r\nevent\r\n"), "{answer:?}");
 }

@@ -65,7 +65,13 @@ pub(super) async fn write_body(
                     if !out.is_empty() && out.len() + chunk_len(&data) > CHUNKS_FLUSHED_AT {
                         flush(conn, &mut out).await?;
                     }
-                    out.reserve_exact(chunk_len(&data));
+                    // A lone chunk (a watch's event) in a buffer of its size; gathered ones
+                    // grow it by doubling, not by a reallocation per chunk.
+                    if out.is_empty() {
+                        out.reserve_exact(chunk_len(&data));
+                    } else {
+                        out.reserve(chunk_len(&data));
+                    }
                     encode_chunk(&data, &mut out);
                     if out.len() >= CHUNKS_FLUSHED_AT {
                         flush(conn, &mut out).await?;

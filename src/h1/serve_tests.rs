@@ -96,31 +96,30 @@ async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
     assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
 }
 
-/// Serves one response whose body is `count` chunks of 1,000 bytes, all ready at once, and
-/// returns the bytes after the head and the size of every write.
-async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
+/// The answer to one request (read to its end) whose response body is `frames`, all ready at
+/// once, and the size of every write.
+async fn answer_with(
+    frames: Vec<Result<hyper::body::Frame<Bytes>, crate::http::BoxError>>,
+) -> (String, Vec<usize>) {
     use http_body_util::{BodyExt, StreamBody};
 
     let (mut client, wire) = tokio::io::duplex(1024 * 1024);
     let gate = FlushGate::new(wire);
     let writes = gate.writes.clone();
-    let conn = Pieces::new(gate);
     let limits = ServeLimits {
         max_head: 64 * 1024,
         head_timeout: None,
         keep_alive: false,
     };
+    let mut frames = Some(frames);
     tokio::spawn(serve(
-        conn,
+        Pieces::new(gate),
         limits,
         CancellationToken::new(),
         None,
-        move |_| async move {
-            let chunks = (0..count).map(|i| {
-                let data = Bytes::from(vec![b'a' + i % 26; 1000]);
-                Ok::<_, crate::http::BoxError>(hyper::body::Frame::data(data))
-            });
-            Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+        move |_| {
+            let frames = frames.take().expect("one request");
+            async move { Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed()) }
         },
     ));
     client
@@ -135,7 +134,22 @@ async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
     .await
     .expect("the answer never ended")
     .unwrap();
-    let answer = String::from_utf8(answer).unwrap();
+    let writes = writes.lock().unwrap().clone();
+    (String::from_utf8(answer).unwrap(), writes)
+}
+
+/// Serves one response whose body is `count` chunks of 1,000 bytes, all ready at once, checks
+/// its chunked encoding, and returns the bytes after the head and the size of every write.
+async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
+    let frames = (0..count)
+        .map(|i| {
+            Ok(hyper::body::Frame::data(Bytes::from(vec![
+                b'a' + i % 26;
+                1000
+            ])))
+        })
+        .collect();
+    let (answer, writes) = answer_with(frames).await;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     let expected: String = (0..count)
@@ -148,7 +162,6 @@ async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
         .chain(["0\r\n\r\n".to_string()])
         .collect();
     assert_eq!(body, expected);
-    let writes = writes.lock().unwrap().clone();
     (body.to_string(), writes)
 }
 
@@ -232,39 +245,10 @@ async fn a_ready_chunk_goes_out_while_the_body_waits() {
 /// ends without the last chunk: a cut, never a clean end.
 #[tokio::test]
 async fn chunks_before_a_body_error_still_go_out() {
-    use http_body_util::{BodyExt, StreamBody};
-
-    let (mut client, wire) = tokio::io::duplex(64 * 1024);
-    let limits = ServeLimits {
-        max_head: 64 * 1024,
-        head_timeout: None,
-        keep_alive: true,
-    };
-    tokio::spawn(serve(
-        Pieces::new(FlushGate::new(wire)),
-        limits,
-        CancellationToken::new(),
-        None,
-        |_| async {
-            let frames: [Result<_, crate::http::BoxError>; 2] = [
-                Ok(hyper::body::Frame::data(Bytes::from_static(b"event"))),
-                Err("the upstream broke".into()),
-            ];
-            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
-        },
-    ));
-    client
-        .write_all(b"GET /watch HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        client.read_to_end(&mut answer),
-    )
-    .await
-    .expect("the connection was not ended")
-    .unwrap();
-    let answer = String::from_utf8(answer).unwrap();
+    let frames = vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"event"))),
+        Err("the upstream broke".into()),
+    ];
+    let (answer, _) = answer_with(frames).await;
     assert!(answer.ends_with("\r\n\r\n5\r\nevent\r\n"), "{answer:?}");
 }

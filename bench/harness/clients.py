@@ -67,13 +67,14 @@ def json_get(url):
     return json.loads(body)
 
 
-def curl_bulk(setup, mode, cluster, max_time):
-    """One timed download of big.bin to /dev/null: (http_code, bytes, seconds, curl exit code)."""
+def curl_bulk(setup, mode, cluster, max_time, path="/big.bin"):
+    """One timed download of `path` (big.bin) to /dev/null: (http_code, bytes, seconds, curl
+    exit code)."""
     cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
            "--max-time", f"{max_time:.2f}", *setup.auth(mode, cluster)]
     if mode == "direct" and cluster == "tls":
         cmd += ["--cacert", str(setup.work / "ca.pem")]
-    cmd.append(setup.url(mode, cluster, "/big.bin"))
+    cmd.append(setup.url(mode, cluster, path))
     code, out, err = run_client(cmd, timeout=max_time + 30)
     parts = out.split()
     if len(parts) != 3:

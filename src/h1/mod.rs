@@ -55,19 +55,13 @@ pub(crate) trait Conn: AsyncWrite + Unpin + Send + 'static {
     }
 
     /// Writes the front of `data` and removes it from `data`; how many bytes that was. A
-    /// tunnel stream takes the bytes without a copy; a socket writes them from where they are.
-    fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
-        poll_write_front(self, cx, data)
-    }
-
-    /// [`Conn::poll_send`] for bytes the caller alone holds: a tunnel stream keeps them so,
-    /// and the agent's WebSocket writer masks them where they are (no copy).
-    fn poll_send_owned(
-        &mut self,
-        cx: &mut Context<'_>,
-        data: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
-        poll_write_front(self, cx, data)
+    /// tunnel stream takes the bytes without a copy, owned ones as owned (the agent's WebSocket
+    /// writer masks those where they are); a socket writes them from where they are.
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Payload) -> Poll<io::Result<usize>> {
+        match data {
+            Payload::Owned(data) => poll_write_front(self, cx, data),
+            Payload::Shared(data) => poll_write_front(self, cx, data),
+        }
     }
 }
 
@@ -91,16 +85,11 @@ impl Conn for MuxStream {
         MuxStream::poll_recv(self, cx, max)
     }
 
-    fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
-        MuxStream::poll_send(self, cx, data)
-    }
-
-    fn poll_send_owned(
-        &mut self,
-        cx: &mut Context<'_>,
-        data: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
-        MuxStream::poll_send_owned(self, cx, data)
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Payload) -> Poll<io::Result<usize>> {
+        match data {
+            Payload::Owned(data) => MuxStream::poll_send_owned(self, cx, data),
+            Payload::Shared(data) => MuxStream::poll_send(self, cx, data),
+        }
     }
 
     fn body_piece(&self) -> usize {
@@ -130,24 +119,11 @@ pub(crate) fn detach(pending: &mut Bytes) {
 /// not grow it (S6).
 const TUNNEL_BODY_PIECE: usize = 64 * 1024;
 
-/// Sends the front of `data` on `conn`: owned bytes as owned ([`Conn::poll_send_owned`]), so
-/// a tunnel stream keeps them so and the agent's WebSocket writer masks them where they are.
-fn poll_send_payload<C: Conn + ?Sized>(
-    conn: &mut C,
-    cx: &mut Context<'_>,
-    data: &mut Payload,
-) -> Poll<io::Result<usize>> {
-    match data {
-        Payload::Owned(data) => conn.poll_send_owned(cx, data),
-        Payload::Shared(data) => conn.poll_send(cx, data),
-    }
-}
-
 /// Writes all of `data` (a tunnel stream takes it without a copy).
 async fn send_all<C: Conn>(conn: &mut C, data: Bytes) -> io::Result<()> {
     let mut data = Payload::owned_if_alone(data);
     while !data.is_empty() {
-        poll_fn(|cx| poll_send_payload(conn, cx, &mut data)).await?;
+        poll_fn(|cx| conn.poll_send(cx, &mut data)).await?;
     }
     Ok(())
 }

@@ -5,11 +5,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{Pieces, PIECE, TCP_BURST_PIECE};
 use crate::h1::{send_all, Conn};
+use crate::protocol::Payload;
 
 /// Reads: `reads` in turn, then waits forever. Writes: takes nothing.
 struct Script {
@@ -145,20 +146,18 @@ impl Conn for Taker {
     fn poll_recv(&mut self, _: &mut Context<'_>, _: usize) -> Poll<io::Result<Option<Bytes>>> {
         Poll::Pending
     }
-    fn poll_send(&mut self, _: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
-        self.shared += 1;
+    fn poll_send(&mut self, _: &mut Context<'_>, data: &mut Payload) -> Poll<io::Result<usize>> {
         let len = data.len();
-        data.clear();
-        Poll::Ready(Ok(len))
-    }
-    fn poll_send_owned(
-        &mut self,
-        _: &mut Context<'_>,
-        data: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
-        self.owned_at.push(data.as_ptr() as usize);
-        let len = data.len();
-        data.clear();
+        match data {
+            Payload::Owned(data) => {
+                self.owned_at.push(data.as_ptr() as usize);
+                data.clear();
+            }
+            Payload::Shared(data) => {
+                self.shared += 1;
+                data.clear();
+            }
+        }
         Poll::Ready(Ok(len))
     }
 }

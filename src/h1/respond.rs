@@ -11,7 +11,6 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
 use super::codec::encode_chunk;
-use super::poll_send_payload;
 use super::request_body::{lock, Shared};
 use super::server_codec::ResponseFraming;
 use crate::http::Body;
@@ -62,15 +61,16 @@ pub(super) async fn write_body(
                     // Chunks that are ready together leave together (flushed when the body
                     // waits, above), at most one frame's worth at a time: an upstream's small
                     // chunks were a frame each.
-                    if !out.is_empty() && out.len() + chunk_len(&data) > CHUNKS_FLUSHED_AT {
+                    let encoded = chunk_len(&data);
+                    if !out.is_empty() && out.len() + encoded > CHUNKS_FLUSHED_AT {
                         flush(conn, &mut out).await?;
                     }
                     // A lone chunk (a watch's event) in a buffer of its size; gathered ones
                     // grow it by doubling, not by a reallocation per chunk.
                     if out.is_empty() {
-                        out.reserve_exact(chunk_len(&data));
+                        out.reserve_exact(encoded);
                     } else {
-                        out.reserve(chunk_len(&data));
+                        out.reserve(encoded);
                     }
                     encode_chunk(&data, &mut out);
                     if out.len() >= CHUNKS_FLUSHED_AT {
@@ -126,7 +126,7 @@ async fn flush(conn: &Shared, out: &mut Vec<u8>) -> io::Result<()> {
 async fn send_all(conn: &Shared, data: bytes::Bytes) -> io::Result<()> {
     let mut data = Payload::owned_if_alone(data);
     while !data.is_empty() {
-        poll_fn(|cx| poll_send_payload(&mut lock(conn).stream, cx, &mut data)).await?;
+        poll_fn(|cx| lock(conn).stream.poll_send(cx, &mut data)).await?;
     }
     poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_flush(cx)).await
 }

@@ -32,6 +32,11 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Whether `name` describes one hop (never forwarded, never configured for a request).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// Every token of every `Connection` header, as sent (compare without case). Borrowed: no
 /// allocation for the message that has none, which is nearly every one.
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {

@@ -21,7 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A TLS upstream offering `alpn`; answers with the request's HTTP version (and the length of
 /// its body, if any), accepts any upgrade with a 101 and then echoes. Returns its address and
-/// its connection count.
+/// its connection count. As strict as nginx about the authority: 400 unless it is
+/// `localhost:<port>`, named once (an HTTP/2 request with a `host` header beside its
+/// `:authority` is refused, as nginx refuses it as a duplicate).
 async fn upstream(
     config: Arc<rustls::ServerConfig>,
     alpn: &[&[u8]],
@@ -30,51 +32,60 @@ async fn upstream(
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (listener, addr) = listener().await;
+    let authority: Arc<str> = format!("localhost:{}", addr.port()).into();
     let connections = Arc::new(AtomicUsize::new(0));
     let counted = connections.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
+            let authority = authority.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let service = service_fn(
-                    |mut request: http::Request<hyper::body::Incoming>| async move {
-                        if request.headers().contains_key(http::header::UPGRADE) {
-                            let upgrade = hyper::upgrade::on(&mut request);
-                            tokio::spawn(async move {
-                                let Ok(upgraded) = upgrade.await else { return };
-                                let mut io = TokioIo::new(upgraded);
-                                let mut buffer = [0u8; 64];
-                                while let Ok(len) = io.read(&mut buffer).await {
-                                    if len == 0 || io.write_all(&buffer[..len]).await.is_err() {
-                                        return;
+                let service =
+                    service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                        let authority = authority.clone();
+                        async move {
+                            if let Err(why) = one_authority(&request, &authority) {
+                                let mut refusal = http::Response::new(Full::new(Bytes::from(why)));
+                                *refusal.status_mut() = StatusCode::BAD_REQUEST;
+                                return Ok::<_, Infallible>(refusal);
+                            }
+                            if request.headers().contains_key(http::header::UPGRADE) {
+                                let upgrade = hyper::upgrade::on(&mut request);
+                                tokio::spawn(async move {
+                                    let Ok(upgraded) = upgrade.await else { return };
+                                    let mut io = TokioIo::new(upgraded);
+                                    let mut buffer = [0u8; 64];
+                                    while let Ok(len) = io.read(&mut buffer).await {
+                                        if len == 0 || io.write_all(&buffer[..len]).await.is_err() {
+                                            return;
+                                        }
                                     }
-                                }
-                            });
-                            let response = http::Response::builder()
-                                .status(StatusCode::SWITCHING_PROTOCOLS)
-                                .header("connection", "upgrade")
-                                .header("upgrade", "test-echo")
-                                .body(Full::new(Bytes::new()))
-                                .unwrap();
-                            return Ok::<_, Infallible>(response);
+                                });
+                                let response = http::Response::builder()
+                                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                                    .header("connection", "upgrade")
+                                    .header("upgrade", "test-echo")
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap();
+                                return Ok::<_, Infallible>(response);
+                            }
+                            let version = format!("{:?}", request.version());
+                            let body = http_body_util::BodyExt::collect(request.into_body())
+                                .await
+                                .map(|body| body.to_bytes().len())
+                                .unwrap_or_default();
+                            let answer = match body {
+                                0 => version,
+                                len => format!("{version} {len}"),
+                            };
+                            Ok(http::Response::new(Full::new(Bytes::from(answer))))
                         }
-                        let version = format!("{:?}", request.version());
-                        let body = http_body_util::BodyExt::collect(request.into_body())
-                            .await
-                            .map(|body| body.to_bytes().len())
-                            .unwrap_or_default();
-                        let answer = match body {
-                            0 => version,
-                            len => format!("{version} {len}"),
-                        };
-                        Ok(http::Response::new(Full::new(Bytes::from(answer))))
-                    },
-                );
+                    });
                 let io = TokioIo::new(tls);
                 if h2 {
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -90,6 +101,27 @@ async fn upstream(
         }
     });
     (addr, connections)
+}
+
+/// Whether a request names `expected` as its authority, once: the `Host` header over
+/// HTTP/1.1, `:authority` alone over HTTP/2.
+fn one_authority<B>(request: &http::Request<B>, expected: &str) -> Result<(), String> {
+    let host = request.headers().get_all(http::header::HOST);
+    let hosts: Vec<_> = host.iter().collect();
+    let named = match request.version() {
+        http::Version::HTTP_2 => {
+            hosts.is_empty() && request.uri().authority().map(|a| a.as_str()) == Some(expected)
+        }
+        _ => hosts.len() == 1 && hosts[0] == expected,
+    };
+    match named {
+        true => Ok(()),
+        false => Err(format!(
+            "{:?}: host headers {hosts:?}, :authority {:?}; want {expected} once",
+            request.version(),
+            request.uri().authority()
+        )),
+    }
 }
 
 /// A server with cluster `c1` and its agent, whose upstream is `target` (TLS, signed by `ca`).
@@ -122,10 +154,10 @@ async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
     let internal = server.addrs.internal;
 
     let (status, _, body) = get(internal, "/tunnel/c1/version", &[]).await;
-    assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        body, "HTTP/2.0",
-        "the agent negotiated HTTP/2 with the upstream"
+        (status, &body[..]),
+        (StatusCode::OK, &b"HTTP/2.0"[..]),
+        "the agent negotiated HTTP/2 with the upstream and named its authority once"
     );
     let requests: Vec<_> = (0..20)
         .map(|i| {

@@ -21,8 +21,9 @@ pub(crate) struct Destination {
     pub(crate) label: String,
     /// `host:port`.
     pub(crate) target: String,
-    /// `target` as the `Host` every request carries and as its URI's authority (made once; a
-    /// clone is a reference count, not a copy).
+    /// `target` as the `Host` of our own HTTP/1.1 client's requests (hyper's clients derive
+    /// theirs from the URI) and as the URI's authority (made once; a clone is a reference
+    /// count, not a copy).
     pub(crate) host: Option<HeaderValue>,
     pub(crate) authority: Option<Authority>,
     /// Plain HTTP.

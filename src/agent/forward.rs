@@ -202,15 +202,15 @@ async fn forward(
         );
     };
     parts.uri = uri;
-    if let Some(host) = &upstream.host {
-        parts.headers.insert(header::HOST, host.clone());
-    }
-    let request = Request::from_parts(parts, body);
+    let mut request = Request::from_parts(parts, body);
     // A request with a body stays on hyper's client when it need not be ours: an upstream may
     // answer before it read the body (a 413), and hyper reads that answer while it still
     // sends, where our exchange sends the whole body first.
     let bodiless = hyper::body::Body::is_end_stream(request.body());
     if tunnel_upgrade.is_none() && ((upstream.speaks_h1_only() && bodiless) || long_lived(&path)) {
+        if let Some(host) = &upstream.host {
+            request.headers_mut().insert(header::HOST, host.clone());
+        }
         let response = match upstream.own_h1.send(request).await {
             Ok(response) => relayed(response),
             Err(error) => upstream_failed(&state, upstream, &error),
@@ -218,6 +218,11 @@ async fn forward(
         log_proxied(&method, &path, &response, started, impersonate.as_deref());
         return response;
     }
+    // hyper's clients name the authority themselves, from the URI: a `Host` header over
+    // HTTP/1.1, `:authority` over HTTP/2, where a `Host` beside it is a duplicate that strict
+    // servers refuse (nginx answers 400). Which one a request takes is known only once the
+    // pooled connection negotiated it, so no `Host` goes to them.
+    request.headers_mut().remove(header::HOST);
     let client = match tunnel_upgrade {
         Some(_) => &upstream.upgrade_client,
         None => &upstream.client,

@@ -62,6 +62,17 @@ pub(crate) fn validate(
         for (name, value) in backend.headers {
             let name = http::HeaderName::try_from(name.as_str())
                 .map_err(|_| format!("{at}: headers: \"{name}\" is not a header name"))?;
+            // The agent sets these per request: the authority from `target` (over HTTP/2 it is
+            // `:authority`, and a `Host` beside it is refused), the framing and the hop's own.
+            if name == http::header::HOST
+                || name == http::header::CONTENT_LENGTH
+                || crate::http::is_hop_by_hop(&name)
+            {
+                return Err(format!(
+                    "{at}: headers: {name} cannot be configured (the agent sets it per request; \
+                     the backend's authority is its target)"
+                ));
+            }
             let mut value = http::HeaderValue::try_from(value)
                 .map_err(|_| format!("{at}: headers: the value of {name} is not a header value"))?;
             // It may be an API key: `Debug` shows "Sensitive", HTTP/2 never indexes it.

@@ -436,6 +436,33 @@ fn backend_header_values_never_show_in_debug_output() {
     assert!(!format!("{config:?}").contains("k3y-value"));
 }
 
+#[test]
+fn backend_headers_the_agent_sets_per_request_are_refused() {
+    for name in [
+        "Host",
+        "content-length",
+        "Connection",
+        "Transfer-Encoding",
+        "upgrade",
+    ] {
+        let text = format!(
+            "server_url = \"wss://h/c\"\ntoken = \"t\"\n[upstream]\n\
+             [[backend]]\nname = \"metrics\"\ntarget = \"m.svc:80\"\n\
+             headers = {{ \"{name}\" = \"x\" }}\n"
+        );
+        let error = AgentConfig::from_toml(Path::new("a.toml"), &text, Check::Syntax)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!(
+                "[[backend]] #1 (name \"metrics\"): headers: {} cannot be configured",
+                name.to_ascii_lowercase()
+            )),
+            "{error}"
+        );
+    }
+}
+
 /// The reload watch starts from what the load read (the startup gap: a file changed between
 /// the load and the watch's first look would otherwise never reload): each file read, and the
 /// digest of exactly what was read.

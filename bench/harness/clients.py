@@ -71,9 +71,7 @@ def curl_bulk(setup, mode, cluster, max_time, path="/big.bin"):
     """One timed download of `path` (big.bin) to /dev/null: (http_code, bytes, seconds, curl
     exit code)."""
     cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
-           "--max-time", f"{max_time:.2f}", *setup.auth(mode, cluster)]
-    if mode == "direct" and cluster == "tls":
-        cmd += ["--cacert", str(setup.work / "ca.pem")]
+           "--max-time", f"{max_time:.2f}", *setup.curl_options(mode, cluster)]
     cmd.append(setup.url(mode, cluster, path))
     code, out, err = run_client(cmd, timeout=max_time + 30)
     parts = out.split()
@@ -84,9 +82,7 @@ def curl_bulk(setup, mode, cluster, max_time, path="/big.bin"):
 
 def verify_bulk(setup, mode, cluster):
     """Downloads big.bin through sha256sum; raises Broken unless byte-exact."""
-    cmd = ["curl", "-sS", "-f", "--max-time", str(setup.args.bulk_timeout), *setup.auth(mode, cluster)]
-    if mode == "direct" and cluster == "tls":
-        cmd += ["--cacert", str(setup.work / "ca.pem")]
+    cmd = ["curl", "-sS", "-f", "--max-time", str(setup.args.bulk_timeout), *setup.curl_options(mode, cluster)]
     cmd.append(setup.url(mode, cluster, "/big.bin"))
     curl = PROCS.start("curl", cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     summer = PROCS.start("sha256sum", ["sha256sum"], stdin=curl.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -12,7 +12,9 @@ SA_TOKEN = "bench-sa-token"
 # ~100 bytes, like a small Kubernetes API answer.
 SMALL = '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","code":200,"reason":"bench"}'
 SMALL = SMALL + " " * (100 - len(SMALL))
-CLUSTERS = ("plain", "tls")
+# `h2`: the TLS upstream on its port that offers HTTP/2 by ALPN, as the Kubernetes API does.
+CLUSTERS = ("plain", "tls", "h2")
+TLS_CLUSTERS = ("tls", "h2")
 # S5/S10: an agent behind the delay proxy, for the plain upstream.
 WAN = "wan"
 # S11: the [[extension]] / [[backend]] name (the headers Argo CD sends: Setup.extension_headers).

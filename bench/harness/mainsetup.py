@@ -1,5 +1,6 @@
-"""The main setup that every scenario but F, S7 and S9 measures: nginx (plain and TLS upstream),
-one server, an agent per cluster (plain, tls, and `wan` behind the delay proxy for S5/S10), the
+"""The main setup that every scenario but F, S7 and S9 measures: nginx (plain and TLS upstream,
+the TLS one also on a port offering HTTP/2), one server, an agent per cluster (plain, tls, h2,
+and `wan` behind the delay proxy for S5/S10), the
 extensions listener for S11; the URLs and client options for (mode, cluster), and --pin."""
 
 import hashlib
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from .clients import wait_readyz
-from .common import BENCH, CLUSTERS, EXTENSION, SA_TOKEN, SMALL, WAN, Broken, log
+from .common import BENCH, CLUSTERS, EXTENSION, SA_TOKEN, SMALL, TLS_CLUSTERS, WAN, Broken, log
 from .config import limits_toml, process_env
 from .prepare import make_certs, make_data
 from .procs import PROCS, child_pids, free_port, set_affinity, tail, wait_for_line
@@ -107,10 +108,11 @@ class Setup:
         work = self.work
         (work / "nginx-tmp").mkdir()
         for attempt in range(5):
-            self.plain_port, self.tls_port = free_port(), free_port()
+            self.plain_port, self.tls_port, self.h2_port = free_port(), free_port(), free_port()
             conf = (BENCH / "nginx.conf.in").read_text()
             for key, value in {"DIR": str(work), "DATA": str(self.data), "PLAIN_PORT": str(self.plain_port),
-                               "TLS_PORT": str(self.tls_port), "SMALL": SMALL, "SA_TOKEN": SA_TOKEN,
+                               "TLS_PORT": str(self.tls_port), "H2_PORT": str(self.h2_port), "SMALL": SMALL,
+                               "SA_TOKEN": SA_TOKEN,
                                "WORKERS": str(self.args.nginx_workers)}.items():
                 conf = conf.replace("{{" + key + "}}", value)
             (work / "nginx.conf").write_text(conf)
@@ -120,11 +122,12 @@ class Setup:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.nginx.poll() is None:
                 try:
-                    for port in (self.plain_port, self.tls_port):
+                    for port in (self.plain_port, self.tls_port, self.h2_port):
                         socket.create_connection(("127.0.0.1", port), timeout=1).close()
                     self.nginx_workers = child_pids(self.nginx.pid)
                     if len(self.nginx_workers) >= self.args.nginx_workers:
-                        log(f"nginx up: plain 127.0.0.1:{self.plain_port}, tls 127.0.0.1:{self.tls_port}")
+                        log(f"nginx up: plain 127.0.0.1:{self.plain_port}, tls 127.0.0.1:{self.tls_port}, "
+                            f"tls with h2 127.0.0.1:{self.h2_port}")
                         return
                 except OSError:
                     pass
@@ -141,9 +144,8 @@ class Setup:
         for cluster in CLUSTERS + ((WAN,) if self.wan else ()):
             if not fixed:  # a restarted server keeps the agents' tokens
                 (work / f"{cluster}.agent-token").write_text(f"bench-agent-token-{cluster}-{os.urandom(8).hex()}\n")
-            port = self.tls_port if cluster == "tls" else self.plain_port
             clusters += (f'\n[[cluster]]\nid = "{cluster}"\ntoken_file = "{work}/{cluster}.agent-token"\n'
-                         f'target = "127.0.0.1:{port}"\n')
+                         f'target = "127.0.0.1:{self.upstream_port(cluster)}"\n')
         extensions = ""
         env = self.env()
         notify = None
@@ -212,8 +214,8 @@ class Setup:
     def start_agent(self, cluster):
         work = self.work
         (work / "sa.token").write_text(SA_TOKEN + "\n")
-        if cluster == "tls":
-            upstream = f'target = "127.0.0.1:{self.tls_port}"\nca_file = "{work}/ca.pem"\ntoken_file = "{work}/sa.token"\n'
+        if cluster in TLS_CLUSTERS:
+            upstream = f'target = "127.0.0.1:{self.upstream_port(cluster)}"\nca_file = "{work}/ca.pem"\ntoken_file = "{work}/sa.token"\n'
         else:  # plain, wan
             upstream = f'target = "127.0.0.1:{self.plain_port}"\nplaintext = true\ninject_token = false\n'
         backends = ""
@@ -231,6 +233,10 @@ class Setup:
                            stdout=logfile, stderr=subprocess.STDOUT, env=self.env())
         wait_for_line(work / f"agent-{cluster}.log", r"tunnel up", proc, f"agent {cluster}")
         return proc
+
+    def upstream_port(self, cluster):
+        """The nginx port a cluster's agent forwards to (`wan` forwards to plain nginx)."""
+        return {"tls": self.tls_port, "h2": self.h2_port}.get(cluster, self.plain_port)
 
     def limits(self, server=False):
         """--limits KEY=VALUE overrides, for experiments (both binaries accept the same keys),
@@ -277,11 +283,20 @@ class Setup:
             return f"http://{self.wan_nginx}{path}"
         if cluster == "plain":
             return f"http://127.0.0.1:{self.plain_port}{path}"
-        return f"https://127.0.0.1:{self.tls_port}{path}"
+        return f"https://127.0.0.1:{self.upstream_port(cluster)}{path}"
 
     def auth(self, mode, cluster):
         """The direct TLS upstream needs the bearer token the agent would inject."""
-        return ["-H", f"Authorization: Bearer {SA_TOKEN}"] if (mode, cluster) == ("direct", "tls") else []
+        return ["-H", f"Authorization: Bearer {SA_TOKEN}"] if mode == "direct" and cluster in TLS_CLUSTERS else []
+
+    def curl_options(self, mode, cluster):
+        """curl's options for a direct request to a TLS upstream: the token, the throwaway CA, and
+        for `h2` HTTP/2 (what the agent speaks to it; wrk has no HTTP/2, so S2-S4 go direct over
+        HTTP/1.1 to the same port)."""
+        if mode != "direct" or cluster not in TLS_CLUSTERS:
+            return []
+        return [*self.auth(mode, cluster), "--cacert", str(self.work / "ca.pem"),
+                *(["--http2"] if cluster == "h2" else [])]
 
     def cpu_pids(self, mode, cluster):
         """The processes whose CPU a measurement reports."""

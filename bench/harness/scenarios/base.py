@@ -43,7 +43,8 @@ class RunBase:
 
     def sanity(self):
         """Functional checks before timing anything: both paths answer /small correctly, the TLS
-        upstream refuses requests without the token and the agent injects it."""
+        upstream refuses requests without the token and the agent injects it, and the `h2` agent
+        speaks HTTP/2 to its upstream (the `tls` one HTTP/1.1)."""
         setup = self.setup
         ca = setup.work / "ca.pem"
         expect = SMALL.encode()
@@ -54,6 +55,10 @@ class RunBase:
             ("direct tls /small with token", setup.url("direct", "tls", "/small"),
              {"Authorization": f"Bearer {SA_TOKEN}"}, ca, 200, expect),
             ("tunnel tls /small (agent injects token)", setup.url("tunnel", "tls", "/small"), {}, None, 200, expect),
+            ("tunnel h2 /small (agent injects token)", setup.url("tunnel", "h2", "/small"), {}, None, 200, expect),
+            ("tunnel tls /protocol", setup.url("tunnel", "tls", "/protocol"), {}, None, 200, b"HTTP/1.1"),
+            ("tunnel h2 /protocol (the agent's pooled client speaks HTTP/2)", setup.url("tunnel", "h2", "/protocol"),
+             {}, None, 200, b"HTTP/2.0"),
         ]
         if setup.extensions:
             url = f"http://{setup.extensions_addr}/small"
@@ -67,7 +72,7 @@ class RunBase:
             status, body = http_get(url, headers=headers, cafile=cafile)
             if status != want_status or (want_body is not None and body != want_body):
                 raise Broken(f"sanity check {name}: HTTP {status}, body {body[:200]!r}")
-        log("sanity checks passed (bodies, 401 without token, token injected by the agent)")
+        log("sanity checks passed (bodies, 401 without token, token injected by the agent, HTTP/2 to the h2 upstream)")
 
     def memory_rows(self):
         for label in [label for label in ("idle after startup", "after S2", "during S4 (peak)")

@@ -4,7 +4,7 @@ throughput) and S3 (one connection, latency). wrk_pair is also S5's measurement.
 import statistics
 
 from ..clients import wrk
-from ..common import CLUSTERS, log
+from ..common import CLUSTERS, TLS_CLUSTERS, log
 from ..measure import Measure
 
 
@@ -52,9 +52,10 @@ class SmallRequests:
                          direct, relays, relays / direct)
                 self.row("S2 floor plain", "tunnel req/s ÷ the floor's (direct col = floor)", relays, tunnel,
                          tunnel / relays)
-        ratio = tunnel_rps["tls"] / tunnel_rps["plain"]
-        self.row("S2 small", "tunnel req/s: tls ÷ plain (direct col = plain, tunnel col = tls)",
-                 tunnel_rps["plain"], tunnel_rps["tls"], ratio, "≥ 0.8×", ratio >= 0.8)
+        for cluster in TLS_CLUSTERS:
+            ratio = tunnel_rps[cluster] / tunnel_rps["plain"]
+            self.row("S2 small", f"tunnel req/s: {cluster} ÷ plain (direct col = plain, tunnel col = {cluster})",
+                     tunnel_rps["plain"], tunnel_rps[cluster], ratio, "≥ 0.8×", ratio >= 0.8)
 
     def s3_latency(self):
         args = self.args

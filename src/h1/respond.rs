@@ -1,6 +1,7 @@
 //! Writing a response on a connection `h1::serve` serves: the head, then the body in its
-//! framing, held to its `Content-Length`; what the body has ready is written and flushed
-//! before it waits, so a waiting watch holds no buffer and no event waits for the next.
+//! framing, held to its `Content-Length`; small pieces that are ready together are gathered into
+//! one write; what the body has ready is written and flushed before it waits, so a waiting
+//! watch holds no buffer and no event waits for the next.
 
 use std::future::poll_fn;
 use std::io;
@@ -57,29 +58,39 @@ pub(super) async fn write_body(
                         .checked_sub(data.len() as u64)
                         .ok_or_else(|| io::Error::other("response body over its Content-Length"))?;
                 }
-                if framing == ResponseFraming::Chunked {
-                    // Chunks that are ready together leave together (flushed when the body
-                    // waits, above), at most one frame's worth at a time: an upstream's small
-                    // chunks were a frame each.
-                    let encoded = chunk_len(&data);
-                    if !out.is_empty() && out.len() + encoded > CHUNKS_FLUSHED_AT {
-                        flush(conn, &mut out).await?;
-                    }
-                    // A lone chunk (a watch's event) in a buffer of its size; gathered ones
-                    // grow it by doubling, not by a reallocation per chunk.
-                    if out.is_empty() {
-                        out.reserve_exact(encoded);
-                    } else {
-                        out.reserve(encoded);
-                    }
-                    encode_chunk(&data, &mut out);
-                    if out.len() >= CHUNKS_FLUSHED_AT {
-                        flush(conn, &mut out).await?;
-                    }
-                } else if out.is_empty() {
+                // Pieces that are ready together leave together (flushed when the body waits,
+                // above), at most one frame's worth at a time: an upstream's small chunks, or
+                // an HTTP/2 upstream's DATA frames (8-16 KiB), were a tunnel frame each.
+                let chunked = framing == ResponseFraming::Chunked;
+                let encoded = if chunked {
+                    chunk_len(&data)
+                } else {
+                    data.len()
+                };
+                if !out.is_empty() && out.len() + encoded > GATHERED_UP_TO {
+                    flush(conn, &mut out).await?;
+                }
+                // A large piece (a whole read of ours) goes as it is: a tunnel stream takes it
+                // without a copy. Gathering small ones copies them once (a shared one was
+                // copied anyway, by the tunnel's writer before masking) and saves a frame and
+                // a turn of the writer per piece: S1 over HTTP/2 in docs/benchmarks.md.
+                if out.is_empty() && !chunked && encoded >= GATHERED_UP_TO {
                     send_all(conn, data).await?;
+                    continue;
+                }
+                // A lone piece (a watch's event) in a buffer of its size; gathered ones grow
+                // it by doubling, not by a reallocation per piece.
+                if out.is_empty() {
+                    out.reserve_exact(encoded);
+                } else {
+                    out.reserve(encoded);
+                }
+                if chunked {
+                    encode_chunk(&data, &mut out);
                 } else {
                     out.extend_from_slice(&data);
+                }
+                if out.len() >= GATHERED_UP_TO {
                     flush(conn, &mut out).await?;
                 }
             }
@@ -103,9 +114,10 @@ pub(super) async fn write_body(
     }
 }
 
-/// Encoded chunks are gathered up to this many bytes (one Data frame at the default
-/// `max_frame_payload`); a chunk larger than that is written on its own.
-const CHUNKS_FLUSHED_AT: usize = 64 * 1024;
+/// Ready pieces (encoded chunks, or a body's shared pieces) are gathered up to this many bytes
+/// (one Data frame at the default `max_frame_payload`); a piece larger than that is written on
+/// its own.
+const GATHERED_UP_TO: usize = 64 * 1024;
 
 /// Bytes `data` takes as an encoded chunk: its size line, itself and its CRLF.
 fn chunk_len(data: &[u8]) -> usize {

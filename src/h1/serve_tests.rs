@@ -11,11 +11,13 @@ use super::*;
 use crate::h1::Pieces;
 
 /// A connection that, like TLS, takes writes into a buffer and sends them only when
-/// flushed; it notes the size of every write (on a tunnel stream, a Data frame each).
+/// flushed; it notes the size of every write (on a tunnel stream, a Data frame each) and
+/// where its bytes were (a piece written as it is was not copied).
 struct FlushGate {
     wire: DuplexStream,
     held: Vec<u8>,
     writes: Arc<Mutex<Vec<usize>>>,
+    written_from: Arc<Mutex<Vec<usize>>>,
 }
 
 impl FlushGate {
@@ -24,6 +26,7 @@ impl FlushGate {
             wire,
             held: Vec::new(),
             writes: Arc::default(),
+            written_from: Arc::default(),
         }
     }
 }
@@ -46,6 +49,10 @@ impl AsyncWrite for FlushGate {
     ) -> Poll<io::Result<usize>> {
         self.held.extend_from_slice(buf);
         self.writes.lock().unwrap().push(buf.len());
+        self.written_from
+            .lock()
+            .unwrap()
+            .push(buf.as_ptr() as usize);
         Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -96,16 +103,23 @@ async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
     assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
 }
 
+/// What a connection was given to write: each write's size, and where its bytes were.
+struct Writes {
+    sizes: Vec<usize>,
+    from: Vec<usize>,
+}
+
 /// The answer to one request (read to its end) whose response body is `frames`, all ready at
-/// once, and the size of every write.
+/// once (with `content_length`, in that framing; else chunked), and its writes.
 async fn answer_with(
     frames: Vec<Result<hyper::body::Frame<Bytes>, crate::http::BoxError>>,
-) -> (String, Vec<usize>) {
+    content_length: Option<usize>,
+) -> (String, Writes) {
     use http_body_util::{BodyExt, StreamBody};
 
     let (mut client, wire) = tokio::io::duplex(1024 * 1024);
     let gate = FlushGate::new(wire);
-    let writes = gate.writes.clone();
+    let (sizes, from) = (gate.writes.clone(), gate.written_from.clone());
     let limits = ServeLimits {
         max_head: 64 * 1024,
         head_timeout: None,
@@ -119,7 +133,16 @@ async fn answer_with(
         None,
         move |_| {
             let frames = frames.take().expect("one request");
-            async move { Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed()) }
+            async move {
+                let mut response =
+                    Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+                if let Some(len) = content_length {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, len.into());
+                }
+                response
+            }
         },
     ));
     client
@@ -134,7 +157,10 @@ async fn answer_with(
     .await
     .expect("the answer never ended")
     .unwrap();
-    let writes = writes.lock().unwrap().clone();
+    let writes = Writes {
+        sizes: sizes.lock().unwrap().clone(),
+        from: from.lock().unwrap().clone(),
+    };
     (String::from_utf8(answer).unwrap(), writes)
 }
 
@@ -149,7 +175,7 @@ async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
             ])))
         })
         .collect();
-    let (answer, writes) = answer_with(frames).await;
+    let (answer, writes) = answer_with(frames, None).await;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     let expected: String = (0..count)
@@ -162,7 +188,7 @@ async fn serve_ready_chunks(count: u8) -> (String, Vec<usize>) {
         .chain(["0\r\n\r\n".to_string()])
         .collect();
     assert_eq!(body, expected);
-    (body.to_string(), writes)
+    (body.to_string(), writes.sizes)
 }
 
 /// A chunked body's chunks that are ready together leave in one write with the head and the
@@ -249,6 +275,44 @@ async fn chunks_before_a_body_error_still_go_out() {
         Ok(hyper::body::Frame::data(Bytes::from_static(b"event"))),
         Err("the upstream broke".into()),
     ];
-    let (answer, _) = answer_with(frames).await;
+    let (answer, _) = answer_with(frames, None).await;
     assert!(answer.ends_with("\r\n\r\n5\r\nevent\r\n"), "{answer:?}");
+}
+
+/// An HTTP/2 upstream's DATA frames (8-16 KiB each, held by nothing else once hyper hands
+/// them on) that are ready together leave 64 KiB at a time, in order: each was a write, and a
+/// tunnel frame, of its own.
+#[tokio::test]
+async fn small_pieces_of_a_length_body_leave_64_kib_at_a_time() {
+    let whole: Vec<u8> = (0..24 * 8192).map(|i| b'a' + (i % 26) as u8).collect();
+    let frames = whole
+        .chunks(8192)
+        .map(|piece| Ok(hyper::body::Frame::data(Bytes::from(piece.to_vec()))))
+        .collect();
+    let (answer, writes) = answer_with(frames, Some(whole.len())).await;
+    let body = &answer.as_bytes()[answer.find("\r\n\r\n").unwrap() + 4..];
+    assert!(body == &whole[..], "the body arrived changed");
+    assert!(
+        writes.sizes.len() <= 4 && writes.sizes.iter().all(|&len| len <= 64 * 1024),
+        "writes: {:?}",
+        writes.sizes
+    );
+}
+
+/// A piece of a frame's size or more (a whole read of the agent's own client) is written from
+/// where it is, not copied into a batch.
+#[tokio::test]
+async fn a_large_piece_is_written_from_where_it_is() {
+    let large = Bytes::from(vec![b'b'; 100 * 1024]);
+    let at = large.as_ptr() as usize;
+    let frames = vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"small"))),
+        Ok(hyper::body::Frame::data(large)),
+    ];
+    let (answer, writes) = answer_with(frames, Some(5 + 100 * 1024)).await;
+    assert!(
+        answer.ends_with(&"b".repeat(100 * 1024)),
+        "the body arrived changed"
+    );
+    assert!(writes.from.contains(&at), "the large piece was copied");
 }

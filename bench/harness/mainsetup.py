@@ -21,7 +21,7 @@ from .procs import PROCS, child_pids, free_port, set_affinity, tail, wait_for_li
 
 
 class Setup:
-    """Everything running: nginx, server, two agents; their addresses and processes."""
+    """Everything running: nginx, server, an agent per cluster; their addresses and processes."""
 
     def __init__(self, args, work):
         self.args = args

@@ -221,7 +221,8 @@ async fn forward(
     // hyper's clients name the authority themselves, from the URI: a `Host` header over
     // HTTP/1.1, `:authority` over HTTP/2, where a `Host` beside it is a duplicate that strict
     // servers refuse (nginx answers 400). Which one a request takes is known only once the
-    // pooled connection negotiated it, so no `Host` goes to them.
+    // pooled connection negotiated it, so no `Host` goes to them. (hyper's `Host` leaves out a
+    // default port, as `:authority` and our own client's do not; all three name the target.)
     request.headers_mut().remove(header::HOST);
     let client = match tunnel_upgrade {
         Some(_) => &upstream.upgrade_client,

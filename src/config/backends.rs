@@ -62,15 +62,20 @@ pub(crate) fn validate(
         for (name, value) in backend.headers {
             let name = http::HeaderName::try_from(name.as_str())
                 .map_err(|_| format!("{at}: headers: \"{name}\" is not a header name"))?;
-            // The agent sets these per request: the authority from `target` (over HTTP/2 it is
-            // `:authority`, and a `Host` beside it is refused), the framing and the hop's own.
-            if name == http::header::HOST
-                || name == http::header::CONTENT_LENGTH
-                || crate::http::is_hop_by_hop(&name)
-            {
+            // Over HTTP/2 the authority is `:authority` (a `Host` beside it is refused), and
+            // the framing and hop-by-hop headers belong to each connection.
+            let why = if name == http::header::HOST {
+                Some("the backend's authority is its target")
+            } else if name == http::header::CONTENT_LENGTH {
+                Some("the body's framing is set per request")
+            } else if crate::http::is_hop_by_hop(&name) {
+                Some("hop-by-hop headers belong to each connection")
+            } else {
+                None
+            };
+            if let Some(why) = why {
                 return Err(format!(
-                    "{at}: headers: {name} cannot be configured (the agent sets it per request; \
-                     the backend's authority is its target)"
+                    "{at}: headers: {name} cannot be configured ({why})"
                 ));
             }
             let mut value = http::HeaderValue::try_from(value)
@@ -105,4 +110,48 @@ pub(crate) fn validate(
         });
     }
     Ok(backends)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{AgentConfig, Check};
+
+    #[test]
+    fn backend_header_values_never_show_in_debug_output() {
+        let text = "server_url = \"wss://h/c\"\ntoken = \"t\"\n[upstream]\n\
+                    [[backend]]\nname = \"metrics\"\ntarget = \"m.svc:80\"\n\
+                    headers = { \"X-Api-Key\" = \"k3y-value\" }\n";
+        let config = AgentConfig::from_toml(Path::new("a.toml"), text, Check::Syntax).unwrap();
+        assert_eq!(config.backends[0].headers[0].1, "k3y-value");
+        assert!(!format!("{config:?}").contains("k3y-value"));
+    }
+
+    #[test]
+    fn backend_headers_the_agent_sets_per_request_are_refused() {
+        for name in [
+            "Host",
+            "content-length",
+            "Connection",
+            "Transfer-Encoding",
+            "upgrade",
+        ] {
+            let text = format!(
+                "server_url = \"wss://h/c\"\ntoken = \"t\"\n[upstream]\n\
+                 [[backend]]\nname = \"metrics\"\ntarget = \"m.svc:80\"\n\
+                 headers = {{ \"{name}\" = \"x\" }}\n"
+            );
+            let error = AgentConfig::from_toml(Path::new("a.toml"), &text, Check::Syntax)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(&format!(
+                    "[[backend]] #1 (name \"metrics\"): headers: {} cannot be configured",
+                    name.to_ascii_lowercase()
+                )),
+                "{error}"
+            );
+        }
+    }
 }

@@ -53,10 +53,13 @@ pub(super) async fn write_body(
                 if data.is_empty() {
                     continue;
                 }
-                if let Some(unsent) = &mut unsent {
-                    *unsent = unsent
-                        .checked_sub(data.len() as u64)
-                        .ok_or_else(|| io::Error::other("response body over its Content-Length"))?;
+                if let Some(left) = &mut unsent {
+                    let Some(rest) = left.checked_sub(data.len() as u64) else {
+                        // What was gathered still goes before the cut, as below.
+                        let _ = flush(conn, &mut out).await;
+                        return Err(io::Error::other("response body over its Content-Length"));
+                    };
+                    *left = rest;
                 }
                 // Pieces that are ready together leave together (flushed when the body waits,
                 // above), at most one frame's worth at a time: an upstream's small chunks, or
@@ -70,10 +73,11 @@ pub(super) async fn write_body(
                 if !out.is_empty() && out.len() + encoded > GATHERED_UP_TO {
                     flush(conn, &mut out).await?;
                 }
-                // A large piece (a whole read of ours) goes as it is: a tunnel stream takes it
-                // without a copy. Gathering small ones copies them once (a shared one was
-                // copied anyway, by the tunnel's writer before masking) and saves a frame and
-                // a turn of the writer per piece: S1 over HTTP/2 in docs/benchmarks.md.
+                // A large piece (a whole read of a plain upstream) goes as it is: a tunnel
+                // stream takes it without a copy. Gathering small ones (HTTP/2 DATA frames, a
+                // TLS upstream's 16 KiB records) copies them once (a shared one was copied
+                // anyway, by the tunnel's writer before masking) and saves a frame and a turn
+                // of the writer per piece: "An HTTP/2 upstream" in docs/benchmarks.md.
                 if out.is_empty() && !chunked && encoded >= GATHERED_UP_TO {
                     send_all(conn, data).await?;
                     continue;
@@ -103,6 +107,7 @@ pub(super) async fn write_body(
             }
             None => {
                 if unsent.is_some_and(|unsent| unsent > 0) {
+                    let _ = flush(conn, &mut out).await;
                     return Err(io::Error::other("response body under its Content-Length"));
                 }
                 if framing == ResponseFraming::Chunked {
@@ -114,9 +119,9 @@ pub(super) async fn write_body(
     }
 }
 
-/// Ready pieces (encoded chunks, or a body's shared pieces) are gathered up to this many bytes
-/// (one Data frame at the default `max_frame_payload`); a piece larger than that is written on
-/// its own.
+/// Ready pieces (encoded chunks, or a `Content-Length` body's pieces) are gathered up to this
+/// many bytes (one Data frame at the default `max_frame_payload`); a body piece of that size or
+/// more is written as it is (a chunk that large is still copied, to encode it).
 const GATHERED_UP_TO: usize = 64 * 1024;
 
 /// Bytes `data` takes as an encoded chunk: its size line, itself and its CRLF.

@@ -215,9 +215,18 @@ async fn chunks_always_ready_are_written_64_kib_at_a_time() {
 }
 
 /// A chunk the body has ready goes out while the body waits for its next (a watch's event
-/// never waits for the one after it), over a kept-alive connection.
+/// never waits for the one after it), over a kept-alive connection; and a piece of a body with
+/// a `Content-Length` (an HTTP/2 upstream's watch) likewise.
 #[tokio::test]
 async fn a_ready_chunk_goes_out_while_the_body_waits() {
+    a_ready_piece_goes_out_while_the_body_waits(None, "5\r\nevent\r\n").await;
+    a_ready_piece_goes_out_while_the_body_waits(Some(1 << 20), "\r\n\r\nevent").await;
+}
+
+async fn a_ready_piece_goes_out_while_the_body_waits(
+    content_length: Option<u64>,
+    shows_as: &'static str,
+) {
     use http_body_util::{BodyExt, StreamBody};
 
     let (mut client, wire) = tokio::io::duplex(64 * 1024);
@@ -243,7 +252,13 @@ async fn a_ready_chunk_goes_out_while_the_body_waits() {
                         })
                     })
                 });
-                Response::new(StreamBody::new(frames).boxed())
+                let mut response = Response::new(StreamBody::new(frames).boxed());
+                if let Some(len) = content_length {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, len.into());
+                }
+                response
             }
         },
     ));
@@ -255,7 +270,7 @@ async fn a_ready_chunk_goes_out_while_the_body_waits() {
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
     let read = async {
-        while !answer.ends_with(b"5\r\nevent\r\n") {
+        while !answer.ends_with(shows_as.as_bytes()) {
             let len = client.read(&mut buf).await.unwrap();
             assert!(len > 0, "the connection ended");
             answer.extend_from_slice(&buf[..len]);
@@ -277,6 +292,21 @@ async fn chunks_before_a_body_error_still_go_out() {
     ];
     let (answer, _) = answer_with(frames, None).await;
     assert!(answer.ends_with("\r\n\r\n5\r\nevent\r\n"), "{answer:?}");
+}
+
+/// Likewise for a body with a `Content-Length`: the pieces gathered before the failure (or
+/// before the body ends short of its length) reach the peer, then the cut.
+#[tokio::test]
+async fn pieces_before_a_length_body_ends_badly_still_go_out() {
+    let failing = vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"event"))),
+        Err("the upstream broke".into()),
+    ];
+    let short = vec![Ok(hyper::body::Frame::data(Bytes::from_static(b"event")))];
+    for frames in [failing, short] {
+        let (answer, _) = answer_with(frames, Some(100)).await;
+        assert!(answer.ends_with("\r\n\r\nevent"), "{answer:?}");
+    }
 }
 
 /// An HTTP/2 upstream's DATA frames (8-16 KiB each, held by nothing else once hyper hands

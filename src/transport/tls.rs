@@ -191,6 +191,9 @@ where
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .http1_max_buf_size(crate::http::BULK_READ_BUFFER)
+            // `Host` from the URI over HTTP/1.1: the agent sends none to these clients (over
+            // HTTP/2 one beside `:authority` is refused; `agent::forward`).
+            .set_host(true)
             .build(connector),
     )
 }

@@ -95,6 +95,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $b.caSecret (not $b.tls) }}{{ fail (printf "backends[%d] (%s): caSecret needs tls: true (ca_file is the CA of an HTTPS backend)" $i $b.name) }}{{ end }}
 {{- range $k, $v := $b.headers }}
 {{- if has (lower $k) (list "authorization" "proxy-authorization" "cookie") }}{{ fail (printf "backends[%d] (%s): header %s would put a credential into the agent's ConfigMap: use tokenSecret (mounted, token_file)" $i $b.name $k) }}{{ end }}
+{{- if has (lower $k) (list "host" "content-length" "connection" "keep-alive" "proxy-connection" "proxy-authenticate" "te" "trailer" "transfer-encoding" "upgrade") }}{{ fail (printf "backends[%d] (%s): header %s is set by the agent per request (the authority is target); the agent refuses it in headers" $i $b.name $k) }}{{ end }}
 {{- end }}
 {{- end }}
 {{- if and .Values.rbac.clusterWide .Values.rbac.namespaces }}

@@ -7,11 +7,11 @@ mod support;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::pki::TestCa;
@@ -19,15 +19,20 @@ use support::stack::{agent_from_toml, get, server, wait_routed, TestAgent, TestS
 use support::{listener, within, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A test upstream: its address, its connection count, and how many bytes each `/big`
+/// download has handed to its connection so far (as flow control let it).
+struct Upstream {
+    addr: std::net::SocketAddr,
+    connections: Arc<AtomicUsize>,
+    downloads: Arc<Mutex<Vec<Arc<AtomicUsize>>>>,
+}
+
 /// A TLS upstream offering `alpn`; answers with the request's HTTP version (and the length of
-/// its body, if any), accepts any upgrade with a 101 and then echoes. Returns its address and
-/// its connection count. As strict as nginx about the authority: 400 unless it is
-/// `localhost:<port>`, named once (an HTTP/2 request with a `host` header beside its
-/// `:authority` is refused, as nginx refuses it as a duplicate).
-async fn upstream(
-    config: Arc<rustls::ServerConfig>,
-    alpn: &[&[u8]],
-) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// its body, if any), `/big` with 32 MiB, accepts any upgrade with a 101 and then echoes. As
+/// strict as nginx about the authority: 400 unless it is `localhost:<port>`, named once (an
+/// HTTP/2 request with a `host` header beside its `:authority` is refused, as nginx refuses it
+/// as a duplicate).
+async fn upstream(config: Arc<rustls::ServerConfig>, alpn: &[&[u8]]) -> Upstream {
     let mut config = (*config).clone();
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -35,11 +40,14 @@ async fn upstream(
     let authority: Arc<str> = format!("localhost:{}", addr.port()).into();
     let connections = Arc::new(AtomicUsize::new(0));
     let counted = connections.clone();
+    let downloads = Arc::new(Mutex::new(Vec::new()));
+    let started = downloads.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             let authority = authority.clone();
+            let started = started.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -48,9 +56,11 @@ async fn upstream(
                 let service =
                     service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                         let authority = authority.clone();
+                        let started = started.clone();
                         async move {
                             if let Err(why) = one_authority(&request, &authority) {
-                                let mut refusal = http::Response::new(Full::new(Bytes::from(why)));
+                                let mut refusal =
+                                    http::Response::new(Full::new(Bytes::from(why)).boxed());
                                 *refusal.status_mut() = StatusCode::BAD_REQUEST;
                                 return Ok::<_, Infallible>(refusal);
                             }
@@ -70,12 +80,28 @@ async fn upstream(
                                     .status(StatusCode::SWITCHING_PROTOCOLS)
                                     .header("connection", "upgrade")
                                     .header("upgrade", "test-echo")
-                                    .body(Full::new(Bytes::new()))
+                                    .body(Full::new(Bytes::new()).boxed())
                                     .unwrap();
                                 return Ok::<_, Infallible>(response);
                             }
+                            if request.uri().path() == "/big" {
+                                // 32 MiB, 16 KiB at a time, each piece made when hyper asks for
+                                // it (when flow control lets it send more).
+                                let handed = Arc::new(AtomicUsize::new(0));
+                                started.lock().unwrap().push(handed.clone());
+                                let pieces = futures_util::stream::iter((0..2048).map(move |_| {
+                                    handed.fetch_add(16 * 1024, Ordering::SeqCst);
+                                    Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(
+                                        vec![b'x'; 16 * 1024],
+                                    )))
+                                }));
+                                let body = http_body_util::StreamBody::new(pieces).boxed();
+                                return Ok(http::Response::new(body));
+                            }
                             let version = format!("{:?}", request.version());
-                            let body = http_body_util::BodyExt::collect(request.into_body())
+                            let body = request
+                                .into_body()
+                                .collect()
                                 .await
                                 .map(|body| body.to_bytes().len())
                                 .unwrap_or_default();
@@ -83,7 +109,7 @@ async fn upstream(
                                 0 => version,
                                 len => format!("{version} {len}"),
                             };
-                            Ok(http::Response::new(Full::new(Bytes::from(answer))))
+                            Ok(http::Response::new(Full::new(Bytes::from(answer)).boxed()))
                         }
                     });
                 let io = TokioIo::new(tls);
@@ -100,7 +126,11 @@ async fn upstream(
             });
         }
     });
-    (addr, connections)
+    Upstream {
+        addr,
+        connections,
+        downloads,
+    }
 }
 
 /// Whether a request names `expected` as its authority, once: the `Host` header over
@@ -147,9 +177,9 @@ async fn stack(dir: &TempDir, ca: &TestCa, target: &str) -> (TestServer, TestAge
 async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
     let dir = TempDir::new();
     let ca = TestCa::new("api CA");
-    let (api, connections) =
-        upstream(ca.server_config(&["localhost"]), &[b"h2", b"http/1.1"]).await;
-    let target = format!("localhost:{}", api.port());
+    let api = upstream(ca.server_config(&["localhost"]), &[b"h2", b"http/1.1"]).await;
+    let connections = api.connections.clone();
+    let target = format!("localhost:{}", api.addr.port());
     let (server, _agent) = stack(&dir, &ca, &target).await;
     let internal = server.addrs.internal;
 
@@ -230,8 +260,9 @@ async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
 async fn an_http1_only_upstream_is_served_by_the_agents_own_client_after_its_first_answer() {
     let dir = TempDir::new();
     let ca = TestCa::new("api CA");
-    let (api, connections) = upstream(ca.server_config(&["localhost"]), &[b"http/1.1"]).await;
-    let target = format!("localhost:{}", api.port());
+    let api = upstream(ca.server_config(&["localhost"]), &[b"http/1.1"]).await;
+    let connections = api.connections.clone();
+    let target = format!("localhost:{}", api.addr.port());
     let (server, _agent) = stack(&dir, &ca, &target).await;
     let internal = server.addrs.internal;
     for i in 0..5 {
@@ -261,4 +292,68 @@ async fn an_http1_only_upstream_is_served_by_the_agents_own_client_after_its_fir
         2,
         "the POST went over hyper's pooled connection"
     );
+}
+
+/// Downloads nobody reads must not stall the other requests that share the agent's one HTTP/2
+/// connection: each holds at most its stream's window of unread data in the agent, and the
+/// connection's window must have room beyond a few of them (hyper's default, 5 MiB against
+/// 2 MiB per stream, was full after three; client-go's transport uses 1 GiB for the same
+/// reason).
+#[tokio::test]
+async fn unread_downloads_do_not_stall_the_shared_http2_connection() {
+    let dir = TempDir::new();
+    let ca = TestCa::new("api CA");
+    let api = upstream(ca.server_config(&["localhost"]), &[b"h2", b"http/1.1"]).await;
+    let connections = api.connections.clone();
+    let target = format!("localhost:{}", api.addr.port());
+    let (server, _agent) = stack(&dir, &ca, &target).await;
+    let internal = server.addrs.internal;
+    let (status, _, body) = get(internal, "/tunnel/c1/version", &[]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"HTTP/2.0"[..]));
+
+    // Eight clients ask for 32 MiB each and then read nothing (their receive buffers small, so
+    // the stall reaches the tunnel at once).
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        let mut tcp = socket.connect(internal).await.unwrap();
+        tcp.write_all(b"GET /tunnel/c1/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        within("a download's head", tcp.read_exact(&mut first))
+            .await
+            .unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        stalled.push(tcp);
+    }
+    // Until the downloads stop moving (all the room they have is full: the server's socket
+    // buffers, the tunnel's windows, the agent's HTTP/2 buffers), polled, bounded.
+    within("the unread downloads to stop moving", async {
+        let mut last = 0;
+        let mut still = 0;
+        while still < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let downloads = api.downloads.lock().unwrap();
+            let handed: usize = downloads.iter().map(|d| d.load(Ordering::SeqCst)).sum();
+            still = if downloads.len() == 8 && handed == last {
+                still + 1
+            } else {
+                0
+            };
+            last = handed;
+        }
+    })
+    .await;
+    for i in 0..5 {
+        let (status, _, body) = get(internal, &format!("/tunnel/c1/api/{i}"), &[]).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"HTTP/2.0"[..]));
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "everything on the one HTTP/2 connection"
+    );
+    drop(stalled);
 }

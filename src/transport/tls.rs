@@ -194,9 +194,22 @@ where
             // `Host` from the URI over HTTP/1.1: the agent sends none to these clients (over
             // HTTP/2 one beside `:authority` is refused; `agent::forward`).
             .set_host(true)
+            .http2_initial_stream_window_size(UPSTREAM_H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(UPSTREAM_H2_CONNECTION_WINDOW)
             .build(connector),
     )
 }
+
+/// What one HTTP/2 stream from an upstream may have unread in the agent (its tunnel stream not
+/// taking more yet): plenty for the round trip to an API server in the same cluster.
+pub const UPSTREAM_H2_STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// What all of one HTTP/2 connection's streams may have unread together. Every request to an
+/// upstream shares one connection, so this must not be what stops them: with hyper's default
+/// (5 MiB, against 2 MiB per stream) three downloads whose readers stalled took it all and
+/// every other request waited behind them. The agent's memory is bounded per stream instead
+/// (the stream window times the streams open; client-go's transport uses 1 GiB the same way).
+pub const UPSTREAM_H2_CONNECTION_WINDOW: u32 = 1 << 30;
 
 /// The agent's pooled HTTP client connector for its upstream: https with `config`, or http.
 /// With `h2`, TLS offers HTTP/2 by ALPN (one connection multiplexes every request); without,

@@ -154,9 +154,21 @@ fn one_authority<B>(request: &http::Request<B>, expected: &str) -> Result<(), St
     }
 }
 
-/// A server with cluster `c1` and its agent, whose upstream is `target` (TLS, signed by `ca`).
-async fn stack(dir: &TempDir, ca: &TestCa, target: &str) -> (TestServer, TestAgent) {
-    let server = server(&dir.0, &[("c1", "agent-token", target)]).await;
+/// A test upstream offering `alpn` (its TLS certificate for `localhost`), a server with cluster
+/// `c1`, and its agent forwarding to that upstream; the temp dir holds their files.
+struct Stack {
+    api: Upstream,
+    server: TestServer,
+    _agent: TestAgent,
+    _dir: TempDir,
+}
+
+async fn stack(alpn: &[&[u8]]) -> Stack {
+    let dir = TempDir::new();
+    let ca = TestCa::new("api CA");
+    let api = upstream(ca.server_config(&["localhost"]), alpn).await;
+    let target = format!("localhost:{}", api.addr.port());
+    let server = server(&dir.0, &[("c1", "agent-token", &target)]).await;
     std::fs::write(dir.0.join("agent.token"), "agent-token").unwrap();
     let agent = agent_from_toml(
         &dir.0,
@@ -170,17 +182,19 @@ async fn stack(dir: &TempDir, ca: &TestCa, target: &str) -> (TestServer, TestAge
     )
     .await;
     wait_routed(server.addrs.ops.unwrap(), "c1").await;
-    (server, agent)
+    Stack {
+        api,
+        server,
+        _agent: agent,
+        _dir: dir,
+    }
 }
 
 #[tokio::test]
 async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
-    let dir = TempDir::new();
-    let ca = TestCa::new("api CA");
-    let api = upstream(ca.server_config(&["localhost"]), &[b"h2", b"http/1.1"]).await;
+    let stack = stack(&[b"h2", b"http/1.1"]).await;
+    let (api, server) = (&stack.api, &stack.server);
     let connections = api.connections.clone();
-    let target = format!("localhost:{}", api.addr.port());
-    let (server, _agent) = stack(&dir, &ca, &target).await;
     let internal = server.addrs.internal;
 
     let (status, _, body) = get(internal, "/tunnel/c1/version", &[]).await;
@@ -258,12 +272,9 @@ async fn requests_share_one_http2_connection_and_upgrades_use_http1() {
 /// hyper's (which reads an early answer while it still sends).
 #[tokio::test]
 async fn an_http1_only_upstream_is_served_by_the_agents_own_client_after_its_first_answer() {
-    let dir = TempDir::new();
-    let ca = TestCa::new("api CA");
-    let api = upstream(ca.server_config(&["localhost"]), &[b"http/1.1"]).await;
+    let stack = stack(&[b"http/1.1"]).await;
+    let (api, server) = (&stack.api, &stack.server);
     let connections = api.connections.clone();
-    let target = format!("localhost:{}", api.addr.port());
-    let (server, _agent) = stack(&dir, &ca, &target).await;
     let internal = server.addrs.internal;
     for i in 0..5 {
         let (status, _, body) = get(internal, &format!("/tunnel/c1/api/{i}"), &[]).await;
@@ -301,12 +312,9 @@ async fn an_http1_only_upstream_is_served_by_the_agents_own_client_after_its_fir
 /// reason).
 #[tokio::test]
 async fn unread_downloads_do_not_stall_the_shared_http2_connection() {
-    let dir = TempDir::new();
-    let ca = TestCa::new("api CA");
-    let api = upstream(ca.server_config(&["localhost"]), &[b"h2", b"http/1.1"]).await;
+    let stack = stack(&[b"h2", b"http/1.1"]).await;
+    let (api, server) = (&stack.api, &stack.server);
     let connections = api.connections.clone();
-    let target = format!("localhost:{}", api.addr.port());
-    let (server, _agent) = stack(&dir, &ca, &target).await;
     let internal = server.addrs.internal;
     let (status, _, body) = get(internal, "/tunnel/c1/version", &[]).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"HTTP/2.0"[..]));

@@ -201,15 +201,18 @@ where
 }
 
 /// What one HTTP/2 stream from an upstream may have unread in the agent (its tunnel stream not
-/// taking more yet): plenty for the round trip to an API server in the same cluster.
-pub const UPSTREAM_H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// taking more yet): 1 GB/s over the half-millisecond round trip to an API server in the same
+/// cluster.
+pub(crate) const UPSTREAM_H2_STREAM_WINDOW: u32 = 512 * 1024;
 
-/// What all of one HTTP/2 connection's streams may have unread together. Every request to an
-/// upstream shares one connection, so this must not be what stops them: with hyper's default
-/// (5 MiB, against 2 MiB per stream) three downloads whose readers stalled took it all and
-/// every other request waited behind them. The agent's memory is bounded per stream instead
-/// (the stream window times the streams open; client-go's transport uses 1 GiB the same way).
-pub const UPSTREAM_H2_CONNECTION_WINDOW: u32 = 1 << 30;
+/// What all of one HTTP/2 connection's streams may have unread together, and so the most the
+/// agent holds for one destination outside `process_buffer`. Every request to an upstream
+/// shares one connection, so this must be far above one stream's: with hyper's defaults (5 MiB
+/// against 2 MiB per stream) three downloads whose readers stalled took it all and every other
+/// request to the cluster waited behind them. Here it takes 128 stalled downloads. Go's HTTP/2
+/// client (client-go's) allows 1 GiB against 4 MiB; this keeps the agent inside its chart's
+/// memory limit. Set after any adaptive-window setting, which would replace both.
+pub(crate) const UPSTREAM_H2_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 
 /// The agent's pooled HTTP client connector for its upstream: https with `config`, or http.
 /// With `h2`, TLS offers HTTP/2 by ALPN (one connection multiplexes every request); without,

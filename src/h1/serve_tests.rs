@@ -103,6 +103,17 @@ async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
     assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
 }
 
+/// A response with `body`, announcing `content_length` if given (else it goes chunked).
+fn answering(body: crate::http::Body, content_length: Option<u64>) -> Response<crate::http::Body> {
+    let mut response = Response::new(body);
+    if let Some(len) = content_length {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, len.into());
+    }
+    response
+}
+
 /// What a connection was given to write: each write's size, and where its bytes were.
 struct Writes {
     sizes: Vec<usize>,
@@ -113,7 +124,7 @@ struct Writes {
 /// once (with `content_length`, in that framing; else chunked), and its writes.
 async fn answer_with(
     frames: Vec<Result<hyper::body::Frame<Bytes>, crate::http::BoxError>>,
-    content_length: Option<usize>,
+    content_length: Option<u64>,
 ) -> (String, Writes) {
     use http_body_util::{BodyExt, StreamBody};
 
@@ -134,14 +145,10 @@ async fn answer_with(
         move |_| {
             let frames = frames.take().expect("one request");
             async move {
-                let mut response =
-                    Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
-                if let Some(len) = content_length {
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONTENT_LENGTH, len.into());
-                }
-                response
+                answering(
+                    StreamBody::new(futures_util::stream::iter(frames)).boxed(),
+                    content_length,
+                )
             }
         },
     ));
@@ -252,13 +259,7 @@ async fn a_ready_piece_goes_out_while_the_body_waits(
                         })
                     })
                 });
-                let mut response = Response::new(StreamBody::new(frames).boxed());
-                if let Some(len) = content_length {
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONTENT_LENGTH, len.into());
-                }
-                response
+                answering(StreamBody::new(frames).boxed(), content_length)
             }
         },
     ));
@@ -319,7 +320,7 @@ async fn small_pieces_of_a_length_body_leave_64_kib_at_a_time() {
         .chunks(8192)
         .map(|piece| Ok(hyper::body::Frame::data(Bytes::from(piece.to_vec()))))
         .collect();
-    let (answer, writes) = answer_with(frames, Some(whole.len())).await;
+    let (answer, writes) = answer_with(frames, Some(whole.len() as u64)).await;
     let body = &answer.as_bytes()[answer.find("\r\n\r\n").unwrap() + 4..];
     assert!(body == &whole[..], "the body arrived changed");
     assert!(

@@ -31,6 +31,7 @@ pub(super) async fn write_body(
         return flush(conn, &mut head).await;
     }
     let mut out = std::mem::take(&mut head);
+    let chunked = framing == ResponseFraming::Chunked;
     let mut unsent = match framing {
         ResponseFraming::Length(len) => Some(len),
         _ => None,
@@ -64,7 +65,6 @@ pub(super) async fn write_body(
                 // Pieces that are ready together leave together (flushed when the body waits,
                 // above), at most one frame's worth at a time: an upstream's small chunks, or
                 // an HTTP/2 upstream's DATA frames (8-16 KiB), were a tunnel frame each.
-                let chunked = framing == ResponseFraming::Chunked;
                 let encoded = if chunked {
                     chunk_len(&data)
                 } else {
@@ -110,7 +110,7 @@ pub(super) async fn write_body(
                     let _ = flush(conn, &mut out).await;
                     return Err(io::Error::other("response body under its Content-Length"));
                 }
-                if framing == ResponseFraming::Chunked {
+                if chunked {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
                 return flush(conn, &mut out).await;

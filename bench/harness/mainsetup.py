@@ -164,8 +164,11 @@ class Setup:
                 notify.bind(str(work / "notify.sock"))
                 env["NOTIFY_SOCKET"] = str(work / "notify.sock")
         public, internal, ops = (self.public, self.internal, self.ops) if fixed else ("127.0.0.1:0",) * 3
+        # --tunnel-tls: the tunnel is wss://, as in production (the leaf names 127.0.0.1).
+        public_tls = (f'tls_cert = "{work}/tls.pem"\ntls_key = "{work}/tls.key"\n'
+                      if self.args.tunnel_tls else "")
         (work / "server.toml").write_text(
-            f'[public]\nlisten = "{public}"\n[internal]\nlisten = "{internal}"\n'
+            f'[public]\nlisten = "{public}"\n{public_tls}[internal]\nlisten = "{internal}"\n'
             f'[ops]\nlisten = "{ops}"\n' + self.limits(server=True) + clusters + extensions)
         self.server_starts += 1
         self.server_log = "server.log" if self.server_starts == 1 else f"server-{self.server_starts}.log"
@@ -181,7 +184,7 @@ class Setup:
                 raise Broken(f"restarted server listens on {match.groups()}, not on {self.public, self.internal, self.ops}")
             return
         self.public, self.internal, self.ops = match.groups()
-        log(f"server up: public {self.public}, internal {self.internal}, ops {self.ops}")
+        log(f"server up: public {self.public}{' (TLS)' if self.args.tunnel_tls else ''}, internal {self.internal}, ops {self.ops}")
         if self.extensions:
             try:
                 self.extensions_addr = self.extensions_address(match, notify)
@@ -223,8 +226,12 @@ class Setup:
             backends = f'\n[[backend]]\nname = "{EXTENSION}"\ntarget = "127.0.0.1:{self.plain_port}"\n'
         server = self.wan_public if cluster == WAN else self.public
         config = work / f"agent-{cluster}.toml"
+        if self.args.tunnel_tls:
+            tunnel = f'server_url = "wss://{server}/connect"\nserver_ca = "{work}/ca.pem"\n'
+        else:
+            tunnel = f'server_url = "ws://{server}/connect"\nallow_insecure_server = true\n'
         config.write_text(
-            f'server_url = "ws://{server}/connect"\nallow_insecure_server = true\n'
+            tunnel +
             f'token_file = "{work}/{cluster}.agent-token"\nhealth_listen = "127.0.0.1:0"\n\n[upstream]\n' + upstream
             + self.limits() + backends)
         logfile = open(work / f"agent-{cluster}.log", "w")

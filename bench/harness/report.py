@@ -131,6 +131,7 @@ def write_report(args, run, info, started, watch, loadavg, top_start, error):
         f"- bulk file: {args.size} bytes of random data; wrk measurements {args.duration} s × {args.rounds} round(s); "
         f"S1 {args.bulk_repeats} timed download(s) per mode; nginx workers {args.nginx_workers}; "
         f"RUST_LOG={args.rust_log}; scenarios {','.join(s for s in SCENARIOS if s in args.only)}"
+        + ("; tunnel wss:// (--tunnel-tls)" if args.tunnel_tls else "; tunnel ws://")
         + (f"; WAN delay {args.delay_ms:g} ms each way" if args.only & {"S5", "S10"} else "")
         + (f"; limits overridden: {', '.join(args.limits)}" if args.limits else "; default [limits]")
         + (f"; server-only limits: {', '.join(args.server_limits)}" if args.server_limits else "")

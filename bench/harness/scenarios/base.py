@@ -39,8 +39,9 @@ class RunBase:
         setup = self.setup
         pids = {"server": setup.server.pid, **{f"agent {cluster}": proc.pid for cluster, proc in setup.agents.items()}}
         self.memory[label] = {name: status_kib(pid, "VmRSS") for name, pid in pids.items()}
-        # Of it, the pages mapped from the binary (its code and read-only data: clean, shared by
-        # every process running it, dropped under memory pressure), most of an idle static build.
+        # Of it, the file-backed pages: the binary's code and read-only data (and a dynamic
+        # build's shared libraries), clean, shared by every process running them, dropped under
+        # memory pressure; most of an idle static build.
         self.file_backed[label] = {name: status_kib(pid, "RssFile") for name, pid in pids.items()}
         log(f"RSS {label}: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in self.memory[label].items()))
 
@@ -87,7 +88,7 @@ class RunBase:
                     bar, met = f"≤ {limit} MiB", kib / 1024 <= limit
                 self.row("memory", f"{proc} RSS MiB, {label}", None, kib / 1024, None, bar, met, fmt="{:.1f}")
                 if label == "idle after startup":
-                    self.row("memory", f"{proc} RSS MiB, {label}: of it mapped from the binary (RssFile)", None,
+                    self.row("memory", f"{proc} RSS MiB, {label}: of it file-backed (RssFile: the binary, shared libraries)", None,
                              self.file_backed[label][proc] / 1024, fmt="{:.1f}")
         setup = self.setup
         for proc_name, proc in (("server", setup.server),

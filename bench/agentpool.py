@@ -2,7 +2,7 @@
 """A pool of light fake agents for bench/run's S7 (many idle agent sessions on one server).
 
     python3 bench/agentpool.py --server 127.0.0.1:PORT --tokens FILE [--first 0] --count N \
-        [--concurrency 200] [--connect-timeout 30] [--lifetime 900] [--ping-interval 10]
+        [--concurrency 200] [--connect-timeout 30] [--lifetime 900] [--ping-interval 10] [--ca CA.pem]
 
 FILE holds one `<cluster-id> <token>` per line. The pool opens --count WebSocket connections to
 the server's public listener (`GET /connect`, one line of FILE each, from line --first), each as
@@ -27,6 +27,9 @@ it prints the same line starting with `done` (closed_by_server: sessions that we
 the server closed or cut; pings: the server's Pings received; sent / pongs: Pings sent and the
 server's Pongs; unexpected: frames other than Ping, Pong, LiveIds, Drain).
 
+With --ca it speaks TLS first (wss://, ALPN http/1.1, the server's name checked against the CA's
+leaf), as a production agent does (bench/run --tunnel-tls).
+
 One asyncio Protocol per connection (no stream reader/writer pair), so each session costs the
 pool little; its soft RLIMIT_NOFILE is raised to the hard limit. Python 3 standard library only.
 """
@@ -38,6 +41,7 @@ import hashlib
 import os
 import resource
 import signal
+import ssl
 import struct
 import sys
 
@@ -242,6 +246,7 @@ async def main():
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit by itself after this many seconds")
     parser.add_argument("--ping-interval", type=float, default=0.0,
                         help="seconds between the tunnel Pings each session sends (0: never)")
+    parser.add_argument("--ca", help="speak TLS (wss://) to --server, trusting this PEM CA")
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -257,6 +262,10 @@ async def main():
         parser.error(f"{args.tokens} has only {len(entries)} lines from {args.first}")
 
     host, port = args.server.rsplit(":", 1)
+    tls = None
+    if args.ca:
+        tls = ssl.create_default_context(cafile=args.ca)
+        tls.set_alpn_protocols(["http/1.1"])  # as the real agent offers
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stats = Stats()
@@ -277,7 +286,9 @@ async def main():
             agent = None
             try:
                 async with asyncio.timeout(args.connect_timeout):
-                    _, agent = await loop.create_connection(lambda: Agent(args.server, token, stats, args.ping_interval), host, int(port))
+                    _, agent = await loop.create_connection(
+                        lambda: Agent(args.server, token, stats, args.ping_interval), host, int(port),
+                        ssl=tls, server_hostname=host if tls else None)
                     agents.append(agent)
                     await agent.ready
             except (OSError, ConnectionError, TimeoutError) as error:

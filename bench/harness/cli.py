@@ -72,7 +72,7 @@ def parse_args():
                              "this many seconds (they are also stopped when the scenario ends)")
     parser.add_argument("--tunnel-tls", action="store_true",
                         help="the server's public listener speaks TLS and the agents dial wss://, as in production "
-                             "(the main setup only; S7 and S9 keep their own plain servers)")
+                             "(the main setup and S7's fake agents; S9 keeps its own plain tunnel)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) for inspection")
     args = parser.parse_args()
     args.only = {name.strip().upper() for name in args.only.split(",") if name.strip()}

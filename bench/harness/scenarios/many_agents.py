@@ -12,6 +12,7 @@ from ..clients import http_get, metric_value
 from ..common import BENCH, Broken, log
 from ..config import limits_toml, start_own_server
 from ..measure import cpu_snapshot, settled_rss, status_kib
+from ..prepare import make_certs
 from ..procs import PROCS, check_procs, nofile_hard, wait_for_line
 
 
@@ -47,7 +48,15 @@ class ManyAgents:
         # The default max_connections_per_listener (10,000) would take 10,000 sessions exactly and
         # leave no room (an agent reconnecting, a /healthz probe on the public listener).
         limits = limits_toml(args, {"max_connections_per_listener": max(10000, total + 1024)}, server=True)
-        config = ('[public]\nlisten = "127.0.0.1:0"\n[internal]\nlisten = "127.0.0.1:0"\n'
+        # --tunnel-tls: the sessions are wss://, as production agents' are (each holds a TLS
+        # session on the server).
+        public_tls, pool_tls = "", []
+        if args.tunnel_tls:
+            if not (work / "ca.pem").exists():  # the main setup makes them when it runs first
+                make_certs(work)
+            public_tls = f'tls_cert = "{work}/tls.pem"\ntls_key = "{work}/tls.key"\n'
+            pool_tls = ["--ca", str(work / "ca.pem")]
+        config = (f'[public]\nlisten = "127.0.0.1:0"\n{public_tls}[internal]\nlisten = "127.0.0.1:0"\n'
                   '[ops]\nlisten = "127.0.0.1:0"\n' + limits + "".join(clusters))
         started = time.monotonic()
         server, server_log, public, _, ops = start_own_server(args, work, "s7", config)
@@ -59,8 +68,10 @@ class ManyAgents:
         try:
             # Warm the paths the harness itself uses, so their first-use allocations are in the
             # baseline, not in the sessions' share.
-            for url in (f"http://{ops}/metrics", f"http://{ops}/healthz", f"http://{public}/healthz"):
-                http_get(url)
+            public_url = f"{'https' if args.tunnel_tls else 'http'}://{public}/healthz"
+            for url, cafile in ((f"http://{ops}/metrics", None), (f"http://{ops}/healthz", None),
+                                (public_url, work / "ca.pem" if args.tunnel_tls else None)):
+                http_get(url, cafile=cafile)
             baseline, settled = settled_rss({"server": server.pid})
             baseline = baseline["server"]
             self.raw.append(f"S7 server: listening {listening:.2f} s after its start with {total} clusters "
@@ -78,7 +89,7 @@ class ManyAgents:
                                     "--tokens", str(work / "s7-tokens.txt"), "--first", str(previous),
                                     "--count", str(count), "--concurrency", str(args.pool_concurrency),
                                     "--lifetime", str(args.helper_lifetime),
-                                    "--ping-interval", str(args.s7_agent_ping)],
+                                    "--ping-interval", str(args.s7_agent_ping), *pool_tls],
                                    stdout=open(pool_log, "w"), stderr=subprocess.STDOUT)
                 pools.append((pool, pool_log))
                 procs[f"agent pool ({count})"] = (pool, pool_log)

@@ -16,7 +16,7 @@ tunnel Ping (8-byte payload) as soon as the session is up, then every S seconds,
 server's Pongs; nothing else is sent. (Both real agents ping: ours every 10 s, the Go one every
 15 s; 0 makes a pool that only answers.)
 
-At most --concurrency connects (TCP + upgrade + negotiation) are in flight at once. When every
+At most --concurrency connects (TCP, TLS with --ca, upgrade, negotiation) are in flight at once. When every
 connection has either negotiated or failed it prints one line:
 
     up N failed F [first_error: TEXT]
@@ -27,8 +27,8 @@ it prints the same line starting with `done` (closed_by_server: sessions that we
 the server closed or cut; pings: the server's Pings received; sent / pongs: Pings sent and the
 server's Pongs; unexpected: frames other than Ping, Pong, LiveIds, Drain).
 
-With --ca it speaks TLS first (wss://, ALPN http/1.1, the server's name checked against the CA's
-leaf), as a production agent does (bench/run --tunnel-tls).
+With --ca it speaks TLS first (wss://, ALPN http/1.1, the leaf's names checked against --server's
+host: an IP, so no SNI, as with the real agent), as a production agent does (bench/run --tunnel-tls).
 
 One asyncio Protocol per connection (no stream reader/writer pair), so each session costs the
 pool little; its soft RLIMIT_NOFILE is raised to the hard limit. Python 3 standard library only.
@@ -242,7 +242,7 @@ async def main():
     parser.add_argument("--first", type=int, default=0, help="first line of --tokens to use (0-based)")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=200, help="connects in flight at once")
-    parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds per connect and negotiation")
+    parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds per connect (TLS included) and negotiation")
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit by itself after this many seconds")
     parser.add_argument("--ping-interval", type=float, default=0.0,
                         help="seconds between the tunnel Pings each session sends (0: never)")
@@ -262,10 +262,10 @@ async def main():
         parser.error(f"{args.tokens} has only {len(entries)} lines from {args.first}")
 
     host, port = args.server.rsplit(":", 1)
-    tls = None
+    tls_context = None
     if args.ca:
-        tls = ssl.create_default_context(cafile=args.ca)
-        tls.set_alpn_protocols(["http/1.1"])  # as the real agent offers
+        tls_context = ssl.create_default_context(cafile=args.ca)
+        tls_context.set_alpn_protocols(["http/1.1"])  # as the real agent offers
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stats = Stats()
@@ -288,7 +288,7 @@ async def main():
                 async with asyncio.timeout(args.connect_timeout):
                     _, agent = await loop.create_connection(
                         lambda: Agent(args.server, token, stats, args.ping_interval), host, int(port),
-                        ssl=tls, server_hostname=host if tls else None)
+                        ssl=tls_context)
                     agents.append(agent)
                     await agent.ready
             except (OSError, ConnectionError, TimeoutError) as error:

@@ -16,8 +16,9 @@ def ensure_tools(args):
     main_setup = bool(args.only - OWN_SETUP)  # F, S7 and S9 alone need no nginx, wrk or curl
     missing = [tool for tool in ("nginx", "wrk") if main_setup and not shutil.which(tool)]
     for tool in ("curl", "openssl", "sha256sum"):
-        # S9's HTTP/2 variant serves TLS: openssl makes its certificates.
-        needed = main_setup or (tool == "openssl" and "S9" in args.only)
+        # S9's HTTP/2 variant serves TLS, as S7 does with --tunnel-tls: openssl makes the certificates.
+        own_tls = "S9" in args.only or ("S7" in args.only and args.tunnel_tls)
+        needed = main_setup or (tool == "openssl" and own_tls)
         if needed and not shutil.which(tool):
             missing.append(tool)
     if missing:
@@ -43,7 +44,11 @@ def ensure_tools(args):
 
 
 def make_certs(work):
-    """A CA and a leaf for localhost / 127.0.0.1 signed by it (rustls refuses CA certs as leaves)."""
+    """A CA and a leaf for localhost / 127.0.0.1 signed by it (rustls refuses CA certs as leaves),
+    once per run: the scenarios that need them share the work dir."""
+    if (work / "tls.pem").exists():
+        return
+
     def openssl(*argv):
         subprocess.run(["openssl", *argv], cwd=work, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -52,8 +52,7 @@ class ManyAgents:
         # session on the server).
         public_tls, pool_tls = "", []
         if args.tunnel_tls:
-            if not (work / "ca.pem").exists():  # the main setup makes them when it runs first
-                make_certs(work)
+            make_certs(work)
             public_tls = f'tls_cert = "{work}/tls.pem"\ntls_key = "{work}/tls.key"\n'
             pool_tls = ["--ca", str(work / "ca.pem")]
         config = (f'[public]\nlisten = "127.0.0.1:0"\n{public_tls}[internal]\nlisten = "127.0.0.1:0"\n'

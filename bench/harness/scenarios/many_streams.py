@@ -52,7 +52,7 @@ class ManyStreams:
         h2watch = self.setup.bin / "examples" / "h2watch"
         if h2 and not h2watch.is_file():
             raise Broken(f"{h2watch} not found (cargo build --release --example h2watch)")
-        if h2 and not (work / "tls.pem").exists():
+        if h2:
             make_certs(work)
         label = "S9 many streams" + (" (HTTP/2 clients)" if h2 else "")
         log(f"{label}: {n} watch streams on one tunnel, held {args.s9_hold:g} s (a chunk every "

@@ -42,7 +42,8 @@ class RunBase:
         # Of it, the file-backed pages: the binary's code and read-only data (and a dynamic
         # build's shared libraries), clean, shared by every process running them, dropped under
         # memory pressure; most of an idle static build.
-        self.file_backed[label] = {name: status_kib(pid, "RssFile") for name, pid in pids.items()}
+        if label == "idle after startup":  # the only rows that show it
+            self.file_backed[label] = {name: status_kib(pid, "RssFile") for name, pid in pids.items()}
         log(f"RSS {label}: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in self.memory[label].items()))
 
     def sanity(self):

@@ -43,18 +43,20 @@ def ensure_tools(args):
         raise Broken(f"{shlex.join(build)} failed")
 
 
-def make_certs(work):
+def make_certs(work, key="rsa"):
     """A CA and a leaf for localhost / 127.0.0.1 signed by it (rustls refuses CA certs as leaves),
-    once per run: the scenarios that need them share the work dir."""
+    once per run: the scenarios that need them share the work dir. `key`: "rsa" (2048) or "ec"
+    (P-256; packaging/link-order/update profiles both handshakes)."""
     if (work / "tls.pem").exists():
         return
+    newkey = ["-newkey", "rsa:2048"] if key == "rsa" else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
 
     def openssl(*argv):
         subprocess.run(["openssl", *argv], cwd=work, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+    openssl("req", "-x509", *newkey, "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
             "-days", "2", "-subj", "/CN=argocd-proxy bench CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=localhost")
+    openssl("req", *newkey, "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=localhost")
     (work / "leaf.ext").write_text(
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
